@@ -1,0 +1,38 @@
+# Tide: `make demo` runs the main job, `make test` runs every test. Both install what they need first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+
+install:
+	@hack/install.sh
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy worker-image/tide_worker operator/tide_operator hack/tide_local
+
+# Everything, slow chaos/soak/e2e runs included: what CI runs.
+test: install lint
+	$(PYTEST) -p no:cacheprovider tests
+
+# The inner loop: skips runs marked slow.
+test-fast: install
+	$(PYTEST) -p no:cacheprovider -m "not slow" -x -q tests
+
+bench: bench-worker
+
+bench-worker: install
+	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
+	$(PY) bench/worker_bench.py
+
+cluster-up: install
+	$(PY) -m tide_local.cluster up
+
+cluster-down: install
+	$(PY) -m tide_local.cluster down
+
+clean:
+	rm -rf .cache/cluster

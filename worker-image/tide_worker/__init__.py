@@ -1,0 +1,3 @@
+"""Tide's reliable Redis queue worker, producer API and `tide` command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""Redis clients for the worker, the producer and the CLI: standalone or Cluster, plain or TLS.
+
+Credentials come from the URL or, so they need not appear in a pod spec, from ``TIDE_REDIS_USERNAME``
+and ``TIDE_REDIS_PASSWORD`` (which the operator fills from a Secret). ``rediss://`` turns TLS on;
+``TIDE_REDIS_CA_FILE`` (or ``ca_file``) names the CA bundle that signs the server's certificate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+# Blocking commands wait up to this long server-side; the socket waits longer so a block never reads
+# as a dead connection, and a dead connection never hangs a worker forever.
+DEFAULT_BLOCK_TIMEOUT = 2.0
+SOCKET_TIMEOUT_MARGIN = 5.0
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    tls_insecure: bool = False
+    block_timeout: float = DEFAULT_BLOCK_TIMEOUT
+    client_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, url: str | None = None, cluster: bool | None = None, **overrides: Any) -> RedisSettings:
+        env = os.environ
+        return cls(
+            url=url or env.get("TIDE_REDIS_URL", cls.url),
+            cluster=_truthy(env.get("TIDE_REDIS_CLUSTER")) if cluster is None else cluster,
+            username=overrides.pop("username", None) or env.get("TIDE_REDIS_USERNAME") or None,
+            password=overrides.pop("password", None) or env.get("TIDE_REDIS_PASSWORD") or None,
+            ca_file=overrides.pop("ca_file", None) or env.get("TIDE_REDIS_CA_FILE") or None,
+            tls_insecure=_truthy(env.get("TIDE_REDIS_TLS_INSECURE")),
+            **overrides,
+        )
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "rediss"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "socket_timeout": self.block_timeout + SOCKET_TIMEOUT_MARGIN,
+            "socket_connect_timeout": 5.0,
+            "socket_keepalive": True,
+            "health_check_interval": 15,
+            "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+        }
+        parsed = urlparse(self.url)
+        # The URL's own credentials win; the environment fills what it lacks.
+        if self.username and not parsed.username:
+            kw["username"] = self.username
+        if self.password and not parsed.password:
+            kw["password"] = self.password
+        if self.client_name:
+            kw["client_name"] = self.client_name
+        if self.tls:
+            if self.ca_file:
+                kw["ssl_ca_certs"] = self.ca_file
+            if self.tls_insecure:
+                kw["ssl_cert_reqs"] = "none"
+                kw["ssl_check_hostname"] = False
+        kw.update(self.extra)
+        return kw
+
+
+def _cluster_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    kw = dict(kw)
+    kw.pop("health_check_interval", None)
+    return kw
+
+
+def sync_client(settings: RedisSettings) -> redis.Redis | RedisCluster:
+    """A synchronous client (CLI, producer, operator reads)."""
+    kw = settings.client_kwargs()
+    if settings.cluster:
+        return RedisCluster.from_url(settings.url, **_cluster_kwargs(kw))
+    return redis.Redis.from_url(settings.url, **kw)
+
+
+def async_client(settings: RedisSettings) -> aredis.Redis | AsyncRedisCluster:
+    """An asyncio client (the worker runtime)."""
+    kw = settings.client_kwargs()
+    if settings.cluster:
+        return AsyncRedisCluster.from_url(settings.url, **_cluster_kwargs(kw))
+    return aredis.Redis.from_url(settings.url, **kw)
