@@ -1,0 +1,501 @@
+"""Start, reuse and stop the local control plane: etcd, kube-apiserver and kube-controller-manager.
+
+``python -m tide_local.cluster up|down|status``. Everything lives under ``.cache/cluster/``: the PKI in
+``pki/``, etcd's data, a log and a pid file per component, ``state.json`` (ports, pids) and the admin
+``kubeconfig``. ``up`` is idempotent: a healthy cluster is reused; stale state is cleaned up and a fresh
+cluster started. ``down`` stops the components (and any node agents) by pid, checking each pid still runs
+the expected binary first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tide_local import build, certs
+from tide_local.kube import Kube, KubeError
+from tide_local.kubeconfig import admin_api_client, write_cert_kubeconfig
+from tide_local.paths import CLUSTER_DIR, CLUSTER_LOCK
+
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "namespace-controller",
+    "root-ca-certificate-publisher-controller",
+)
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+STATE = "state.json"
+
+# Popen handles of the components this process started, kept so they are not reported as leaked.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What a client needs to talk to the running cluster."""
+
+    directory: Path
+    server: str
+    kubeconfig: Path
+    ca_file: Path
+    bin_dir: Path
+    started: bool  # True when this call started the cluster, False when it reused a running one
+
+    @property
+    def kubectl(self) -> Path:
+        return self.bin_dir / "kubectl"
+
+    def api_client(self) -> Any:
+        """A new admin ``kubernetes.client.ApiClient``; close it when done."""
+        return admin_api_client(self.kubeconfig)
+
+    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            check=check,
+            capture_output=True,
+            text=True,
+        )
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def pid_runs(pid: int, expect: Callable[[list[str]], bool]) -> bool:
+    """True when ``pid`` is alive (not a zombie) and its command line satisfies ``expect``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return expect(_cmdline(pid))
+
+
+def _runs_binary(path: Path) -> Callable[[list[str]], bool]:
+    return lambda argv: bool(argv) and argv[0] == str(path)
+
+
+def stop_pid(pid: int, expect: Callable[[list[str]], bool], name: str, grace: float = 10.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; only if the pid still runs what we expect."""
+    if not pid_runs(pid, expect):
+        return
+    _log(f"==> stopping {name} (pid {pid})")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not pid_runs(pid, expect):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        if not pid_runs(pid, expect):
+            return
+        time.sleep(0.1)
+
+
+def _ssl_context(pki: certs.Pki | None) -> ssl.SSLContext:
+    if pki is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.load_cert_chain(str(pki.client_cert("admin")), str(pki.client_key("admin")))
+    return ctx
+
+
+def http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 3.0) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 when the server cannot be reached."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as response:
+            return int(response.status), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+    except (OSError, ssl.SSLError):
+        return 0, ""
+
+
+def _wait_for(
+    what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], bool], log: Path
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not alive():
+            tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+            raise RuntimeError(f"{what} exited during start-up; last lines of {log}:\n" + "\n".join(tail))
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s; see {log}")
+
+
+def _spawn(name: str, argv: Sequence[str], directory: Path) -> subprocess.Popen[bytes]:
+    log = directory / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            start_new_session=True,  # survives the caller; `down` stops it by pid
+        )
+    _STARTED.append(proc)
+    (directory / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def _read_state(directory: Path = CLUSTER_DIR) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads((directory / STATE).read_text())
+        return state
+    except (OSError, ValueError):
+        return None
+
+
+def _info(state: dict[str, Any], directory: Path, started: bool) -> ClusterInfo:
+    return ClusterInfo(
+        directory=directory,
+        server=state["server"],
+        kubeconfig=directory / "kubeconfig",
+        ca_file=directory / "pki" / "ca.crt",
+        bin_dir=Path(state["bin_dir"]),
+        started=started,
+    )
+
+
+def _healthy(state: dict[str, Any], directory: Path) -> bool:
+    bin_dir = Path(state["bin_dir"])
+    for name in COMPONENTS:
+        pid = state.get("pids", {}).get(name)
+        if not pid or not pid_runs(int(pid), _runs_binary(bin_dir / name)):
+            return False
+    pki = certs.Pki(directory / "pki")
+    status, body = http_get(f"{state['server']}/readyz", _ssl_context(pki))
+    return status == 200 and body.strip() == "ok"
+
+
+def current() -> ClusterInfo | None:
+    """The running, healthy cluster, or None."""
+    state = _read_state()
+    if state and _healthy(state, CLUSTER_DIR):
+        return _info(state, CLUSTER_DIR, started=False)
+    return None
+
+
+def _stop_all(directory: Path) -> None:
+    state = _read_state(directory) or {}
+    # node agents started against this cluster register a pid file under agents/
+    for pid_file in sorted((directory / "agents").glob("*.pid")):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            stop_pid(
+                pid, lambda argv: "tide_local.nodeagent" in " ".join(argv), f"node agent {pid_file.stem}"
+            )
+        pid_file.unlink(missing_ok=True)
+    bin_dir = Path(state["bin_dir"]) if state.get("bin_dir") else build.bin_dir()
+    for name in reversed(COMPONENTS):
+        component_pid: int | None = state.get("pids", {}).get(name)
+        if component_pid is None:
+            with contextlib.suppress(OSError, ValueError):
+                component_pid = int((directory / f"{name}.pid").read_text().strip())
+        if component_pid is not None:
+            stop_pid(component_pid, _runs_binary(bin_dir / name), name)
+        (directory / f"{name}.pid").unlink(missing_ok=True)
+    (directory / STATE).unlink(missing_ok=True)
+
+
+def up(verbose: bool = True) -> ClusterInfo:
+    """Reuse the healthy cluster or start a fresh one; build the binaries first when needed."""
+    started_at = time.monotonic()
+    bin_dir = build.ensure_binaries()
+    with build.file_lock(CLUSTER_LOCK, "starting the cluster"):
+        state = _read_state()
+        if state and _healthy(state, CLUSTER_DIR):
+            if verbose:
+                _log(
+                    f"==> reusing the running cluster at {state['server']} (kubeconfig {CLUSTER_DIR / 'kubeconfig'})"
+                )
+            return _info(state, CLUSTER_DIR, started=False)
+        if state or CLUSTER_DIR.exists():
+            if verbose:
+                _log("==> cleaning up stale cluster state")
+            _stop_all(CLUSTER_DIR)
+            shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
+        info = _start(bin_dir, CLUSTER_DIR)
+    if verbose:
+        _log(f"==> cluster ready in {time.monotonic() - started_at:.1f}s at {info.server}")
+        _log(f"    kubectl --kubeconfig {info.kubeconfig} get --raw /readyz   (kubectl: {info.kubectl})")
+    return info
+
+
+def _start(bin_dir: Path, directory: Path) -> ClusterInfo:
+    directory.mkdir(parents=True, exist_ok=True)
+    _log("==> generating the cluster's certificates and service-account keys")
+    pki = certs.generate(directory / "pki")
+    ports = {
+        "etcd_client": free_port(),
+        "etcd_peer": free_port(),
+        "apiserver": free_port(),
+        "controller_manager": free_port(),
+    }
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    state: dict[str, Any] = {"bin_dir": str(bin_dir), "server": server, "ports": ports, "pids": {}}
+
+    try:
+        etcd_url = f"http://127.0.0.1:{ports['etcd_client']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+        _log(f"==> starting etcd on {etcd_url}")
+        etcd = _spawn(
+            "etcd",
+            [
+                str(bin_dir / "etcd"),
+                "--name=tide-local",
+                f"--data-dir={directory / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=tide-local={peer_url}",
+                "--unsafe-no-fsync=true",  # test cluster: speed over durability
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+            directory,
+        )
+        state["pids"]["etcd"] = etcd.pid
+        _wait_for(
+            "etcd",
+            lambda: http_get(f"{etcd_url}/health")[0] == 200,
+            30,
+            lambda: etcd.poll() is None,
+            directory / "logs" / "etcd.log",
+        )
+
+        _log(f"==> starting kube-apiserver on {server}")
+        apiserver = _spawn(
+            "kube-apiserver",
+            [
+                str(bin_dir / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--cert-dir={directory / 'apiserver-certs'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--anonymous-auth=false",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ],
+            directory,
+        )
+        state["pids"]["kube-apiserver"] = apiserver.pid
+        ctx = _ssl_context(pki)
+        _wait_for(
+            "kube-apiserver",
+            lambda: http_get(f"{server}/readyz", ctx)[0] == 200,
+            180,
+            lambda: apiserver.poll() is None,
+            directory / "logs" / "kube-apiserver.log",
+        )
+
+        kubeconfig = write_cert_kubeconfig(
+            directory / "kubeconfig",
+            server,
+            pki.ca_cert,
+            pki.client_cert("admin"),
+            pki.client_key("admin"),
+            "tide-admin",
+        )
+        cm_kubeconfig = write_cert_kubeconfig(
+            directory / "controller-manager.kubeconfig",
+            server,
+            pki.ca_cert,
+            pki.client_cert("controller-manager"),
+            pki.client_key("controller-manager"),
+            "system:kube-controller-manager",
+        )
+
+        _log("==> starting kube-controller-manager (" + ", ".join(CONTROLLERS) + ")")
+        cm = _spawn(
+            "kube-controller-manager",
+            [
+                str(bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={cm_kubeconfig}",
+                f"--authentication-kubeconfig={cm_kubeconfig}",
+                f"--authorization-kubeconfig={cm_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['controller_manager']}",
+                f"--cert-dir={directory / 'controller-manager-certs'}",
+                "--controllers=" + ",".join(CONTROLLERS),
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--concurrent-deployment-syncs=5",
+                "--concurrent-replicaset-syncs=5",
+                "--profiling=false",
+                "--v=1",
+            ],
+            directory,
+        )
+        state["pids"]["kube-controller-manager"] = cm.pid
+        _wait_for(
+            "kube-controller-manager",
+            lambda: (
+                http_get(f"https://127.0.0.1:{ports['controller_manager']}/healthz", _ssl_context(None))[0]
+                == 200
+            ),
+            60,
+            lambda: cm.poll() is None,
+            directory / "logs" / "kube-controller-manager.log",
+        )
+        (directory / STATE).write_text(json.dumps(state, indent=2))
+        _wait_for_default_service_account(kubeconfig, cm, directory)
+    except BaseException:
+        (directory / STATE).write_text(json.dumps(state, indent=2))
+        _stop_all(directory)
+        raise
+    return _info(state, directory, started=True)
+
+
+def _wait_for_default_service_account(kubeconfig: Path, cm: subprocess.Popen[bytes], directory: Path) -> None:
+    """Pods can only be admitted once the serviceaccount controller has created ``default``."""
+    kube = Kube(kubeconfig)
+
+    def ready() -> bool:
+        try:
+            kube.get("/api/v1/namespaces/default/serviceaccounts/default")
+            return True
+        except KubeError:
+            return False
+
+    _wait_for(
+        "the default ServiceAccount",
+        ready,
+        60,
+        lambda: cm.poll() is None,
+        directory / "logs" / "kube-controller-manager.log",
+    )
+
+
+def down(verbose: bool = True) -> None:
+    """Stop every component and node agent by pid; keeps the logs for inspection."""
+    with build.file_lock(CLUSTER_LOCK, "stopping the cluster"):
+        if not CLUSTER_DIR.exists():
+            if verbose:
+                _log("==> no cluster state; nothing to stop")
+            return
+        _stop_all(CLUSTER_DIR)
+        for sub in ("etcd", "sessions"):
+            shutil.rmtree(CLUSTER_DIR / sub, ignore_errors=True)
+        (CLUSTER_DIR / "kubeconfig").unlink(missing_ok=True)
+    if verbose:
+        _log("==> cluster stopped")
+
+
+def status() -> dict[str, Any]:
+    state = _read_state()
+    if not state:
+        return {"running": False}
+    bin_dir = Path(state["bin_dir"])
+    pids = {
+        name: {"pid": pid, "alive": pid_runs(int(pid), _runs_binary(bin_dir / name))}
+        for name, pid in state.get("pids", {}).items()
+    }
+    return {
+        "running": _healthy(state, CLUSTER_DIR),
+        "server": state["server"],
+        "kubeconfig": str(CLUSTER_DIR / "kubeconfig"),
+        "kubectl": str(bin_dir / "kubectl"),
+        "components": pids,
+    }
+
+
+# --- sessions: test runs that share the cluster ------------------------------------------------------
+
+
+def register_session(pid: int) -> None:
+    """Record that process ``pid`` uses the cluster (a pytest session, a demo)."""
+    sessions = CLUSTER_DIR / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    (sessions / str(pid)).write_text(" ".join(_cmdline(pid)))
+
+
+def unregister_session(pid: int) -> list[int]:
+    """Forget ``pid``; return the other live sessions still using the cluster."""
+    sessions = CLUSTER_DIR / "sessions"
+    (sessions / str(pid)).unlink(missing_ok=True)
+    others = []
+    for entry in sessions.glob("*") if sessions.exists() else []:
+        other = int(entry.name) if entry.name.isdigit() else -1
+        if other > 0 and pid_runs(other, lambda argv: bool(argv)):
+            others.append(other)
+        else:
+            entry.unlink(missing_ok=True)
+    return others
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tide_local.cluster", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        up()
+    elif args.command == "down":
+        down()
+    else:
+        print(json.dumps(status(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
