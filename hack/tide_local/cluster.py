@@ -490,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "up":
         up()
+        # started or adopted by hand: test sessions must not stop it when they end
+        (CLUSTER_DIR / "auto-stop").unlink(missing_ok=True)
     elif args.command == "down":
         down()
     else:
