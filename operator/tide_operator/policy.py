@@ -1,0 +1,225 @@
+"""The scaling policy: a pure function from what the operator knows to how many replicas it wants, and why.
+
+No I/O and no clock reads: ``now`` is an argument and the state (recommendation history, recent scale
+events, consecutive read failures, last active time) goes in and comes back out, so every rule is a
+table-driven test. The rules, in order:
+
+1. ``paused``: the annotation freezes the count.
+2. A failed Redis read never moves the count (``read-failed``), except that after
+   ``fallback.failureThreshold`` failures in a row a configured ``fallback.replicas`` is applied
+   (``fallback``); nothing here ever scales to zero because Redis could not be read.
+3. Raw recommendation: ``ceil(backlog / targetBacklogPerReplica)`` (``target``), raised to what drains the
+   backlog within ``targetDrainSeconds`` at the mean per-replica rate workers report (``drain-time``).
+4. From zero, only a backlog above ``activationBacklog`` wakes the workload (``below-activation``) - but a
+   retry that came due or work held in-flight always wakes it (``retry-due``, ``in-flight``): only a
+   worker moves due retries back and reaps orphaned processing lists.
+5. Clamped to ``[minReplicas, maxReplicas]`` (``min``, ``max``).
+6. To zero only once the whole backlog, in-flight included, has been zero for ``cooldownSeconds``
+   (``cooldown`` holds one replica until then; ``to-zero`` then skips the scale-down window, which the
+   cooldown replaces).
+7. Stabilization windows as the HPA's ``behavior``: scale up to the lowest recommendation of the up window,
+   down to the highest of the down window (``stabilized``).
+8. Rate limits per period: at most ``maxStepPods`` or ``maxStepPercent`` (the more permissive when both
+   are set) relative to the count at the start of the period (``rate-limit-up``/``rate-limit-down``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from tide_operator.spec import Behavior, Scaling
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One reading of a source. Lists fill the first five fields; streams the last three."""
+
+    ready: int = 0
+    inflight: int = 0
+    retries_due: int = 0
+    retries_waiting: int = 0
+    next_retry_at: float | None = None
+    stream_lag: int = 0
+    stream_pending: int = 0
+    lag_estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        """What workers still have to do: retries not yet due are not work for now."""
+        return self.ready + self.inflight + self.retries_due + self.stream_lag + self.stream_pending
+
+    @property
+    def busy(self) -> int:
+        """Messages held by workers (or orphaned by dead ones): never scale to zero under them."""
+        return self.inflight + self.stream_pending
+
+    def describe(self) -> str:
+        if self.stream_lag or self.stream_pending or self.lag_estimated:
+            est = " estimated" if self.lag_estimated else ""
+            return f"lag {self.stream_lag}{est}, pending {self.stream_pending}"
+        return f"ready {self.ready}, in-flight {self.inflight}, retries due {self.retries_due}"
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, recommendation) within the windows
+    scale_events: tuple[tuple[float, int], ...] = ()  # (time, replica delta) within the periods
+    last_scale_time: float | None = None
+    failures: int = 0  # consecutive failed reads
+    last_active_time: float | None = None  # last time the backlog (in-flight included) was non-zero
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    rule: str
+    reason: str
+    state: PolicyState
+    fallback: bool = False
+
+    def changes(self, current: int) -> bool:
+        return self.desired != current
+
+
+def _record(state: PolicyState, current: int, desired: int, now: float) -> PolicyState:
+    if desired == current:
+        return state
+    return replace(state, scale_events=(*state.scale_events, (now, desired - current)), last_scale_time=now)
+
+
+def _up_limit(b: Behavior, current: int, events: Sequence[tuple[float, int]], now: float) -> float:
+    if b.max_step_pods is None and b.max_step_percent is None:
+        return math.inf
+    start = current - sum(d for t, d in events if d > 0 and now - t < b.period_seconds)
+    limits = []
+    if b.max_step_pods is not None:
+        limits.append(start + b.max_step_pods)
+    if b.max_step_percent is not None:
+        # from zero a percentage allows nothing; one pod is the least step that makes progress
+        limits.append(max(start + 1, math.ceil(start * (1 + b.max_step_percent / 100))))
+    return max(current, max(limits))
+
+
+def _down_limit(b: Behavior, current: int, events: Sequence[tuple[float, int]], now: float) -> float:
+    if b.max_step_pods is None and b.max_step_percent is None:
+        return -math.inf
+    start = current + sum(-d for t, d in events if d < 0 and now - t < b.period_seconds)
+    limits = []
+    if b.max_step_pods is not None:
+        limits.append(start - b.max_step_pods)
+    if b.max_step_percent is not None:
+        limits.append(math.ceil(start * (1 - b.max_step_percent / 100)))
+    return min(current, min(limits))
+
+
+def decide(
+    scaling: Scaling,
+    reading: Backlog | None,
+    rates: Sequence[float],
+    current: int,
+    state: PolicyState,
+    now: float,
+    paused: bool = False,
+) -> Decision:
+    """Desired replicas for one poll. ``reading`` is None when Redis could not be read; ``rates`` are the
+    recent messages/s of each live worker (from heartbeats); ``current`` is the target's replica count."""
+    if paused:
+        return Decision(current, "paused", f"paused by annotation: holding {current} replicas", state)
+
+    if reading is None:
+        failures = state.failures + 1
+        st = replace(state, failures=failures)
+        fb = scaling.fallback
+        over = failures >= fb.failure_threshold
+        if over and fb.replicas is not None:
+            desired = max(1, fb.replicas)
+            reason = (
+                f"{failures} failed Redis reads in a row (threshold {fb.failure_threshold}): "
+                f"fallback to {desired} replicas"
+            )
+            return Decision(desired, "fallback", reason, _record(st, current, desired, now), fallback=True)
+        reason = f"Redis read failed ({failures} in a row): holding {current} replicas"
+        return Decision(current, "read-failed", reason, st, fallback=over)
+
+    total = reading.total
+    target = scaling.target_backlog_per_replica
+    last_active = state.last_active_time
+    if total > 0 or (last_active is None and current > 0):
+        last_active = now  # an unknown history counts as active, so a restart never skips the cooldown
+
+    raw = math.ceil(total / target)
+    rule = "target"
+    detail = f"backlog {total} ({reading.describe()}) / {target} per replica = {raw}"
+    if scaling.target_drain_seconds and total > 0:
+        live = [r for r in rates if r > 0]
+        if live:
+            per = sum(live) / len(live)
+            need = math.ceil(total / (per * scaling.target_drain_seconds))
+            if need > raw:
+                raw, rule = need, "drain-time"
+                detail += (
+                    f"; draining in {scaling.target_drain_seconds:g}s at {per:.1f}/s per replica needs {need}"
+                )
+
+    if current == 0:
+        if reading.busy == 0 and reading.retries_due == 0 and total <= scaling.activation_backlog:
+            raw, rule = 0, "below-activation"
+            detail = (
+                f"backlog {total} ({reading.describe()}) not above activation {scaling.activation_backlog}"
+            )
+        elif total <= scaling.activation_backlog:
+            rule = "retry-due" if reading.retries_due else "in-flight"
+            raw = max(raw, 1)
+
+    rec = min(max(raw, scaling.min_replicas), scaling.max_replicas)
+    if rec != raw:
+        rule = "max" if rec < raw else "min"
+        detail += f"; clamped to [{scaling.min_replicas}, {scaling.max_replicas}]"
+
+    to_zero = False
+    if rec == 0 and current > 0:
+        idle = now - (last_active if last_active is not None else now)
+        if idle < scaling.cooldown_seconds:
+            rec, rule = 1, "cooldown"
+            detail = f"backlog 0 for {idle:.0f}s of the {scaling.cooldown_seconds:g}s cooldown"
+        else:
+            to_zero, rule = True, "to-zero"
+            detail = (
+                f"backlog 0, in-flight included, for {idle:.0f}s (cooldown {scaling.cooldown_seconds:g}s)"
+            )
+
+    horizon = max(scaling.scale_up.stabilization_seconds, scaling.scale_down.stabilization_seconds)
+    history = (*((t, r) for t, r in state.recommendations if now - t < horizon), (now, rec))
+    period = max(scaling.scale_up.period_seconds, scaling.scale_down.period_seconds)
+    events = tuple((t, d) for t, d in state.scale_events if now - t < period)
+    st = PolicyState(history, events, state.last_scale_time, 0, last_active)
+
+    if to_zero:
+        desired = 0
+    else:
+        up_rec = min(r for t, r in history if now - t <= scaling.scale_up.stabilization_seconds)
+        down_rec = max(r for t, r in history if now - t <= scaling.scale_down.stabilization_seconds)
+        desired = max(current, up_rec)
+        desired = min(desired, down_rec)
+        if desired != rec:
+            rule = "stabilized"
+            window = "up" if desired < rec else "down"
+            detail += f"; {window} stabilization window holds {desired}"
+        if desired > current:
+            limit = _up_limit(scaling.scale_up, current, events, now)
+            if desired > limit:
+                desired, rule = int(limit), "rate-limit-up"
+                detail += f"; scale-up limit {desired} per {scaling.scale_up.period_seconds:g}s"
+        elif desired < current:
+            limit = _down_limit(scaling.scale_down, current, events, now)
+            if desired < limit:
+                desired, rule = int(limit), "rate-limit-down"
+                detail += f"; scale-down limit {desired} per {scaling.scale_down.period_seconds:g}s"
+
+    if desired == current and rule not in {"paused"}:
+        reason = f"{detail}; holding {current}"
+    else:
+        reason = f"{detail}; {current} -> {desired}"
+    return Decision(desired, rule, reason, _record(st, current, desired, now))

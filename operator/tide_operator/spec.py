@@ -1,0 +1,269 @@
+"""Typed view of a ``QueueConsumer`` spec, with its defaults.
+
+Defaults live here and in the CRD's schema (``crds/queueconsumer.yaml``); a test checks that the two agree.
+The API server has already validated the object, so parsing trusts shapes but still fails loudly
+(``SpecError``) on what the schema cannot express or on objects applied before the CRD had a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GROUP = "tide.dev"
+VERSION = "v1alpha1"
+PLURAL = "queueconsumers"
+KIND = "QueueConsumer"
+PAUSED_ANNOTATION = "tide.dev/paused"
+
+# Defaults (mirrored in the CRD; docs/operator.md says why each differs from KEDA and the HPA).
+DEFAULT_MIN_REPLICAS = 0
+DEFAULT_MAX_REPLICAS = 10
+DEFAULT_TARGET_BACKLOG = 10
+DEFAULT_ACTIVATION_BACKLOG = 0
+DEFAULT_POLLING_INTERVAL = 1.0
+DEFAULT_COOLDOWN = 30.0
+DEFAULT_UP_STABILIZATION = 0.0
+DEFAULT_UP_PERIOD = 1.0
+DEFAULT_DOWN_STABILIZATION = 30.0
+DEFAULT_DOWN_MAX_STEP_PERCENT = 50.0
+DEFAULT_DOWN_PERIOD = 5.0
+DEFAULT_FALLBACK_FAILURES = 3
+DEFAULT_WORKER_CONCURRENCY = 1
+DEFAULT_WORKER_MAX_ATTEMPTS = 5
+
+
+class SpecError(ValueError):
+    """The spec cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RedisSpec:
+    url: str
+    cluster: bool = False
+    username: str | None = None  # literal username (not secret)
+    username_secret: SecretKeyRef | None = None
+    password_secret: SecretKeyRef | None = None
+    ca_secret: SecretKeyRef | None = None
+    tls_insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: Literal["list", "stream"]
+    key: str
+    group: str = ""
+    side: Literal["left", "right"] = "right"
+
+    @property
+    def label(self) -> str:
+        return self.key if self.kind == "list" else f"{self.key}/{self.group}"
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """HPA-style rate limit: at most ``max_step_pods`` or ``max_step_percent`` per ``period_seconds``
+    (the larger of the two when both are set; unlimited when neither is)."""
+
+    stabilization_seconds: float
+    max_step_pods: int | None
+    max_step_percent: float | None
+    period_seconds: float
+
+
+@dataclass(frozen=True)
+class Fallback:
+    failure_threshold: int = DEFAULT_FALLBACK_FAILURES
+    replicas: int | None = None  # None: hold the current count
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_replicas: int = DEFAULT_MIN_REPLICAS
+    max_replicas: int = DEFAULT_MAX_REPLICAS
+    target_backlog_per_replica: int = DEFAULT_TARGET_BACKLOG
+    activation_backlog: int = DEFAULT_ACTIVATION_BACKLOG
+    target_drain_seconds: float | None = None
+    polling_interval_seconds: float = DEFAULT_POLLING_INTERVAL
+    cooldown_seconds: float = DEFAULT_COOLDOWN
+    scale_up: Behavior = field(
+        default_factory=lambda: Behavior(DEFAULT_UP_STABILIZATION, None, None, DEFAULT_UP_PERIOD)
+    )
+    scale_down: Behavior = field(
+        default_factory=lambda: Behavior(
+            DEFAULT_DOWN_STABILIZATION, None, DEFAULT_DOWN_MAX_STEP_PERCENT, DEFAULT_DOWN_PERIOD
+        )
+    )
+    fallback: Fallback = field(default_factory=Fallback)
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    api_version: str
+    kind: str
+    name: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/", 1)[0] if "/" in self.api_version else ""
+
+    @property
+    def version(self) -> str:
+        return self.api_version.split("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    image: str
+    handler: str
+    concurrency: int = DEFAULT_WORKER_CONCURRENCY
+    max_attempts: int = DEFAULT_WORKER_MAX_ATTEMPTS
+    env: tuple[dict[str, Any], ...] = ()
+    resources: dict[str, Any] = field(default_factory=dict)
+    pod_template: dict[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] = ("tide", "worker")
+
+
+@dataclass(frozen=True)
+class QueueConsumerSpec:
+    redis: RedisSpec
+    source: Source
+    scaling: Scaling
+    target: TargetRef | None
+    worker: WorkerSpec | None
+
+
+def _secret_ref(obj: Any, what: str) -> SecretKeyRef | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, Mapping) or not obj.get("name") or not obj.get("key"):
+        raise SpecError(f"{what} needs a Secret name and key")
+    return SecretKeyRef(str(obj["name"]), str(obj["key"]))
+
+
+def parse_redis(obj: Mapping[str, Any]) -> RedisSpec:
+    tls = obj.get("tls") or {}
+    url = obj.get("url")
+    if not url:
+        host = obj.get("host")
+        if not host:
+            raise SpecError("spec.redis needs url, or host and port")
+        scheme = "rediss" if tls.get("enabled") else "redis"
+        url = f"{scheme}://{host}:{int(obj.get('port', 6379))}"
+    elif tls.get("enabled") and str(url).startswith("redis://"):
+        url = "rediss://" + str(url)[len("redis://") :]
+    return RedisSpec(
+        url=str(url),
+        cluster=bool(obj.get("cluster", False)),
+        username=obj.get("username"),
+        username_secret=_secret_ref(obj.get("usernameSecretRef"), "spec.redis.usernameSecretRef"),
+        password_secret=_secret_ref(obj.get("passwordSecretRef"), "spec.redis.passwordSecretRef"),
+        ca_secret=_secret_ref(tls.get("caSecretRef"), "spec.redis.tls.caSecretRef"),
+        tls_insecure=bool(tls.get("insecureSkipVerify", False)),
+    )
+
+
+def parse_source(obj: Mapping[str, Any]) -> Source:
+    lst, stream = obj.get("list"), obj.get("stream")
+    if (lst is None) == (stream is None):
+        raise SpecError("spec.source needs exactly one of list or stream")
+    if lst is not None:
+        return Source("list", str(lst["key"]), side=lst.get("side", "right"))
+    assert stream is not None
+    if not stream.get("group"):
+        raise SpecError("spec.source.stream needs a group")
+    return Source("stream", str(stream["key"]), group=str(stream["group"]))
+
+
+def _behavior(obj: Mapping[str, Any] | None, default: Behavior) -> Behavior:
+    obj = obj or {}
+    pods, pct = obj.get("maxStepPods"), obj.get("maxStepPercent")
+    if pods is None and pct is None:
+        pods, pct = default.max_step_pods, default.max_step_percent
+    return Behavior(
+        stabilization_seconds=float(obj.get("stabilizationSeconds", default.stabilization_seconds)),
+        max_step_pods=None if pods is None else int(pods),
+        max_step_percent=None if pct is None else float(pct),
+        period_seconds=float(obj.get("periodSeconds", default.period_seconds)),
+    )
+
+
+def parse_scaling(obj: Mapping[str, Any]) -> Scaling:
+    d = Scaling()
+    fb = obj.get("fallback") or {}
+    fb_replicas = fb.get("replicas")
+    drain = obj.get("targetDrainSeconds")
+    s = Scaling(
+        min_replicas=int(obj.get("minReplicas", d.min_replicas)),
+        max_replicas=int(obj.get("maxReplicas", d.max_replicas)),
+        target_backlog_per_replica=int(obj.get("targetBacklogPerReplica", d.target_backlog_per_replica)),
+        activation_backlog=int(obj.get("activationBacklog", d.activation_backlog)),
+        target_drain_seconds=None if drain is None else float(drain),
+        polling_interval_seconds=float(obj.get("pollingIntervalSeconds", d.polling_interval_seconds)),
+        cooldown_seconds=float(obj.get("cooldownSeconds", d.cooldown_seconds)),
+        scale_up=_behavior(obj.get("scaleUp"), d.scale_up),
+        scale_down=_behavior(obj.get("scaleDown"), d.scale_down),
+        fallback=Fallback(
+            failure_threshold=int(fb.get("failureThreshold", d.fallback.failure_threshold)),
+            replicas=None if fb_replicas is None else int(fb_replicas),
+        ),
+    )
+    if s.min_replicas < 0 or s.max_replicas < 1 or s.min_replicas > s.max_replicas:
+        raise SpecError(
+            f"spec.scaling: need 0 <= minReplicas <= maxReplicas and maxReplicas >= 1 "
+            f"(got {s.min_replicas}, {s.max_replicas})"
+        )
+    if s.target_backlog_per_replica < 1:
+        raise SpecError("spec.scaling.targetBacklogPerReplica must be at least 1")
+    if s.polling_interval_seconds <= 0:
+        raise SpecError("spec.scaling.pollingIntervalSeconds must be positive")
+    return s
+
+
+def parse_worker(obj: Mapping[str, Any]) -> WorkerSpec:
+    if not obj.get("image") or not obj.get("handler"):
+        raise SpecError("spec.worker needs image and handler")
+    return WorkerSpec(
+        image=str(obj["image"]),
+        handler=str(obj["handler"]),
+        concurrency=int(obj.get("concurrency", DEFAULT_WORKER_CONCURRENCY)),
+        max_attempts=int(obj.get("maxAttempts", DEFAULT_WORKER_MAX_ATTEMPTS)),
+        env=tuple(dict(e) for e in obj.get("env") or ()),
+        resources=dict(obj.get("resources") or {}),
+        pod_template=dict(obj.get("podTemplate") or {}),
+        command=tuple(obj.get("command") or ("tide", "worker")),
+    )
+
+
+def parse_spec(spec: Mapping[str, Any]) -> QueueConsumerSpec:
+    """Parse ``.spec`` of a QueueConsumer (a plain dict or kopf's Spec view)."""
+    if "redis" not in spec or "source" not in spec:
+        raise SpecError("spec needs redis and source")
+    target_obj, worker_obj = spec.get("scaleTargetRef"), spec.get("worker")
+    if (target_obj is None) == (worker_obj is None):
+        raise SpecError("spec needs exactly one of scaleTargetRef or worker")
+    target = None
+    if target_obj is not None:
+        target = TargetRef(str(target_obj["apiVersion"]), str(target_obj["kind"]), str(target_obj["name"]))
+    return QueueConsumerSpec(
+        redis=parse_redis(spec["redis"]),
+        source=parse_source(spec["source"]),
+        scaling=parse_scaling(spec.get("scaling") or {}),
+        target=target,
+        worker=None if worker_obj is None else parse_worker(worker_obj),
+    )
+
+
+def is_paused(annotations: Mapping[str, str] | None) -> bool:
+    return str((annotations or {}).get(PAUSED_ANNOTATION, "")).strip().lower() == "true"

@@ -1,0 +1,423 @@
+"""Table-driven tests of the pure scaling policy: each row is (scaling overrides, reading, current, state,
+now) -> (desired, rule)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from tide_operator.policy import Backlog, PolicyState, decide
+from tide_operator.spec import Behavior, Fallback, Scaling, parse_scaling
+
+UNLIMITED = Behavior(0, None, None, 1)
+
+
+def sc(**kw: Any) -> Scaling:
+    """Defaults with a quiet scale-down (no window, no limit) unless a row sets them."""
+    base = Scaling(target_backlog_per_replica=50, max_replicas=10, scale_down=UNLIMITED, cooldown_seconds=30)
+    return replace(base, **kw)
+
+
+def st(**kw: Any) -> PolicyState:
+    return PolicyState(**kw)
+
+
+T = 1000.0
+
+ROWS = [
+    # id, scaling, reading, rates, current, state, now, desired, rule
+    ("idle-stays-zero", sc(), Backlog(), [], 0, st(), T, 0, "below-activation"),
+    ("burst-500-target-50", sc(), Backlog(ready=500), [], 0, st(), T, 10, "target"),
+    ("one-message-wakes", sc(), Backlog(ready=1), [], 0, st(), T, 1, "target"),
+    ("ceil", sc(), Backlog(ready=51), [], 1, st(), T, 2, "target"),
+    ("clamp-max", sc(), Backlog(ready=5000), [], 0, st(), T, 10, "max"),
+    ("clamp-min", sc(min_replicas=2), Backlog(), [], 2, st(last_active_time=T - 100), T, 2, "min"),
+    ("min-wakes-from-zero", sc(min_replicas=2), Backlog(), [], 0, st(), T, 2, "min"),
+    ("below-activation", sc(activation_backlog=20), Backlog(ready=20), [], 0, st(), T, 0, "below-activation"),
+    ("above-activation", sc(activation_backlog=20), Backlog(ready=21), [], 0, st(), T, 1, "target"),
+    # activation only gates 0 -> 1: once running, a small backlog keeps one replica
+    ("activation-not-for-running", sc(activation_backlog=20), Backlog(ready=5), [], 1, st(), T, 1, "target"),
+    ("retry-due-wakes", sc(activation_backlog=20), Backlog(retries_due=1), [], 0, st(), T, 1, "retry-due"),
+    (
+        "retry-not-due-sleeps",
+        sc(),
+        Backlog(retries_waiting=3, next_retry_at=T + 60),
+        [],
+        0,
+        st(),
+        T,
+        0,
+        "below-activation",
+    ),
+    (
+        "orphaned-inflight-wakes",
+        sc(activation_backlog=5),
+        Backlog(inflight=2),
+        [],
+        0,
+        st(),
+        T,
+        1,
+        "in-flight",
+    ),
+    ("inflight-counts", sc(), Backlog(ready=0, inflight=120), [], 1, st(), T, 3, "target"),
+    ("stream-lag-pending", sc(), Backlog(stream_lag=300, stream_pending=200), [], 0, st(), T, 10, "target"),
+    ("stream-pending-only-holds-one", sc(), Backlog(stream_pending=1), [], 1, st(), T, 1, "target"),
+    # drain objective: 600 backlog, 10/s per replica, 10 s -> 6 replicas (target alone says 2)
+    (
+        "drain-time",
+        sc(target_backlog_per_replica=300, target_drain_seconds=10),
+        Backlog(ready=600),
+        [10.0, 10.0],
+        2,
+        st(),
+        T,
+        6,
+        "drain-time",
+    ),
+    (
+        "drain-time-no-rates",
+        sc(target_backlog_per_replica=300, target_drain_seconds=10),
+        Backlog(ready=600),
+        [0.0],
+        2,
+        st(),
+        T,
+        2,
+        "target",
+    ),
+    (
+        "drain-time-target-wins",
+        sc(target_backlog_per_replica=100, target_drain_seconds=60),
+        Backlog(ready=600),
+        [100.0],
+        2,
+        st(),
+        T,
+        6,
+        "target",
+    ),
+    (
+        "drain-time-clamped",
+        sc(target_backlog_per_replica=1000, target_drain_seconds=1),
+        Backlog(ready=600),
+        [1.0],
+        2,
+        st(),
+        T,
+        10,
+        "max",
+    ),
+    # cooldown to zero
+    ("cooldown-holds-one", sc(), Backlog(), [], 1, st(last_active_time=T - 10), T, 1, "cooldown"),
+    ("cooldown-over", sc(), Backlog(), [], 1, st(last_active_time=T - 30), T, 0, "to-zero"),
+    ("cooldown-from-many", sc(), Backlog(), [], 4, st(last_active_time=T - 10), T, 1, "cooldown"),
+    (
+        "to-zero-skips-window",
+        sc(scale_down=Behavior(300, 1, None, 60)),
+        Backlog(),
+        [],
+        4,
+        st(last_active_time=T - 31, recommendations=((T - 5, 4),)),
+        T,
+        0,
+        "to-zero",
+    ),
+    ("unknown-history-starts-cooldown", sc(), Backlog(), [], 3, st(), T, 1, "cooldown"),
+    (
+        "never-zero-while-inflight",
+        sc(),
+        Backlog(inflight=1),
+        [],
+        1,
+        st(last_active_time=T - 999),
+        T,
+        1,
+        "target",
+    ),
+    (
+        "never-zero-while-pending",
+        sc(),
+        Backlog(stream_pending=1),
+        [],
+        2,
+        st(last_active_time=T - 999),
+        T,
+        1,
+        "target",
+    ),
+    ("zero-cooldown", sc(cooldown_seconds=0), Backlog(), [], 2, st(last_active_time=T), T, 0, "to-zero"),
+    # stabilization windows
+    (
+        "down-window-holds-max",
+        sc(scale_down=Behavior(60, None, None, 1)),
+        Backlog(ready=100),
+        [],
+        8,
+        st(recommendations=((T - 30, 8), (T - 10, 5))),
+        T,
+        8,
+        "stabilized",
+    ),
+    (
+        "down-window-expired",
+        sc(scale_down=Behavior(60, None, None, 1)),
+        Backlog(ready=100),
+        [],
+        8,
+        st(recommendations=((T - 61, 8), (T - 10, 5))),
+        T,
+        5,
+        "stabilized",
+    ),
+    (
+        "up-window-holds-min",
+        sc(scale_up=Behavior(30, None, None, 1)),
+        Backlog(ready=500),
+        [],
+        2,
+        st(recommendations=((T - 10, 3),)),
+        T,
+        3,
+        "stabilized",
+    ),
+    (
+        "up-window-empty",
+        sc(scale_up=Behavior(30, None, None, 1)),
+        Backlog(ready=500),
+        [],
+        2,
+        st(),
+        T,
+        10,
+        "target",
+    ),
+    # rate limits
+    (
+        "up-pods",
+        sc(scale_up=Behavior(0, 4, None, 15)),
+        Backlog(ready=500),
+        [],
+        2,
+        st(),
+        T,
+        6,
+        "rate-limit-up",
+    ),
+    (
+        "up-percent",
+        sc(scale_up=Behavior(0, None, 100, 15)),
+        Backlog(ready=500),
+        [],
+        3,
+        st(),
+        T,
+        6,
+        "rate-limit-up",
+    ),
+    (
+        "up-max-of-policies",
+        sc(scale_up=Behavior(0, 4, 100, 15)),
+        Backlog(ready=500),
+        [],
+        1,
+        st(),
+        T,
+        5,
+        "rate-limit-up",
+    ),
+    (
+        "up-percent-from-zero",
+        sc(scale_up=Behavior(0, None, 100, 15)),
+        Backlog(ready=500),
+        [],
+        0,
+        st(),
+        T,
+        1,
+        "rate-limit-up",
+    ),
+    (
+        "up-period-used",
+        sc(scale_up=Behavior(0, 4, None, 15)),
+        Backlog(ready=500),
+        [],
+        6,
+        st(scale_events=((T - 5, 4),)),
+        T,
+        6,
+        "rate-limit-up",
+    ),
+    (
+        "up-period-over",
+        sc(scale_up=Behavior(0, 4, None, 15)),
+        Backlog(ready=500),
+        [],
+        6,
+        st(scale_events=((T - 16, 4),)),
+        T,
+        10,
+        "target",
+    ),
+    (
+        "down-pods",
+        sc(scale_down=Behavior(0, 2, None, 10)),
+        Backlog(ready=50),
+        [],
+        8,
+        st(),
+        T,
+        6,
+        "rate-limit-down",
+    ),
+    (
+        "down-percent",
+        sc(scale_down=Behavior(0, None, 50, 10)),
+        Backlog(ready=50),
+        [],
+        10,
+        st(),
+        T,
+        5,
+        "rate-limit-down",
+    ),
+    (
+        "down-min-of-policies",
+        sc(scale_down=Behavior(0, 2, 50, 10)),
+        Backlog(ready=50),
+        [],
+        10,
+        st(),
+        T,
+        5,
+        "rate-limit-down",
+    ),
+    (
+        "down-period-used",
+        sc(scale_down=Behavior(0, None, 50, 10)),
+        Backlog(ready=50),
+        [],
+        5,
+        st(scale_events=((T - 3, -5),)),
+        T,
+        5,
+        "rate-limit-down",
+    ),
+    # read failures and fallback
+    ("read-fail-holds", sc(), None, [], 4, st(), T, 4, "read-failed"),
+    ("read-fail-never-zero", sc(), None, [], 0, st(), T, 0, "read-failed"),
+    (
+        "fallback-after-threshold",
+        sc(fallback=Fallback(3, 2)),
+        None,
+        [],
+        7,
+        st(failures=2),
+        T,
+        2,
+        "fallback",
+    ),
+    (
+        "fallback-before-threshold",
+        sc(fallback=Fallback(3, 2)),
+        None,
+        [],
+        7,
+        st(failures=1),
+        T,
+        7,
+        "read-failed",
+    ),
+    (
+        "fallback-hold-when-unset",
+        sc(fallback=Fallback(3, None)),
+        None,
+        [],
+        7,
+        st(failures=5),
+        T,
+        7,
+        "read-failed",
+    ),
+    ("fallback-never-zero", sc(fallback=Fallback(1, 0)), None, [], 3, st(), T, 1, "fallback"),
+]
+
+
+@pytest.mark.parametrize(
+    ("scaling", "reading", "rates", "current", "state", "now", "desired", "rule"),
+    [pytest.param(*row[1:], id=row[0]) for row in ROWS],
+)
+def test_policy_table(scaling, reading, rates, current, state, now, desired, rule):
+    d = decide(scaling, reading, rates, current, state, now)
+    assert (d.desired, d.rule) == (desired, rule), d.reason
+
+
+def test_pause_freezes_everything():
+    for reading in (Backlog(ready=10_000), Backlog(), None):
+        d = decide(sc(), reading, [], 3, st(failures=9), T, paused=True)
+        assert (d.desired, d.rule) == (3, "paused")
+        assert d.state == st(failures=9)
+
+
+def test_failures_count_and_reset():
+    s = sc(fallback=Fallback(2, 4))
+    d1 = decide(s, None, [], 1, st(), T)
+    assert (d1.desired, d1.state.failures, d1.fallback) == (1, 1, False)
+    d2 = decide(s, None, [], 1, d1.state, T + 1)
+    assert (d2.desired, d2.state.failures, d2.fallback) == (4, 2, True)
+    d3 = decide(s, Backlog(ready=60), [], 4, d2.state, T + 2)
+    assert d3.state.failures == 0 and not d3.fallback
+
+
+def test_scale_events_and_last_scale_time_recorded():
+    d = decide(sc(), Backlog(ready=500), [], 0, st(), T)
+    assert d.state.scale_events == ((T, 10),)
+    assert d.state.last_scale_time == T
+    same = decide(sc(), Backlog(ready=500), [], 10, d.state, T + 1)
+    assert same.state.last_scale_time == T and not same.changes(10)
+
+
+def test_last_active_tracks_inflight():
+    d = decide(sc(), Backlog(inflight=1), [], 1, st(last_active_time=T - 100), T)
+    assert d.state.last_active_time == T
+    d = decide(sc(), Backlog(), [], 1, st(last_active_time=T - 5), T)
+    assert d.state.last_active_time == T - 5
+
+
+def run(scaling: Scaling, readings: list[Backlog], start: int = 0, step: float = 1.0) -> list[int]:
+    """Drive the policy as the daemon does, assuming every decision is applied."""
+    state, current, out = PolicyState(), start, []
+    for i, reading in enumerate(readings):
+        d = decide(scaling, reading, [], current, state, T + i * step)
+        state, current = d.state, d.desired
+        out.append(current)
+    return out
+
+
+def test_drain_sequence_gradual_then_zero_after_cooldown():
+    s = parse_scaling(
+        {
+            "targetBacklogPerReplica": 50,
+            "cooldownSeconds": 5,
+            "scaleDown": {"stabilizationSeconds": 2, "maxStepPercent": 50, "periodSeconds": 2},
+        }
+    )
+    readings = [Backlog(ready=500)] + [Backlog(ready=max(0, 450 - 100 * i), inflight=10) for i in range(6)]
+    readings += [Backlog()] * 10
+    seq = run(s, readings)
+    assert seq[0] == 10
+    downs = [b - a for a, b in itertools.pairwise(seq) if b < a]
+    assert all(-d <= 5 for d in downs), seq  # never more than 50 % of 10 at once
+    last_busy = 6  # the last reading with work in flight
+    zero_at = seq.index(0)
+    assert zero_at == last_busy + 5, seq  # zero exactly when the 5 s cooldown of an empty backlog ends
+    assert all(x >= 1 for x in seq[:zero_at])
+
+
+def test_oscillating_backlog_does_not_flap_down():
+    s = parse_scaling({"targetBacklogPerReplica": 10, "scaleDown": {"stabilizationSeconds": 10}})
+    readings = [Backlog(ready=100), Backlog(ready=10)] * 5
+    seq = run(s, readings)
+    assert seq == [10] * 10

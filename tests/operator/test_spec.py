@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+from tide_operator.spec import (
+    Behavior,
+    Scaling,
+    SecretKeyRef,
+    SpecError,
+    is_paused,
+    parse_spec,
+)
+
+BASE = {
+    "redis": {"url": "redis://r:6379/0"},
+    "source": {"list": {"key": "jobs"}},
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+}
+
+
+def test_defaults():
+    s = parse_spec(BASE)
+    assert s.scaling == Scaling()
+    assert s.scaling.polling_interval_seconds == 1.0
+    assert s.scaling.scale_up == Behavior(0.0, None, None, 1.0)
+    assert s.scaling.scale_down.max_step_percent == 50.0
+    assert s.source.kind == "list" and s.source.key == "jobs" and s.source.side == "right"
+    assert s.target is not None and (s.target.group, s.target.version) == ("apps", "v1")
+    assert s.worker is None
+
+
+def test_full_spec():
+    s = parse_spec(
+        {
+            "redis": {
+                "host": "redis.ns",
+                "port": 6380,
+                "cluster": True,
+                "passwordSecretRef": {"name": "redis", "key": "password"},
+                "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "ca.crt"}},
+            },
+            "source": {"stream": {"key": "events", "group": "g"}},
+            "scaling": {
+                "minReplicas": 1,
+                "maxReplicas": 20,
+                "targetBacklogPerReplica": 100,
+                "targetDrainSeconds": 30,
+                "pollingIntervalSeconds": 0.5,
+                "scaleDown": {"maxStepPods": 2},
+                "fallback": {"failureThreshold": 5, "replicas": 3},
+            },
+            "worker": {"image": "tide:1", "handler": "app:handle", "concurrency": 8},
+        }
+    )
+    assert s.redis.url == "rediss://redis.ns:6380" and s.redis.tls and s.redis.cluster
+    assert s.redis.password_secret == SecretKeyRef("redis", "password")
+    assert s.redis.ca_secret == SecretKeyRef("redis-ca", "ca.crt")
+    assert s.source.label == "events/g"
+    # a behaviour that names one limit drops the default's other limit
+    assert s.scaling.scale_down.max_step_pods == 2 and s.scaling.scale_down.max_step_percent is None
+    assert s.scaling.fallback.replicas == 3 and s.scaling.target_drain_seconds == 30
+    assert s.worker is not None and s.worker.concurrency == 8 and s.target is None
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"source": {}}, "exactly one of list or stream"),
+        ({"source": {"list": {"key": "a"}, "stream": {"key": "b", "group": "g"}}}, "exactly one"),
+        ({"worker": {"image": "i", "handler": "h"}}, "exactly one of scaleTargetRef or worker"),
+        ({"scaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas <= maxReplicas"),
+        ({"scaling": {"targetBacklogPerReplica": 0}}, "at least 1"),
+        ({"redis": {}}, "url, or host"),
+    ],
+)
+def test_errors(patch, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec({**BASE, **patch})
+
+
+def test_paused():
+    assert is_paused({"tide.dev/paused": "true"})
+    assert is_paused({"tide.dev/paused": "True"})
+    assert not is_paused({"tide.dev/paused": "false"})
+    assert not is_paused(None)
