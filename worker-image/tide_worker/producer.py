@@ -1,0 +1,271 @@
+"""The producer API: put messages on a Tide list queue or stream.
+
+Every message gets the envelope of :mod:`tide_worker.envelope` (id, timestamp, version, attempts 0), so
+workers know its id from the first attempt. ``side`` is the end the *workers* take from, the same value
+as the worker's ``--side``: producers push to the opposite end, so the queue stays FIFO (``right``, the
+default, means ``LPUSH`` here and ``BLMOVE ... RIGHT`` in the worker).
+
+Bulk enqueue pipelines without MULTI in chunks: one round trip per chunk, and no transaction holding
+Redis while a large batch is sent. Every key of a queue shares its hash tag, so on Redis Cluster one
+pipeline goes to one node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+from tide_worker.connection import RedisSettings, async_client, sync_client
+from tide_worker.envelope import encode_envelope, new_id
+from tide_worker.keys import QueueKeys
+
+Side = Literal["right", "left"]
+SyncClient = redis.Redis | RedisCluster
+AsyncClient = aredis.Redis | AsyncRedisCluster
+
+DEFAULT_CHUNK = 1000
+STREAM_FIELD = "data"  # the stream entry field that holds the envelope (the worker reads it)
+
+
+def push_command(side: str) -> str:
+    """The push that feeds workers taking from ``side``: they take from one end, producers push the other."""
+    if side == "right":
+        return "LPUSH"
+    if side == "left":
+        return "RPUSH"
+    raise ValueError(f"side must be 'right' or 'left', not {side!r}")
+
+
+def _as_body(body: Any) -> Any:
+    # JSON has no bytes: UTF-8 bytes become the string they spell, so callers can pass what they read.
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body).decode("utf-8")
+    return body
+
+
+def _check_delay(delay: float | None) -> None:
+    if delay is not None and delay < 0:
+        raise ValueError(f"delay must be >= 0 seconds, not {delay}")
+
+
+def _prepare(body: Any, message_id: str | None, headers: dict[str, Any] | None) -> tuple[str, bytes]:
+    mid = message_id or new_id()
+    return mid, encode_envelope(_as_body(body), message_id=mid, headers=headers)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    if size < 1:
+        raise ValueError(f"chunk must be >= 1, not {size}")
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _xadd_args(maxlen: int | None) -> dict[str, Any]:
+    if maxlen is not None and maxlen < 0:
+        raise ValueError(f"maxlen must be >= 0, not {maxlen}")
+    # "~" trimming removes whole macro nodes only: cheap, and the stream stays at least maxlen long.
+    return {"maxlen": maxlen, "approximate": True} if maxlen is not None else {}
+
+
+def _entry_id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Producer:
+    """Synchronous producer over a ``connection.sync_client`` (standalone, Cluster, TLS)."""
+
+    def __init__(
+        self, client: SyncClient | None = None, *, settings: RedisSettings | None = None, side: Side = "right"
+    ) -> None:
+        self._owned = client is None
+        self.client: SyncClient = (
+            client if client is not None else sync_client(settings or RedisSettings.from_env())
+        )
+        self.push = push_command(side)
+        self._push = self.client.lpush if self.push == "LPUSH" else self.client.rpush
+
+    def enqueue(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        id: str | None = None,
+        delay: float | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Put one message on ``queue`` (or in its retry set ``delay`` seconds from now); return its id."""
+        _check_delay(delay)
+        mid, data = _prepare(body, id, headers)
+        if delay:
+            self.client.zadd(QueueKeys(queue).delayed, {data: time.time() + delay})
+        else:
+            self._push(queue, data)
+        return mid
+
+    def enqueue_many(
+        self,
+        queue: str,
+        bodies: Iterable[Any],
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        headers: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Put many messages on ``queue`` in order, one pipelined push per ``chunk``; return their ids.
+
+        Not transactional: when Redis fails midway, the chunks already sent stay queued and the error
+        propagates (the ids of what was sent are not returned, so retry with explicit ids if duplicates
+        matter).
+        """
+        ids: list[str] = []
+        for batch in _chunks(bodies, chunk):
+            prepared = [_prepare(b, None, headers) for b in batch]
+            # One variadic push per chunk keeps the chunk's order: LPUSH a b c leaves c at the head.
+            self._push(queue, *(data for _, data in prepared))
+            ids.extend(mid for mid, _ in prepared)
+        return ids
+
+    def xadd(
+        self,
+        stream: str,
+        body: Any,
+        *,
+        maxlen: int | None = None,
+        id: str = "*",
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Append one message to ``stream`` (``MAXLEN ~ maxlen`` when given); return the entry id."""
+        _, data = _prepare(body, message_id, headers)
+        return _entry_id(self.client.xadd(stream, {STREAM_FIELD: data}, id=id, **_xadd_args(maxlen)))
+
+    def xadd_many(
+        self,
+        stream: str,
+        bodies: Iterable[Any],
+        *,
+        maxlen: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        headers: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Append many messages in order, pipelined per ``chunk``; return the entry ids."""
+        out: list[str] = []
+        trim = _xadd_args(maxlen)
+        for batch in _chunks(bodies, chunk):
+            pipe = self.client.pipeline(transaction=False)
+            for body in batch:
+                pipe.xadd(stream, {STREAM_FIELD: _prepare(body, None, headers)[1]}, **trim)
+            out.extend(_entry_id(v) for v in pipe.execute())
+        return out
+
+    def close(self) -> None:
+        if self._owned:
+            self.client.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncProducer:
+    """The asyncio twin of :class:`Producer` over ``connection.async_client``."""
+
+    def __init__(
+        self,
+        client: AsyncClient | None = None,
+        *,
+        settings: RedisSettings | None = None,
+        side: Side = "right",
+    ) -> None:
+        self._owned = client is None
+        self.client: AsyncClient = (
+            client if client is not None else async_client(settings or RedisSettings.from_env())
+        )
+        self.push = push_command(side)
+        self._push = self.client.lpush if self.push == "LPUSH" else self.client.rpush
+
+    async def enqueue(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        id: str | None = None,
+        delay: float | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        _check_delay(delay)
+        mid, data = _prepare(body, id, headers)
+        if delay:
+            await self.client.zadd(QueueKeys(queue).delayed, {data: time.time() + delay})
+        else:
+            await self._push(queue, data)
+        return mid
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        bodies: Iterable[Any],
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        headers: dict[str, Any] | None = None,
+    ) -> list[str]:
+        ids: list[str] = []
+        for batch in _chunks(bodies, chunk):
+            prepared = [_prepare(b, None, headers) for b in batch]
+            await self._push(queue, *(data for _, data in prepared))
+            ids.extend(mid for mid, _ in prepared)
+        return ids
+
+    async def xadd(
+        self,
+        stream: str,
+        body: Any,
+        *,
+        maxlen: int | None = None,
+        id: str = "*",
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        _, data = _prepare(body, message_id, headers)
+        return _entry_id(await self.client.xadd(stream, {STREAM_FIELD: data}, id=id, **_xadd_args(maxlen)))
+
+    async def xadd_many(
+        self,
+        stream: str,
+        bodies: Iterable[Any],
+        *,
+        maxlen: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        headers: dict[str, Any] | None = None,
+    ) -> list[str]:
+        out: list[str] = []
+        trim = _xadd_args(maxlen)
+        for batch in _chunks(bodies, chunk):
+            pipe = self.client.pipeline(transaction=False)
+            for body in batch:
+                pipe.xadd(stream, {STREAM_FIELD: _prepare(body, None, headers)[1]}, **trim)
+            out.extend(_entry_id(v) for v in await pipe.execute())
+        return out
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
