@@ -17,6 +17,7 @@ Load with ``pytest_plugins = ["tests.conftest_cluster"]``. Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -35,6 +36,19 @@ from tide_local.kubeconfig import service_account_kubeconfig
 from tide_local.paths import CLUSTER_DIR
 
 AUTO_STOP = "auto-stop"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control plane (if needed) before any test runs, so a slow first build is not charged to
+    one test's timeout; its progress is shown even with output capture on."""
+    if not any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    from tide_local import build
+
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    context = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+    with context:
+        build.ensure_binaries()
 
 
 @dataclass

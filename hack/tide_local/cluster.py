@@ -438,6 +438,7 @@ def down(verbose: bool = True) -> None:
         for sub in ("etcd", "sessions"):
             shutil.rmtree(CLUSTER_DIR / sub, ignore_errors=True)
         (CLUSTER_DIR / "kubeconfig").unlink(missing_ok=True)
+        (CLUSTER_DIR / "auto-stop").unlink(missing_ok=True)
     if verbose:
         _log("==> cluster stopped")
 

@@ -4,4 +4,11 @@
 import sys
 
 if "tests.conftest_cluster" not in sys.modules:
-    from tests.conftest_cluster import cluster, k8s, namespace, node_agent, sa_kubeconfig  # noqa: F401
+    from tests.conftest_cluster import (  # noqa: F401
+        cluster,
+        k8s,
+        namespace,
+        node_agent,
+        pytest_collection_finish,
+        sa_kubeconfig,
+    )
