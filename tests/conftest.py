@@ -14,6 +14,8 @@ import pytest
 import redis
 from tide_local.redisproc import RedisCluster, RedisServer, TLSFiles, make_tls_files
 
+pytest_plugins = ["tests.conftest_cluster"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The worker CLI and test handlers must be importable by subprocesses the tests start.

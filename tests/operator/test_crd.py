@@ -1,0 +1,148 @@
+"""The QueueConsumer CRD: its defaults agree with spec.py, and the API server rejects what is wrong with a
+message that says what to fix."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from tide_operator.spec import Scaling, parse_spec
+
+from tests.operator.conftest import CRDS
+
+VALID: dict[str, Any] = {
+    "apiVersion": "tide.dev/v1alpha1",
+    "kind": "QueueConsumer",
+    "metadata": {"name": "qc"},
+    "spec": {
+        "redis": {"url": "redis://127.0.0.1:6379/0"},
+        "source": {"list": {"key": "jobs"}},
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+    },
+}
+
+
+def _schema() -> dict[str, Any]:
+    doc = yaml.safe_load((CRDS / "queueconsumer.yaml").read_text())
+    return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_crd_defaults_match_spec_defaults():
+    props = _schema()["properties"]["spec"]["properties"]["scaling"]["properties"]
+    d = Scaling()
+    assert props["minReplicas"]["default"] == d.min_replicas
+    assert props["maxReplicas"]["default"] == d.max_replicas
+    assert props["targetBacklogPerReplica"]["default"] == d.target_backlog_per_replica
+    assert props["activationBacklog"]["default"] == d.activation_backlog
+    assert props["pollingIntervalSeconds"]["default"] == d.polling_interval_seconds
+    assert props["cooldownSeconds"]["default"] == d.cooldown_seconds
+    assert props["fallback"]["properties"]["failureThreshold"]["default"] == d.fallback.failure_threshold
+
+
+def _apply(cluster: Any, namespace: str, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(cluster.kubectl), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "create", "-f", "-"],
+        input=json.dumps(obj),
+        capture_output=True,
+        text=True,
+    )
+
+
+def _with(path: str, value: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    obj = copy.deepcopy(VALID)
+    spec = obj["spec"]
+    for key in drop:
+        spec.pop(key)
+    node = spec
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return obj
+
+
+INVALID = [
+    ("min-above-max", _with("scaling", {"minReplicas": 5, "maxReplicas": 2}), "minReplicas must not exceed"),
+    (
+        "list-and-stream",
+        _with("source", {"list": {"key": "a"}, "stream": {"key": "s", "group": "g"}}),
+        "exactly one of list: {key} or stream",
+    ),
+    ("neither-list-nor-stream", _with("source", {}), "exactly one of list: {key} or stream"),
+    (
+        "target-and-worker",
+        _with("worker", {"image": "tide:1", "handler": "app:handle"}),
+        "exactly one of spec.scaleTargetRef",
+    ),
+    (
+        "neither-target-nor-worker",
+        _with("source", {"list": {"key": "a"}}, drop=("scaleTargetRef",)),
+        "exactly one",
+    ),
+    (
+        "negative-min",
+        _with("scaling", {"minReplicas": -1}),
+        "minReplicas in body should be greater than or equal to 0",
+    ),
+    (
+        "negative-cooldown",
+        _with("scaling", {"cooldownSeconds": -5}),
+        "cooldownSeconds in body should be greater",
+    ),
+    (
+        "zero-target",
+        _with("scaling", {"targetBacklogPerReplica": 0}),
+        "targetBacklogPerReplica in body should be",
+    ),
+    ("unknown-field", _with("scaling", {"replicas": 3}), 'unknown field "spec.scaling.replicas"'),
+    ("unknown-top-field", _with("queue", "jobs"), 'unknown field "spec.queue"'),
+    ("stream-without-group", _with("source", {"stream": {"key": "s"}}), "spec.source.stream.group: Required"),
+    ("url-and-host", _with("redis", {"url": "redis://a:1", "host": "b"}), "exactly one of spec.redis.url or"),
+    ("bad-scheme", _with("redis", {"url": "http://a:1"}), "must start with redis:// or rediss://"),
+    (
+        "fallback-above-max",
+        _with("scaling", {"maxReplicas": 3, "fallback": {"replicas": 4}}),
+        "fallback.replicas must",
+    ),
+    (
+        "fallback-zero",
+        _with("scaling", {"fallback": {"replicas": 0}}),
+        "fallback.replicas in body should be greater",
+    ),
+    (
+        "bad-handler",
+        _with("worker", {"image": "i", "handler": "nocolon"}, drop=("scaleTargetRef",)),
+        "handler",
+    ),
+    (
+        "bad-side",
+        _with("source", {"list": {"key": "a", "side": "middle"}}),
+        'supported values: "left", "right"',
+    ),
+    ("zero-step", _with("scaling", {"scaleUp": {"maxStepPods": 0}}), "maxStepPods must be at least 1"),
+]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("obj", "message"), [pytest.param(o, m, id=i) for i, o, m in INVALID])
+def test_invalid_rejected_with_message(crds, namespace, obj, message):
+    result = _apply(crds, namespace, obj)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.cluster
+def test_valid_accepted_and_defaulted(crds, namespace):
+    result = _apply(crds, namespace, VALID)
+    assert result.returncode == 0, result.stderr
+    got = crds.run_kubectl("-n", namespace, "get", "qc", "qc", "-o", "json")
+    spec = json.loads(got.stdout)["spec"]
+    assert spec["scaling"]["pollingIntervalSeconds"] == 1
+    assert spec["source"]["list"]["side"] == "right"
+    assert parse_spec(spec).scaling == Scaling()
+    columns = crds.run_kubectl("-n", namespace, "get", "qc").stdout.split("\n")[0].split()
+    assert columns == ["NAME", "QUEUE", "BACKLOG", "REPLICAS", "DESIRED", "AGE"]
