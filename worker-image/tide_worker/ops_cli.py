@@ -184,7 +184,14 @@ def _guard(fn: Callable[[argparse.Namespace], int], label: str) -> Callable[[arg
             _err(f"tide {label}: {exc}")
             return EXIT_FAILURE
         except redis.AuthenticationError as exc:
-            _err(f"tide {label}: Redis at {url} refused the credentials: {_one_line(exc)}")
+            given: RedisSettings | None = getattr(args, "settings", None)
+            if given is not None and not (given.password or urlparse(given.url).password):
+                _err(
+                    f"tide {label}: Redis at {url} refused the credentials: it needs a password"
+                    " (put it in the URL or in TIDE_REDIS_USERNAME/TIDE_REDIS_PASSWORD)"
+                )
+            else:
+                _err(f"tide {label}: Redis at {url} refused the credentials: {_one_line(exc)}")
             return EXIT_FAILURE
         except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError) as exc:
             _err(f"tide {label}: cannot reach Redis at {url}: {_one_line(exc)}")
