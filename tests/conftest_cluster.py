@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from tide_local import cluster as local_cluster
 from tide_local.kubeconfig import service_account_kubeconfig
+from tide_local.nodeagent import die_with_parent
 from tide_local.paths import CLUSTER_DIR
 
 AUTO_STOP = "auto-stop"
@@ -199,7 +200,13 @@ def node_agent(cluster: LocalCluster, namespace: str) -> Iterator[NodeAgentFacto
             *(["--namespace", namespace] if namespace else []),
             *extra_args,
         ]
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # no stray agent if pytest itself is killed
+        )
         agent = NodeAgent(node, selector, namespace, log_path, proc, log_file)
         agents.append(agent)
         api_client = cluster.api_client()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
 import datetime
 import json
 import logging
@@ -49,6 +50,14 @@ log = logging.getLogger("tide_local.nodeagent")
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER", "LOGNAME", "SHELL")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: have Linux SIGKILL the child when the thread that started it dies, so processes do not
+    outlive an agent that was itself SIGKILLed (a clean stop terminates them gracefully first)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def now_rfc3339() -> str:
@@ -548,6 +557,7 @@ class PodRunner(threading.Thread):
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: signals reach its children too
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 c.waiting_reason, c.waiting_message = "StartError", str(exc)
