@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from urllib.parse import urlparse, urlunparse
 
 import redis
-from redis.exceptions import RedisClusterException
+from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from tide_worker import ops
 from tide_worker.connection import RedisSettings, sync_client
@@ -195,6 +195,12 @@ def _guard(fn: Callable[[argparse.Namespace], int], label: str) -> Callable[[arg
             return EXIT_FAILURE
         except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError) as exc:
             _err(f"tide {label}: cannot reach Redis at {url}: {_one_line(exc)}")
+            return EXIT_FAILURE
+        except (MovedError, AskError) as exc:
+            _err(
+                f"tide {label}: Redis at {url} is a Cluster node that does not own the key's slot"
+                f" ({type(exc).__name__} {_one_line(exc)}): add --redis-cluster or TIDE_REDIS_CLUSTER=true"
+            )
             return EXIT_FAILURE
         except redis.ResponseError as exc:
             msg = _one_line(exc)
