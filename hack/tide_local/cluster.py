@@ -473,8 +473,13 @@ def register_session(pid: int) -> None:
 
 def unregister_session(pid: int) -> list[int]:
     """Forget ``pid``; return the other live sessions still using the cluster."""
+    (CLUSTER_DIR / "sessions" / str(pid)).unlink(missing_ok=True)
+    return live_sessions()
+
+
+def live_sessions() -> list[int]:
+    """Pids of the live processes registered as using the cluster (stale entries are removed)."""
     sessions = CLUSTER_DIR / "sessions"
-    (sessions / str(pid)).unlink(missing_ok=True)
     others = []
     for entry in sessions.glob("*") if sessions.exists() else []:
         other = int(entry.name) if entry.name.isdigit() else -1
@@ -488,12 +493,17 @@ def unregister_session(pid: int) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tide_local.cluster", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--force", action="store_true", help="down: stop even while test sessions use it")
     args = parser.parse_args(argv)
     if args.command == "up":
         up()
         # started or adopted by hand: test sessions must not stop it when they end
         (CLUSTER_DIR / "auto-stop").unlink(missing_ok=True)
     elif args.command == "down":
+        users = live_sessions()
+        if users and not args.force:
+            print(f"==> test sessions still use the cluster (pids {users}); not stopping (use --force)")
+            return 1
         down()
     else:
         print(json.dumps(status(), indent=2))
