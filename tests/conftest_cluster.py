@@ -36,8 +36,6 @@ from tide_local.kubeconfig import service_account_kubeconfig
 from tide_local.nodeagent import die_with_parent
 from tide_local.paths import CLUSTER_DIR
 
-AUTO_STOP = "auto-stop"
-
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the control plane (if needed) before any test runs, so a slow first build is not charged to
@@ -82,16 +80,11 @@ class LocalCluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    info = local_cluster.up()
-    if info.started:
-        (CLUSTER_DIR / AUTO_STOP).touch()
-    local_cluster.register_session(os.getpid())
+    info = local_cluster.up(session=os.getpid())
     try:
         yield LocalCluster(info)
     finally:
-        others = local_cluster.unregister_session(os.getpid())
-        if not others and (CLUSTER_DIR / AUTO_STOP).exists() and not os.environ.get("TIDE_KEEP_CLUSTER"):
-            local_cluster.down()
+        local_cluster.release(os.getpid())
 
 
 @pytest.fixture

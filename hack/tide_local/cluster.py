@@ -44,6 +44,7 @@ CONTROLLERS = (
 )
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE = "state.json"
+AUTO_STOP = "auto-stop"  # marks a cluster started for test sessions: the last one to leave stops it
 
 # Popen handles of the components this process started, kept so they are not reported as leaked.
 _STARTED: list[subprocess.Popen[bytes]] = []
@@ -243,8 +244,13 @@ def _stop_all(directory: Path) -> None:
     (directory / STATE).unlink(missing_ok=True)
 
 
-def up(verbose: bool = True) -> ClusterInfo:
-    """Reuse the healthy cluster or start a fresh one; build the binaries first when needed."""
+def up(verbose: bool = True, session: int | None = None, adopt: bool = False) -> ClusterInfo:
+    """Reuse the healthy cluster or start a fresh one; build the binaries first when needed.
+
+    ``session``: register that pid as a user of the cluster (see :func:`release`); a cluster started for a
+    session is marked to be stopped when its last session releases it. ``adopt``: clear that mark, so the
+    cluster stays up until ``down`` (what ``make cluster-up`` does).
+    """
     started_at = time.monotonic()
     bin_dir = build.ensure_binaries()
     with build.file_lock(CLUSTER_LOCK, "starting the cluster"):
@@ -254,17 +260,37 @@ def up(verbose: bool = True) -> ClusterInfo:
                 _log(
                     f"==> reusing the running cluster at {state['server']} (kubeconfig {CLUSTER_DIR / 'kubeconfig'})"
                 )
-            return _info(state, CLUSTER_DIR, started=False)
-        if state or CLUSTER_DIR.exists():
+            info = _info(state, CLUSTER_DIR, started=False)
+        else:
+            if state or CLUSTER_DIR.exists():
+                if verbose:
+                    _log("==> cleaning up stale cluster state")
+                _stop_all(CLUSTER_DIR)
+                shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
+            info = _start(bin_dir, CLUSTER_DIR)
+            if session is not None:
+                (CLUSTER_DIR / AUTO_STOP).touch()
             if verbose:
-                _log("==> cleaning up stale cluster state")
-            _stop_all(CLUSTER_DIR)
-            shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
-        info = _start(bin_dir, CLUSTER_DIR)
-    if verbose:
-        _log(f"==> cluster ready in {time.monotonic() - started_at:.1f}s at {info.server}")
-        _log(f"    kubectl --kubeconfig {info.kubeconfig} get --raw /readyz   (kubectl: {info.kubectl})")
+                _log(f"==> cluster ready in {time.monotonic() - started_at:.1f}s at {info.server}")
+                _log(
+                    f"    kubectl --kubeconfig {info.kubeconfig} get --raw /readyz   (kubectl: {info.kubectl})"
+                )
+        if session is not None:
+            register_session(session)
+        if adopt:
+            (CLUSTER_DIR / AUTO_STOP).unlink(missing_ok=True)
     return info
+
+
+def release(session: int, verbose: bool = True) -> bool:
+    """``session`` stops using the cluster; stop the cluster when it was started for sessions, this was the
+    last one, and ``TIDE_KEEP_CLUSTER`` is not set. True when it stopped the cluster."""
+    with build.file_lock(CLUSTER_LOCK, "releasing the cluster"):
+        (CLUSTER_DIR / "sessions" / str(session)).unlink(missing_ok=True)
+        if live_sessions() or not (CLUSTER_DIR / AUTO_STOP).exists() or os.environ.get("TIDE_KEEP_CLUSTER"):
+            return False
+        _down_locked(verbose)
+        return True
 
 
 def _start(bin_dir: Path, directory: Path) -> ClusterInfo:
@@ -430,15 +456,19 @@ def _wait_for_default_service_account(kubeconfig: Path, cm: subprocess.Popen[byt
 def down(verbose: bool = True) -> None:
     """Stop every component and node agent by pid; keeps the logs for inspection."""
     with build.file_lock(CLUSTER_LOCK, "stopping the cluster"):
-        if not CLUSTER_DIR.exists():
-            if verbose:
-                _log("==> no cluster state; nothing to stop")
-            return
-        _stop_all(CLUSTER_DIR)
-        for sub in ("etcd", "sessions"):
-            shutil.rmtree(CLUSTER_DIR / sub, ignore_errors=True)
-        (CLUSTER_DIR / "kubeconfig").unlink(missing_ok=True)
-        (CLUSTER_DIR / "auto-stop").unlink(missing_ok=True)
+        _down_locked(verbose)
+
+
+def _down_locked(verbose: bool) -> None:
+    if not CLUSTER_DIR.exists():
+        if verbose:
+            _log("==> no cluster state; nothing to stop")
+        return
+    _stop_all(CLUSTER_DIR)
+    for sub in ("etcd", "sessions"):
+        shutil.rmtree(CLUSTER_DIR / sub, ignore_errors=True)
+    (CLUSTER_DIR / "kubeconfig").unlink(missing_ok=True)
+    (CLUSTER_DIR / AUTO_STOP).unlink(missing_ok=True)
     if verbose:
         _log("==> cluster stopped")
 
@@ -471,12 +501,6 @@ def register_session(pid: int) -> None:
     (sessions / str(pid)).write_text(" ".join(_cmdline(pid)))
 
 
-def unregister_session(pid: int) -> list[int]:
-    """Forget ``pid``; return the other live sessions still using the cluster."""
-    (CLUSTER_DIR / "sessions" / str(pid)).unlink(missing_ok=True)
-    return live_sessions()
-
-
 def live_sessions() -> list[int]:
     """Pids of the live processes registered as using the cluster (stale entries are removed)."""
     sessions = CLUSTER_DIR / "sessions"
@@ -496,9 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="down: stop even while test sessions use it")
     args = parser.parse_args(argv)
     if args.command == "up":
-        up()
-        # started or adopted by hand: test sessions must not stop it when they end
-        (CLUSTER_DIR / "auto-stop").unlink(missing_ok=True)
+        up(adopt=True)  # started or adopted by hand: test sessions must not stop it when they end
     elif args.command == "down":
         users = live_sessions()
         if users and not args.force:
