@@ -1,6 +1,6 @@
 """Start, reuse and stop the local control plane: etcd, kube-apiserver and kube-controller-manager.
 
-``python -m tide_local.cluster up|down|status``. Everything lives under ``.cache/cluster/``: the PKI in
+``python -m tide_local.cluster up|down|status|env|kubectl ARGS...``. Everything lives under ``.cache/cluster/``: the PKI in
 ``pki/``, etcd's data, a log and a pid file per component, ``state.json`` (ports, pids) and the admin
 ``kubeconfig``. ``up`` is idempotent: a healthy cluster is reused; stale state is cleaned up and a fresh
 cluster started. ``down`` stops the components (and any node agents) by pid, checking each pid still runs
@@ -516,9 +516,21 @@ def live_sessions() -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tide_local.cluster", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "kubectl"])
     parser.add_argument("--force", action="store_true", help="down: stop even while test sessions use it")
+    parser.add_argument("kubectl_args", nargs=argparse.REMAINDER, help="kubectl: its arguments")
     args = parser.parse_args(argv)
+    if args.command in ("env", "kubectl"):
+        state = _read_state()
+        if not state:
+            print("no cluster running; make cluster-up", file=sys.stderr)
+            return 1
+        kubectl = Path(state["bin_dir"]) / "kubectl"
+        if args.command == "env":  # eval "$(python -m tide_local.cluster env)"
+            print(f"export KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
+            print(f"export PATH={kubectl.parent}:$PATH")
+            return 0
+        os.execv(kubectl, [str(kubectl), f"--kubeconfig={CLUSTER_DIR / 'kubeconfig'}", *args.kubectl_args])
     if args.command == "up":
         up(adopt=True)  # started or adopted by hand: test sessions must not stop it when they end
     elif args.command == "down":

@@ -276,3 +276,32 @@ def test_service_account_without_permission_is_refused(cluster, k8s, namespace, 
         assert err.value.status == 403
     finally:
         robot.close()
+
+
+def test_watch_sends_initial_events_then_a_bookmark(cluster, k8s, namespace):
+    """Streaming lists (sendInitialEvents) end the initial state with a bookmark; the API server relies on
+    etcd's watch progress requests for this (etcd >= 3.5.13)."""
+    from tide_local.kube import Kube
+
+    core = client.CoreV1Api(k8s)
+    for i in range(3):
+        core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"cm{i}"))
+        )
+    kube = Kube(cluster.kubeconfig)
+    params = {
+        "sendInitialEvents": "true",
+        "resourceVersionMatch": "NotOlderThan",
+        "allowWatchBookmarks": "true",
+    }
+    added = []
+    for event in kube.watch(f"/api/v1/namespaces/{namespace}/configmaps", params, timeout_seconds=20):
+        if event["type"] == "ADDED":
+            added.append(event["object"]["metadata"]["name"])
+        elif event["type"] == "BOOKMARK":
+            annotations = event["object"]["metadata"].get("annotations") or {}
+            assert annotations.get("k8s.io/initial-events-end") == "true"
+            break
+    else:
+        pytest.fail("the watch ended without the initial-events-end bookmark")
+    assert {"cm0", "cm1", "cm2"} <= set(added)
