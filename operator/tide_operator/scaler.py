@@ -1,0 +1,153 @@
+"""Kubernetes writes: ``/scale`` of any target, the QueueConsumer's status, Secrets. Separate from Redis.
+
+A small asyncio client over aiohttp (kopf's own HTTP stack): one connection pool for every resource the
+operator serves, no thread per call, and explicit patch types. Credentials come from the in-cluster
+ServiceAccount (token re-read as the kubelet rotates it) or the kubeconfig, as kopf's own login does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tide_operator.spec import GROUP, PLURAL, VERSION, SecretKeyRef, TargetRef
+
+SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Kube:
+    def __init__(self) -> None:
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        self.in_cluster = False
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            self.in_cluster = True
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        self.server = str(cfg.host).rstrip("/")
+        ctx = (
+            ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+            if cfg.ssl_ca_cert
+            else ssl.create_default_context()
+        )
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        self._ssl = ctx
+        self._auth: str | None = None
+        for key in ("authorization", "BearerToken"):
+            value = cfg.api_key.get(key)
+            if value:
+                prefix = cfg.api_key_prefix.get(key)
+                self._auth = f"{prefix} {value}" if prefix else str(value)
+        self._token_read = time.monotonic()
+        self._session: aiohttp.ClientSession | None = None
+        self._plurals: dict[tuple[str, str], str] = {}
+
+    def _headers(self) -> dict[str, str]:
+        if self.in_cluster and time.monotonic() - self._token_read > 60 and SA_TOKEN.exists():
+            self._auth = "Bearer " + SA_TOKEN.read_text().strip()
+            self._token_read = time.monotonic()
+        return {"Authorization": self._auth} if self._auth else {}
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/merge-patch+json"
+    ) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+                timeout=aiohttp.ClientTimeout(total=10),
+            )
+        headers = self._headers()
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        async with self._session.request(method, self.server + path, data=data, headers=headers) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                try:
+                    message = json.loads(text).get("message", text)
+                except ValueError:
+                    message = text
+                raise KubeError(resp.status, message)
+            result: dict[str, Any] = json.loads(text) if text else {}
+            return result
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- /scale of any workload -----------------------------------------------------------------------
+
+    async def _plural(self, target: TargetRef) -> str:
+        key = (target.api_version, target.kind)
+        if key not in self._plurals:
+            base = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
+            doc = await self.request("GET", base)
+            for res in doc.get("resources", []):
+                if res.get("kind") == target.kind and "/" not in res.get("name", ""):
+                    self._plurals[key] = res["name"]
+                    break
+            else:
+                raise KubeError(404, f"{target.api_version} has no kind {target.kind}")
+        return self._plurals[key]
+
+    async def scale_path(self, namespace: str, target: TargetRef) -> str:
+        base = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
+        return f"{base}/namespaces/{namespace}/{await self._plural(target)}/{target.name}/scale"
+
+    async def get_replicas(self, namespace: str, target: TargetRef) -> int:
+        scale = await self.request("GET", await self.scale_path(namespace, target))
+        return int(scale.get("spec", {}).get("replicas") or 0)
+
+    async def set_replicas(self, namespace: str, target: TargetRef, replicas: int) -> int:
+        path = await self.scale_path(namespace, target)
+        scale = await self.request("PATCH", path, {"spec": {"replicas": replicas}})
+        return int(scale.get("spec", {}).get("replicas") or 0)
+
+    # --- the QueueConsumer ----------------------------------------------------------------------------
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        await self.request("PATCH", path, {"status": status})
+
+    async def secret_value(self, namespace: str, ref: SecretKeyRef) -> str:
+        secret = await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
+        data = secret.get("data") or {}
+        if ref.key not in data:
+            raise KubeError(404, f"Secret {ref.name} has no key {ref.key}")
+        return base64.b64decode(data[ref.key]).decode()
+
+    # --- Deployments the operator owns ----------------------------------------------------------------
+
+    async def apply_deployment(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Create the Deployment, or bring its template and labels up to date without touching replicas."""
+        name = manifest["metadata"]["name"]
+        path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+        try:
+            await self.request("POST", path, manifest, content_type="application/json")
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            patch = {"metadata": manifest["metadata"], "spec": dict(manifest["spec"])}
+            patch["spec"].pop("replicas", None)
+            await self.request("PATCH", f"{path}/{name}", patch)
