@@ -1,0 +1,19 @@
+"""The no-op handlers every system in the worker benchmark runs: each does nothing, identically.
+
+Completion is observed from Redis through each system's own ack signal (see worker_bench.py), so the
+handlers need no side effect of their own; Celery's alone takes a ``last`` flag, see its app module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def noop(msg: Any) -> None:
+    """Tide (``--handler bench.handlers:noop``) and the raw loop."""
+    return None
+
+
+def rq_noop() -> None:
+    """RQ job function."""
+    return None
