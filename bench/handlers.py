@@ -17,3 +17,8 @@ def noop(msg: Any) -> None:
 def rq_noop() -> None:
     """RQ job function."""
     return None
+
+
+async def anoop(msg: Any) -> None:
+    """Tide's native form: an async handler runs on the event loop, with no thread hop."""
+    return None
