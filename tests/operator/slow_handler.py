@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from typing import Any
 
 
-def handle(message: Any) -> None:
-    time.sleep(0.02)
+async def handle(message: Any) -> None:
+    await asyncio.sleep(0.02)

@@ -121,7 +121,7 @@ def test_list_burst_scales_up_drains_gradually_then_zero(
         elapsed = time.monotonic() - start
         print(f"burst -> 10 replicas in {elapsed:.2f}s")
         assert elapsed < 10, op.log()[-3000:]  # the 2 s goal is measured in bench/operator
-        assert any("0 -> 10" in m for m in api.events("Scaled"))
+        wait_for("Scaled event", lambda: any("0 -> 10" in m for m in api.events("Scaled")), timeout=10)
 
         node_agent("app=w")
         k = QueueKeys("jobs")
@@ -216,7 +216,7 @@ def test_redis_outage_fallback_and_recovery(crds, namespace, k8s, sa_kubeconfig,
         wait_for("RedisReachable=False", lambda: api.condition("o", "RedisReachable") == "False", timeout=20)
         wait_for("fallback replicas", lambda: api.replicas() == 2, timeout=20)
         assert api.condition("o", "Fallback") == "True"
-        assert api.events("RedisUnreachable") and api.events("Fallback")
+        wait_for("events", lambda: api.events("RedisUnreachable") and api.events("Fallback"), timeout=10)
         assert op.proc.poll() is None  # no crash
         redis_aof.start()
         wait_for("RedisReachable=True", lambda: api.condition("o", "RedisReachable") == "True", timeout=30)
