@@ -104,6 +104,7 @@ def _namespace_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     name = _namespace_name(request)
     api_client = cluster.api_client()
@@ -112,6 +113,16 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
         core.create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"tide.dev/test": "true"}))
         )
+        # Pods are refused until the serviceaccount controller has created the namespace's `default`.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                core.read_namespaced_service_account("default", name)
+                break
+            except ApiException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         yield name
     finally:
         try:

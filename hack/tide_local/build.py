@@ -128,13 +128,13 @@ def _go() -> str:
     return go
 
 
-def _build_one(go: str, name: str, package: str, out: Path, ldflags: str) -> None:
+def _build_one(go: str, name: str, package: str, out: Path, ldflags: str, cwd: Path = GO_MODULE_DIR) -> None:
     started = time.monotonic()
     print(f"==> building {name} from {package}", flush=True)
     tmp = out.with_name(out.name + ".tmp")
     cmd = [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package]
     proc = subprocess.Popen(
-        cmd, cwd=GO_MODULE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
     assert proc.stdout is not None
     compiled = 0

@@ -210,8 +210,16 @@ def _healthy(state: dict[str, Any], directory: Path) -> bool:
         if not pid or not pid_runs(int(pid), _runs_binary(bin_dir / name)):
             return False
     pki = certs.Pki(directory / "pki")
-    status, body = http_get(f"{state['server']}/readyz", _ssl_context(pki))
-    return status == 200 and body.strip() == "ok"
+    # A busy machine can make a shared, healthy cluster slow to answer: retry before declaring it broken
+    # (which would make `up` restart it under the feet of other test sessions).
+    deadline = time.monotonic() + 20
+    while True:
+        status, body = http_get(f"{state['server']}/readyz", _ssl_context(pki), timeout=5)
+        if status == 200 and body.strip() == "ok":
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def current() -> ClusterInfo | None:
