@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -36,3 +36,11 @@ cluster-down: install
 
 clean:
 	rm -rf .cache/cluster
+
+# The chart ships copies of crds/*.yaml (Helm installs them and keeps them on uninstall);
+# tests/chart fails when the copies drift.
+chart-sync:
+	cp crds/*.yaml charts/tide/crds/
+
+helm-lint: install
+	$(PY) -m tide_local.helmbin lint --strict charts/tide

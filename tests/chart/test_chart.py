@@ -1,0 +1,191 @@
+"""The Helm chart: lint, schema, secure defaults, one source for CRDs and RBAC, and a real install."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from tide_local.helmbin import ensure_helm
+from tide_local.redisproc import free_port
+from tide_worker.keys import QueueKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "tide"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([str(ensure_helm()), *args], capture_output=True, text=True, timeout=120)
+    if check and res.returncode:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def render(*sets: str, namespace: str = "tide-system") -> list[dict[str, Any]]:
+    args = ["template", "t", str(CHART), "-n", namespace]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint_is_clean() -> None:
+    res = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in res.stdout
+    assert "[WARNING]" not in res.stdout and "[ERROR]" not in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ("rbac.scope=everywhere", "at '/rbac/scope': value must be one of 'cluster', 'namespaced'"),
+        ("replicaCount=0", "at '/replicaCount': minimum: got 0, want 1"),
+        ("securityContext.privileged=true", "at '/securityContext/privileged': value must be false"),
+        ("ports.metrics=70000", "at '/ports/metrics': maximum: got 70,000, want 65,535"),
+        ("metrics.serviceMonitor.interval=soon", "at '/metrics/serviceMonitor/interval'"),
+        ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
+    ],
+)
+def test_invalid_values_fail_with_the_schema_message(values: str, message: str) -> None:
+    res = helm("template", "t", str(CHART), "--set", values, check=False)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+
+
+def test_secure_defaults() -> None:
+    docs = render()
+    (dep,) = by_kind(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # no Secret values in the chart: credentials are referenced by QueueConsumers, not stored here
+    assert not by_kind(docs, "Secret")
+
+
+def test_optional_parts_follow_values() -> None:
+    docs = render()
+    assert not by_kind(docs, "ServiceMonitor")
+    assert by_kind(docs, "ConfigMap")[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    docs = render("metrics.serviceMonitor.enabled=true", "dashboard.enabled=false")
+    assert by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert not by_kind(docs, "ConfigMap")
+    docs = render("replicaCount=2")
+    assert by_kind(docs, "ClusterKopfPeering")
+    assert (
+        "--peering=t-tide"
+        in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_crds_in_chart_and_crds_dir_are_one_source() -> None:
+    chart_crds = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    repo_crds = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert chart_crds == repo_crds, "run `make chart-sync` to copy crds/ into the chart"
+    for name in chart_crds:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/tide/crds/{name} drifted from crds/{name}: run `make chart-sync`"
+        )
+
+
+def _rules(path: Path, kind: str) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    rules: list[dict[str, Any]] = next(d for d in docs if d["kind"] == kind)["rules"]
+    return rules
+
+
+@pytest.mark.parametrize(
+    ("scope", "kind", "source"),
+    [("cluster", "ClusterRole", "clusterrole.yaml"), ("namespaced", "Role", "role-namespaced.yaml")],
+)
+def test_chart_rbac_matches_crds_rbac(scope: str, kind: str, source: str) -> None:
+    (role,) = by_kind(render(f"rbac.scope={scope}"), kind)
+    assert role["rules"] == _rules(ROOT / "crds" / "rbac" / source, kind)
+
+
+def test_namespaced_scope_watches_only_the_release_namespace() -> None:
+    docs = render("rbac.scope=namespaced", namespace="team-a")
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+@pytest.mark.cluster
+def test_helm_install_runs_an_operator_that_scales(
+    cluster: Any, namespace: str, node_agent: Any, k8s: Any, redis_url: str
+) -> None:
+    """helm install on the local control plane; the operator pod (a local process run by the node agent
+    with a token of the chart's ServiceAccount) scales a Deployment from a Redis backlog."""
+    from kubernetes import client
+
+    release = f"tide-{uuid.uuid4().hex[:6]}"
+    env = ["--kubeconfig", str(cluster.kubeconfig)]
+    helm(
+        *env, "install", release, str(CHART), "-n", namespace, "--wait=false",
+        "--set", f"ports.health={free_port()}", "--set", f"ports.metrics={free_port()}",
+    )  # fmt: skip
+    try:
+        status = helm(*env, "status", release, "-n", namespace).stdout
+        assert "STATUS: deployed" in status
+        node_agent(f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator")
+        apps = client.AppsV1Api(k8s)
+        custom = client.CustomObjectsApi(k8s)
+        target = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "target"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "target"}},
+                "template": {
+                    "metadata": {"labels": {"app": "target"}},
+                    "spec": {"containers": [{"name": "c", "image": "none", "command": ["sleep", "60"]}]},
+                },
+            },
+        }
+        apps.create_namespaced_deployment(namespace, target)
+        queue = f"chart:{release}"
+        qc = {
+            "apiVersion": "tide.dev/v1alpha1",
+            "kind": "QueueConsumer",
+            "metadata": {"name": "orders"},
+            "spec": {
+                "redis": {"url": redis_url},
+                "source": {"list": {"key": queue}},
+                "scaling": {"minReplicas": 0, "maxReplicas": 5, "targetBacklogPerReplica": 10},
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "target"},
+            },
+        }
+        custom.create_namespaced_custom_object("tide.dev", "v1alpha1", namespace, "queueconsumers", qc)
+        with redis.Redis.from_url(redis_url) as r:
+            r.lpush(QueueKeys(queue).ready, *[f"m{i}" for i in range(30)])
+        deadline = time.monotonic() + 60
+        replicas = 0
+        while time.monotonic() < deadline:
+            replicas = int(apps.read_namespaced_deployment_scale("target", namespace).spec.replicas or 0)
+            if replicas == 3:
+                break
+            time.sleep(0.2)
+        assert replicas == 3, "the chart's operator did not scale the target to ceil(30/10)"
+        # the operator pod reported Ready through the node agent
+        pods = client.CoreV1Api(k8s).list_namespaced_pod(
+            namespace, label_selector=f"app.kubernetes.io/instance={release}"
+        )
+        assert [p.status.phase for p in pods.items] == ["Running"]
+    finally:
+        helm(*env, "uninstall", release, "-n", namespace, "--wait", "--timeout", "60s", check=False)
