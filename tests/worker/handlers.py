@@ -1,0 +1,75 @@
+"""Handlers for subprocess workers in tests: ``--handler tests.worker.handlers:<name>``.
+
+Handlers that record what they saw append to the Redis list named by TIDE_TEST_LOG (via
+TIDE_REDIS_URL), so a test can read exactly which messages ran, in which order, how often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import redis
+
+from tide_worker import Message, Reject, RetryAfter
+
+_client: redis.Redis | None = None
+
+
+def _log_client() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["TIDE_REDIS_URL"])
+    return _client
+
+
+def _record(msg: Message) -> None:
+    key = os.environ.get("TIDE_TEST_LOG")
+    if key:
+        _log_client().rpush(key, str(msg.body))
+
+
+def noop(msg: Message) -> None:
+    return None
+
+
+async def anoop(msg: Message) -> None:
+    return None
+
+
+def record(msg: Message) -> None:
+    _record(msg)
+
+
+def slow_record(msg: Message) -> None:
+    """Sleep for the seconds in TIDE_TEST_SLEEP (default 0.5), then record."""
+    time.sleep(float(os.environ.get("TIDE_TEST_SLEEP", "0.5")))
+    _record(msg)
+
+
+def hang(msg: Message) -> None:
+    time.sleep(3600)
+
+
+def chaos(msg: Message) -> None:
+    """Bodies 'ok:N', 'transient:N' (fails its first two attempts) and 'permanent:N' (always fails)."""
+    kind = str(msg.body).split(":", 1)[0]
+    if kind == "permanent":
+        raise RuntimeError("permanent failure")
+    if kind == "transient" and msg.attempts < 2:
+        raise RuntimeError("transient failure")
+    _record(msg)
+
+
+def reject(msg: Message) -> None:
+    raise Reject("no thanks")
+
+
+def retry_after(msg: Message) -> None:
+    raise RetryAfter(0.2)
+
+
+async def async_sleepy(msg: Message) -> None:
+    await asyncio.sleep(float(os.environ.get("TIDE_TEST_SLEEP", "0.5")))
+    _record(msg)

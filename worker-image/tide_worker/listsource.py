@@ -1,0 +1,136 @@
+"""A list queue: reliable fetch into this worker's processing list, acks by LREM, retries via the retry set."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.exceptions as rexc
+
+from tide_worker import logs
+from tide_worker.config import WorkerConfig
+from tide_worker.envelope import MalformedMessage, decode
+from tide_worker.keys import QueueKeys
+from tide_worker.reaper import ListReaper
+from tide_worker.records import DeadLetter
+from tide_worker.scripts import Scripts
+from tide_worker.source import Delivery
+
+PROMOTE_LIMIT = 500
+
+
+class ListSource:
+    kind = "list"
+
+    def __init__(self, client: Any, cfg: WorkerConfig) -> None:
+        assert cfg.queue
+        self.client = client
+        self.cfg = cfg
+        self.name = cfg.queue
+        self.keys = QueueKeys(cfg.queue)
+        self.proc = self.keys.processing(cfg.worker_id)
+        self.scripts = Scripts(client)
+        # BLMOVE unless forced off; switched off for good on an "unknown command" reply (Redis < 6.2).
+        self.use_blmove = cfg.fetch_command != "brpoplpush"
+        self.reaper = ListReaper(client, self.scripts, cfg)
+        self.log = logs.get()
+
+    async def setup(self) -> None:
+        await self.client.ping()
+
+    def _delivery(self, raw: bytes) -> Delivery:
+        try:
+            return Delivery(raw=raw, msg=decode(raw, self.name))
+        except MalformedMessage as exc:
+            return Delivery(raw=raw, msg=None, error=str(exc))
+
+    async def fetch(self, count: int) -> list[Delivery]:
+        items = await self.scripts.fetch_batch(keys=[self.name, self.proc], args=[count, self.cfg.side])
+        if items:
+            return [self._delivery(raw) for raw in items]
+        raw = await self._block_one()
+        return [self._delivery(raw)] if raw is not None else []
+
+    async def _block_one(self) -> bytes | None:
+        timeout = self.cfg.block_timeout
+        if self.use_blmove:
+            try:
+                side = "RIGHT" if self.cfg.side == "right" else "LEFT"
+                result: bytes | None = await self.client.blmove(self.name, self.proc, timeout, side, "LEFT")
+                return result
+            except rexc.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self.use_blmove = False
+                self.log.warning("BLMOVE not supported by this server: using BRPOPLPUSH")
+        if self.cfg.side == "right":
+            # Servers before 6.2 accept only whole seconds here.
+            result = await self.client.brpoplpush(self.name, self.proc, max(1, round(timeout)))
+            return result
+        # No blocking left-pop-and-push before BLMOVE: poll the batch fetch instead.
+        await asyncio.sleep(min(0.2, timeout))
+        return None
+
+    async def ack(self, deliveries: list[Delivery], counter: str = "processed") -> None:
+        keys = [self.proc, self.keys.stats]
+        ttl = self.cfg.dedupe_ttl
+        if ttl:
+            keys += [self.keys.dedupe(d.message_id) for d in deliveries]
+        await self.scripts.ack_batch(keys=keys, args=[ttl, counter, *[d.raw for d in deliveries]])
+
+    async def retry(self, delivery: Delivery, delay: float) -> bool:
+        assert delivery.msg is not None
+        due = time.time() + delay
+        args = [delivery.raw, delivery.msg.retried(), due]
+        removed = await self.scripts.retry(keys=[self.proc, self.keys.delayed, self.keys.stats], args=args)
+        return bool(removed)
+
+    async def dead(self, delivery: Delivery, record: DeadLetter) -> bool:
+        keys = [self.proc, self.keys.dead, self.keys.stats]
+        return bool(await self.scripts.dead(keys=keys, args=[delivery.raw, record.encode()]))
+
+    async def requeue(self, deliveries: list[Delivery]) -> int:
+        if not deliveries:
+            return 0
+        args = [self.cfg.side, *[d.raw for d in deliveries]]
+        return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=args))
+
+    async def requeue_all(self) -> int:
+        return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=[self.cfg.side]))
+
+    async def done_already(self, deliveries: list[Delivery]) -> list[bool]:
+        keys = [self.keys.dedupe(d.message_id) for d in deliveries]
+        flags = await self.scripts.exists_many(keys=keys, args=[])
+        return [bool(f) for f in flags]
+
+    async def heartbeat(self, record: bytes) -> None:
+        wid = self.cfg.worker_id
+        ttl_ms = int(self.cfg.heartbeat_ttl * 1000)
+        keys = [self.keys.workers, self.keys.worker(wid)]
+        await self.scripts.heartbeat(keys=keys, args=[wid, time.time(), record, ttl_ms])
+
+    async def touch(self, deliveries: list[Delivery]) -> None:
+        return None  # a processing list needs no visibility extension: the heartbeat covers it
+
+    async def deregister(self) -> bool:
+        wid = self.cfg.worker_id
+        keys = [self.proc, self.keys.workers, self.keys.worker(wid)]
+        return bool(await self.scripts.deregister(keys=keys, args=[wid]))
+
+    def maintenance_interval(self) -> float:
+        return self.cfg.promote_interval
+
+    async def maintain(self) -> None:
+        """Promote due retries to the producer end of the queue (a limited batch per call)."""
+        args = [time.time(), PROMOTE_LIMIT, self.cfg.side]
+        while True:
+            moved = int(await self.scripts.promote_due(keys=[self.keys.delayed, self.name], args=args))
+            if moved < PROMOTE_LIMIT:
+                return
+
+    async def reap(self) -> int:
+        return await self.reaper.run_once()
+
+    async def release(self) -> None:
+        await self.scripts.release(keys=[self.keys.reaper_lease], args=[self.cfg.worker_id])

@@ -1,0 +1,678 @@
+"""The asyncio engine of ``tide worker``: fetch, run handlers with bounded concurrency, settle, shut down.
+
+Flow: the fetcher moves up to ``batch_size`` messages at a time into this worker's custody (the
+processing list, or the stream's pending entries) and queues them; ``concurrency`` lanes take them and
+run the handler; successes are acked in batches by the acker (one script call for all that finished
+meanwhile); failures are retried or dead-lettered one by one. Side loops keep the heartbeat, promote due
+retries and reap dead workers. Every Redis call goes through ``_redis``, which waits out a lost
+connection with capped, jittered backoff instead of failing.
+
+Sync handlers run in threads, a chunk of messages per thread hop (so batching pays off), and a watchdog
+enforces the per-message timeout: a stuck thread cannot be killed, so it is abandoned (and counted), its
+message failed, and the chunk's unstarted messages go back to the lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import queue as queue_mod
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis.exceptions as rexc
+
+from tide_worker import __version__, logs
+from tide_worker.config import WorkerConfig, backoff_delay
+from tide_worker.connection import RedisSettings, async_client
+from tide_worker.errors import Reject, RetryAfter
+from tide_worker.handler import Handler
+from tide_worker.metrics import HealthServer, LoopWatch, Metrics
+from tide_worker.records import DeadLetter, Heartbeat
+from tide_worker.source import Delivery, Source
+
+T = TypeVar("T")
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+RECONNECT_CAP = 5.0
+RATE_WINDOW = 30.0
+TRACEBACK_FRAMES = 8
+TRACEBACK_CHARS = 4000
+
+
+class HandlerTimeout(Exception):
+    """The handler ran past ``--handler-timeout``."""
+
+
+class Stopped(Exception):
+    """Raised inside ``_redis`` when the hard deadline passed while Redis was unreachable."""
+
+
+def traceback_summary(exc: BaseException) -> str:
+    """The last frames of a traceback, bounded, for the dead-letter record."""
+    frames = traceback.format_tb(exc.__traceback__)[-TRACEBACK_FRAMES:]
+    text = "".join(frames) + "".join(traceback.format_exception_only(type(exc), exc))
+    return text[-TRACEBACK_CHARS:]
+
+
+class DaemonPool:
+    """A fixed set of daemon threads: an abandoned (stuck) handler thread never blocks process exit."""
+
+    def __init__(self, size: int) -> None:
+        self._q: queue_mod.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None] = (
+            queue_mod.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, name=f"tide-handler-{i}", daemon=True) for i in range(size)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fut, fn = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._q.put((fut, fn))
+        return fut
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+
+
+@dataclass(eq=False)  # hashed by identity: the set of running chunks
+class ChunkRun:
+    """Messages one thread runs back to back; shared with the lane's watchdog under ``lock``."""
+
+    deliveries: list[Delivery]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_index: int = 0
+    started_at: float | None = None  # monotonic start of the running message
+    outcomes: list[tuple[Delivery, BaseException | None, float]] = field(default_factory=list)
+    abandoned: bool = False  # the watchdog gave up on the thread: discard what it does next
+    halted: bool = False  # shutting down: start nothing new
+
+
+class RateMeter:
+    """Messages finished per second over a sliding window, from samples taken at each heartbeat."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, finished: int) -> tuple[float, float]:
+        self.samples.append((now, finished))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        t0, n0 = self.samples[0]
+        span = now - t0
+        return ((finished - n0) / span if span > 0 else 0.0), span
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, handler: Handler, client: Any = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.handler = handler
+        self.log = logs.get()
+        self._own_client = client is None
+        if client is None:
+            settings = RedisSettings.from_env(
+                url=cfg.redis_url,
+                cluster=cfg.cluster,
+                block_timeout=cfg.block_timeout,
+                client_name=f"tide-worker:{cfg.worker_id}",
+            )
+            client = async_client(settings)
+        self.client = client
+        self.source: Source = self._make_source()
+        self.metrics = Metrics(cfg.source_name)
+        self.watch = LoopWatch()
+        self.http: HealthServer | None = None
+        self.connected = False
+        self.stopping = False
+        self.hard_deadline = float("inf")  # monotonic; past it, give up on Redis and exit
+        self.grace_deadline = float("inf")
+        self.started = time.time()
+        self.host = os.environ.get("POD_NAME") or socket.gethostname()
+        self.processed = 0
+        self.failed = 0
+        self.running = 0
+        self.rate = RateMeter()
+        self.ready: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self.space = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.acks: list[Delivery] = []
+        self.ack_event = asyncio.Event()
+        self.runs: set[ChunkRun] = set()
+        self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
+        self.abandoned_threads = 0
+        # Sync handlers run in threads, except with no timeout, when they run inline (no thread hop per
+        # chunk; a handler that blocks long then delays heartbeats, so keep those short).
+        threaded = not handler.is_async and cfg.handler_timeout > 0
+        self.pool = DaemonPool(cfg.concurrency * 2) if threaded else None
+        self._backoff_logged = logs.RateLimited(30.0)
+        # Each lane takes up to this many ready messages at once: one thread hop and one ack batch for all.
+        self.chunk_size = max(1, cfg.batch_size // cfg.concurrency)
+
+    def _make_source(self) -> Source:
+        if self.cfg.queue:
+            from tide_worker.listsource import ListSource
+
+            return ListSource(self.client, self.cfg)
+        from tide_worker.streamsource import StreamSource
+
+        return StreamSource(self.client, self.cfg)
+
+    # ---- connection handling -------------------------------------------------------------------
+
+    async def _redis(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis call, waiting out connection loss with capped exponential backoff + jitter."""
+        delay = 0.1
+        while True:
+            try:
+                result = await call()
+            except CONNECTION_ERRORS as exc:
+                self._disconnected(what, exc)
+                if time.monotonic() >= self.hard_deadline:
+                    raise Stopped(what) from exc
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(RECONNECT_CAP, delay * 2)
+                continue
+            self._reconnected()
+            return result
+
+    def _disconnected(self, what: str, exc: BaseException) -> None:
+        self.connected = False
+        self.metrics.connected.set(0)
+        if self._backoff_logged.should("redis"):
+            self.log.error(
+                "lost the connection to Redis; reconnecting", extra=logs.kv(op=what, error=repr(exc))
+            )
+
+    def _reconnected(self) -> None:
+        if not self.connected:
+            self.connected = True
+            self.metrics.connected.set(1)
+            if self._backoff_logged.reset("redis"):
+                self.log.info("reconnected to Redis")
+
+    # ---- life cycle ----------------------------------------------------------------------------
+
+    def request_stop(self, fast: bool = False) -> None:
+        """First call: graceful shutdown within the grace period. Second (or ``fast``): right away."""
+        loop_now = time.monotonic()
+        if self.stopping or fast:
+            self.log.warning("second stop request: requeueing everything now")
+            self.grace_deadline = loop_now
+        else:
+            self.grace_deadline = loop_now + self.cfg.shutdown_grace
+            self.log.info("stopping: finishing in-flight work", extra=logs.kv(grace=self.cfg.shutdown_grace))
+        self.stopping = True
+        # Give Redis until a little past the grace period; without it, leave the rest to the reaper.
+        self.hard_deadline = self.grace_deadline + max(5.0, self.cfg.block_timeout + 1)
+        for run in list(self.runs):
+            with run.lock:
+                run.halted = True
+        self.stop_event.set()
+
+    def live(self) -> bool:
+        return self.watch.alive()
+
+    def is_ready(self) -> bool:
+        return self.connected and not self.stopping
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        if self.cfg.metrics_port >= 0:
+            self.http = HealthServer(self.metrics, self.live, self.is_ready, self.cfg.metrics_port).start()
+        self.log.info(
+            "worker starting",
+            extra=logs.kv(
+                source=self.source.kind,
+                handler=self.handler.name,
+                concurrency=self.cfg.concurrency,
+                batch=self.cfg.batch_size,
+                metrics_port=self.http.port if self.http else None,
+            ),
+        )
+        await self._redis("setup", self.source.setup)
+        await self._redis("heartbeat", self._heartbeat_once)
+        side = [
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(
+                self._every(self.source.maintenance_interval, self.source.maintain, "maintain")
+            ),
+            asyncio.create_task(self._every(self._reap_interval, self._reap, "reap"), name="reaper"),
+        ]
+        acker = asyncio.create_task(self._acker(), name="acker")
+        lanes = [asyncio.create_task(self._lane(i), name=f"lane-{i}") for i in range(self.cfg.concurrency)]
+        fetcher = asyncio.create_task(self._fetcher(), name="fetcher")
+        crashed: BaseException | None = None
+        waiter = asyncio.create_task(self.stop_event.wait())
+        done, _ = await asyncio.wait([waiter, fetcher, acker, *lanes], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and not task.cancelled() and task.exception() is not None:
+                crashed = task.exception()
+                self.log.error("internal task failed", exc_info=crashed)
+        if not self.stopping:
+            self.request_stop()
+        waiter.cancel()
+        try:
+            await self._shutdown(fetcher, lanes, acker)
+        finally:
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            if self.pool:
+                self.pool.shutdown()
+            if self.http:
+                self.http.stop()
+            if self._own_client:
+                with contextlib.suppress(Exception):
+                    await self.client.aclose()
+        return 1 if crashed is not None else 0
+
+    async def _shutdown(
+        self, fetcher: asyncio.Task[None], lanes: list[asyncio.Task[None]], acker: asyncio.Task[None]
+    ) -> None:
+        fetcher.cancel()
+        await asyncio.gather(fetcher, return_exceptions=True)
+        unstarted: list[Delivery] = []
+        while not self.ready.empty():
+            item = self.ready.get_nowait()
+            if item is not None:
+                unstarted.append(item)
+        try:
+            if unstarted:
+                n = await self._redis("requeue", lambda: self.source.requeue(unstarted))
+                self.metrics.requeued.inc(n)
+                self.log.info("returned unstarted messages to the queue", extra=logs.kv(count=n))
+            for _ in lanes:
+                self.ready.put_nowait(None)
+            pending = set(lanes)
+            while pending and time.monotonic() < self.grace_deadline:  # a second signal moves it
+                step = min(0.2, max(0.0, self.grace_deadline - time.monotonic()))
+                _, pending = await asyncio.wait(pending, timeout=step)
+            if pending:
+                for run in list(self.runs):
+                    with run.lock:
+                        run.abandoned = True
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                self.log.warning(
+                    "grace period over: requeueing unfinished messages", extra=logs.kv(lanes=len(pending))
+                )
+            acker.cancel()  # an interrupted ack batch goes back to self.acks; acking twice is harmless
+            await asyncio.gather(acker, return_exceptions=True)
+            await self._flush_acks()
+            n = await self._redis("requeue", self.source.requeue_all)
+            if n:
+                self.metrics.requeued.inc(n)
+                self.log.info("returned unfinished messages to the queue", extra=logs.kv(count=n))
+            await self._redis("deregister", self.source.deregister)
+            await self._redis("release", self._release)
+            self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
+        except Stopped as exc:
+            self.log.error(
+                "Redis unreachable at shutdown: the reaper will return what is left",
+                extra=logs.kv(op=str(exc)),
+            )
+
+    async def _release(self) -> None:
+        release = getattr(self.source, "release", None)
+        if release is not None:
+            await release()
+
+    # ---- loops ---------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            self.watch.tick()
+            await asyncio.sleep(1.0)
+
+    async def _every(
+        self, interval: Callable[[], float], call: Callable[[], Awaitable[Any]], what: str
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval())
+            try:
+                await self._redis(what, call)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception(f"{what} failed")
+
+    def _reap_interval(self) -> float:
+        return self.cfg.reaper_interval + random.uniform(0, self.cfg.reaper_interval / 4)
+
+    async def _reap(self) -> None:
+        n = await self.source.reap()
+        if n:
+            self.metrics.reaped.inc(n)
+
+    async def _heartbeat_once(self) -> None:
+        now = time.time()
+        rate, window = self.rate.sample(now, self.processed + self.failed)
+        record = Heartbeat(
+            id=self.cfg.worker_id,
+            host=self.host,
+            pid=os.getpid(),
+            started=self.started,
+            ts=now,
+            concurrency=self.cfg.concurrency,
+            inflight=self.running,
+            processed=self.processed,
+            failed=self.failed,
+            rate=round(rate, 3),
+            rate_window=round(window, 3),
+            version=__version__,
+        )
+        await self.source.heartbeat(record.encode())
+        if self.active:
+            await self.source.touch(list(self.active.values()))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_ttl / 3)
+            try:
+                await self._redis("heartbeat", self._heartbeat_once)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("heartbeat failed")
+
+    async def _fetcher(self) -> None:
+        batch = self.cfg.batch_size
+        while not self.stopping:
+            room = batch - self.ready.qsize()
+            if room <= 0:
+                self.space.clear()
+                await self.space.wait()
+                continue
+            deliveries = await self._redis("fetch", lambda n=room: self.source.fetch(n))  # type: ignore[misc]
+            for d in deliveries:
+                if d.msg is None:
+                    await self._dead_letter(d, "malformed", d.error, "", 0)
+                elif self._attempts(d) >= self.cfg.max_attempts:
+                    # Only a crash on the last attempt gets here (a stream's delivery count says so).
+                    error = f"delivered {d.deliveries} times, past max attempts {self.cfg.max_attempts}"
+                    await self._dead_letter(d, "poison", error, "", self._attempts(d))
+                else:
+                    self.ready.put_nowait(d)
+
+    async def _take_chunk(self, size: int) -> list[Delivery] | None:
+        first = await self.ready.get()
+        if first is None:
+            return None
+        chunk = [first]
+        while len(chunk) < size and not self.ready.empty():
+            item = self.ready.get_nowait()
+            if item is None:  # a stop marker: put it back for the next take
+                self.ready.put_nowait(None)
+                break
+            chunk.append(item)
+        self.space.set()
+        return chunk
+
+    async def _lane(self, index: int) -> None:
+        size = self.chunk_size
+        while True:
+            chunk = await self._take_chunk(size)
+            if chunk is None:
+                return
+            if self.cfg.dedupe_ttl:
+                chunk = await self._skip_done(chunk)
+                if not chunk:
+                    continue
+            if self.pool:
+                await self._run_sync_chunk(chunk)
+            else:
+                await self._run_in_loop(chunk)
+
+    async def _skip_done(self, chunk: list[Delivery]) -> list[Delivery]:
+        flags = await self._redis("dedupe", lambda: self.source.done_already(chunk))
+        done = [d for d, f in zip(chunk, flags, strict=True) if f]
+        if done:
+            self.metrics.deduped.inc(len(done))
+            await self._redis("ack", lambda: self.source.ack(done, "deduped"))
+        return [d for d, f in zip(chunk, flags, strict=True) if not f]
+
+    # ---- running handlers ----------------------------------------------------------------------
+
+    async def _run_in_loop(self, chunk: list[Delivery]) -> None:
+        """Async handlers (awaited one after another), or sync ones inline when there is no timeout."""
+        timeout = self.cfg.handler_timeout or None
+        func = self.handler.func
+        is_async = self.handler.is_async
+        n = len(chunk)
+        self.running += n
+        self.metrics.in_flight.inc(n)
+        for d in chunk:
+            self.active[id(d)] = d
+        outcomes: list[tuple[Delivery, BaseException | None, float]] = []
+        try:
+            for index, d in enumerate(chunk):
+                if self.stopping and outcomes:
+                    break  # shutting down: what has not started goes back to the queue
+                start = time.perf_counter()
+                exc: BaseException | None = None
+                try:
+                    if is_async:
+                        async with asyncio.timeout(timeout):
+                            await func(d.msg)  # type: ignore[arg-type]
+                    else:
+                        func(d.msg)  # type: ignore[arg-type]
+                except TimeoutError:
+                    exc = HandlerTimeout(f"handler ran past its timeout of {self.cfg.handler_timeout:g} s")
+                except Exception as e:
+                    exc = e
+                outcomes.append((d, exc, time.perf_counter() - start))
+                if not is_async and index % 64 == 63:
+                    await asyncio.sleep(0)  # inline sync handlers: let heartbeats and acks run
+        finally:
+            # On cancellation (the grace period is over) the unfinished stay in custody and are requeued.
+            self.running -= n
+            self.metrics.in_flight.dec(n)
+            for d in chunk:
+                self.active.pop(id(d), None)
+        for d, exc, elapsed in outcomes:
+            await self._settle(d, exc, elapsed)
+        leftovers = chunk[len(outcomes) :]
+        if leftovers:
+            back = await self._redis("requeue", lambda: self.source.requeue(leftovers))
+            self.metrics.requeued.inc(back)
+
+    def _chunk_body(self, run: ChunkRun) -> None:
+        func = self.handler.func
+        while True:
+            with run.lock:
+                if run.abandoned or run.halted or run.next_index >= len(run.deliveries):
+                    return
+                d = run.deliveries[run.next_index]
+                run.next_index += 1
+                run.started_at = time.monotonic()
+            start = time.perf_counter()
+            exc: BaseException | None = None
+            try:
+                func(d.msg)  # type: ignore[arg-type]
+            except Exception as e:
+                exc = e
+            elapsed = time.perf_counter() - start
+            with run.lock:
+                if run.abandoned:
+                    return
+                run.outcomes.append((d, exc, elapsed))
+                run.started_at = None
+
+    async def _run_sync_chunk(self, chunk: list[Delivery]) -> None:
+        assert self.pool is not None
+        run = ChunkRun(chunk)
+        if self.stopping:
+            run.halted = True
+        self.runs.add(run)
+        n = len(chunk)
+        self.running += n
+        for d in chunk:
+            self.active[id(d)] = d
+        self.metrics.in_flight.inc(n)
+        timed_out: Delivery | None = None
+        leftovers: list[Delivery] = []
+        fut = self.pool.submit(lambda: self._chunk_body(run))
+        afut = asyncio.wrap_future(fut)
+        limit = self.cfg.handler_timeout
+        try:
+            while not afut.done():
+                wait: float | None = None
+                if limit:
+                    with run.lock:
+                        started = run.started_at
+                    wait = limit if started is None else max(0.0, started + limit - time.monotonic())
+                await asyncio.wait({afut}, timeout=wait)
+                if afut.done() or not limit:
+                    continue
+                with run.lock:
+                    if run.started_at is not None and time.monotonic() - run.started_at >= limit:
+                        run.abandoned = True
+                        timed_out = run.deliveries[run.next_index - 1]
+                        leftovers = run.deliveries[run.next_index :]
+                if timed_out is not None:
+                    self.abandoned_threads += 1
+                    self.metrics.abandoned.set(self.abandoned_threads)
+                    fut.add_done_callback(lambda _f: self._thread_returned())
+                    self.log.warning(
+                        "sync handler past its timeout: abandoning its thread",
+                        extra=logs.kv(message_id=timed_out.message_id, timeout=limit),
+                    )
+                    break
+            if timed_out is None:
+                with run.lock:
+                    leftovers = run.deliveries[run.next_index :]
+        finally:
+            self.runs.discard(run)
+            self.running -= n
+            for d in chunk:
+                self.active.pop(id(d), None)
+            self.metrics.in_flight.dec(n)
+        with run.lock:
+            outcomes = list(run.outcomes)
+        for d, exc, elapsed in outcomes:
+            await self._settle(d, exc, elapsed)
+        if timed_out is not None:
+            exc = HandlerTimeout(f"handler ran past its timeout of {limit:g} s")
+            await self._settle(timed_out, exc, limit)
+        if leftovers:
+            if self.stopping:
+                n_back = await self._redis("requeue", lambda: self.source.requeue(leftovers))
+                self.metrics.requeued.inc(n_back)
+            else:
+                await self._run_sync_chunk(leftovers)
+
+    def _thread_returned(self) -> None:
+        # Called from the handler thread: only touch plain ints and the thread-safe gauge.
+        self.abandoned_threads -= 1
+        self.metrics.abandoned.set(self.abandoned_threads)
+
+    # ---- settling outcomes ---------------------------------------------------------------------
+
+    async def _settle(self, d: Delivery, exc: BaseException | None, elapsed: float) -> None:
+        msg = d.msg
+        assert msg is not None
+        self.metrics.duration.observe(elapsed)
+        if exc is None:
+            self.processed += 1
+            self.metrics.processed.inc()
+            self.acks.append(d)
+            self.ack_event.set()
+            return
+        self.failed += 1
+        self.metrics.failed.inc()
+        attempt = self._attempts(d) + 1  # this run's number
+        if isinstance(exc, Reject):
+            await self._dead_letter(d, "rejected", exc.reason, traceback_summary(exc), attempt)
+            return
+        if attempt >= self.cfg.max_attempts:
+            reason = "timeout" if isinstance(exc, HandlerTimeout) else "failed"
+            await self._dead_letter(d, reason, repr(exc), traceback_summary(exc), attempt)
+            return
+        if isinstance(exc, RetryAfter):
+            delay = exc.seconds
+        else:
+            delay = backoff_delay(attempt - 1, self.cfg.backoff_base, self.cfg.backoff_cap)
+        self.log.info(
+            "handler failed: retrying",
+            extra=logs.kv(message_id=msg.id, attempt=attempt, delay=round(delay, 3), error=repr(exc)),
+        )
+        if await self._redis("retry", lambda: self.source.retry(d, delay)):
+            self.metrics.retried.inc()
+
+    def _attempts(self, d: Delivery) -> int:
+        assert d.msg is not None
+        return max(d.msg.attempts, d.deliveries - 1)
+
+    async def _dead_letter(self, d: Delivery, reason: str, error: str, tb: str, attempts: int) -> None:
+        record = DeadLetter.for_raw(
+            d.raw,
+            reason=reason,
+            error=error,
+            queue=self.source.name,
+            message_id=d.message_id,
+            attempts=attempts,
+            worker=self.cfg.worker_id,
+            traceback=tb,
+        )
+        self.log.warning(
+            "dead-lettering a message",
+            extra=logs.kv(message_id=d.message_id, reason=reason, error=error[:500]),
+        )
+        if await self._redis("dead", lambda: self.source.dead(d, record)):
+            self.metrics.dead(reason)
+
+    # ---- acks ----------------------------------------------------------------------------------
+
+    async def _acker(self) -> None:
+        while True:
+            await self.ack_event.wait()
+            self.ack_event.clear()
+            while self.acks:
+                batch, self.acks = self.acks, []
+                try:
+                    await self._redis("ack", lambda b=batch: self.source.ack(b))  # type: ignore[misc]
+                except BaseException:
+                    self.acks[:0] = batch  # not acked: keep them for the next try or the final flush
+                    raise
+
+    async def _flush_acks(self) -> None:
+        while self.acks:
+            batch, self.acks = self.acks, []
+            await self._redis("ack", lambda b=batch: self.source.ack(b))  # type: ignore[misc]
+
+
+def run_worker(cfg: WorkerConfig, handler: Handler) -> int:
+    return asyncio.run(Worker(cfg, handler).run())

@@ -1,0 +1,175 @@
+"""``tide worker``: every option also reads a ``TIDE_*`` environment variable (the image is configured so).
+
+Precedence: command-line option, then environment variable, then the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tide_worker.config import WorkerConfig
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True)
+class Opt:
+    flag: str
+    env: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS: tuple[Opt, ...] = (
+    Opt("--redis-url", "TIDE_REDIS_URL", str, "redis://127.0.0.1:6379/0", "Redis URL (rediss:// for TLS)"),
+    Opt("--redis-cluster", "TIDE_REDIS_CLUSTER", _bool, False, "connect to a Redis Cluster"),
+    Opt("--queue", "TIDE_QUEUE", str, None, "list queue to consume"),
+    Opt("--stream", "TIDE_STREAM", str, None, "stream to consume (with --group)"),
+    Opt("--group", "TIDE_GROUP", str, None, "consumer group of --stream (created if missing)"),
+    Opt("--handler", "TIDE_HANDLER", str, None, "handler as module:function (sync or async)"),
+    Opt("--concurrency", "TIDE_CONCURRENCY", int, 1, "handlers running at once"),
+    Opt("--batch-size", "TIDE_BATCH_SIZE", int, 1, "messages fetched (and acked) per Redis call"),
+    Opt("--max-attempts", "TIDE_MAX_ATTEMPTS", int, 5, "handler runs before a message is dead-lettered"),
+    Opt("--backoff-base", "TIDE_BACKOFF_BASE", float, 1.0, "retry delay base, seconds (full jitter)"),
+    Opt("--backoff-cap", "TIDE_BACKOFF_CAP", float, 300.0, "retry delay cap, seconds"),
+    Opt("--handler-timeout", "TIDE_HANDLER_TIMEOUT", float, 300.0, "seconds per handler run; 0 = no limit"),
+    Opt("--heartbeat-ttl", "TIDE_HEARTBEAT_TTL", float, 10.0, "heartbeat key TTL, seconds (refreshed at TTL/3)"),
+    Opt("--shutdown-grace", "TIDE_SHUTDOWN_GRACE", float, 25.0, "seconds in-flight work gets after SIGTERM"),
+    Opt("--dedupe-ttl", "TIDE_DEDUPE_TTL", int, 0, "skip message ids that succeeded within N seconds; 0 = off"),
+    Opt("--metrics-port", "TIDE_METRICS_PORT", int, 9100, "/metrics, /healthz, /readyz port; 0 = any, -1 = off"),
+    Opt("--side", "TIDE_SIDE", str, "right", "end taken from: right for LPUSH producers, left for RPUSH", ("right", "left")),
+    Opt("--log-level", "TIDE_LOG_LEVEL", str, "INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Opt("--worker-id", "TIDE_WORKER_ID", str, None, "worker id (default <POD_NAME or host>-<pid>-<hex>)"),
+    Opt("--max-interrupts", "TIDE_MAX_INTERRUPTS", int, 3, "worker deaths a message survives before dead letter"),
+    Opt("--reaper-interval", "TIDE_REAPER_INTERVAL", float, 2.0, "seconds between reaper passes"),
+    Opt("--claim-idle", "TIDE_CLAIM_IDLE", float, 30.0, "streams: claim entries idle this long, seconds"),
+    Opt("--block-timeout", "TIDE_BLOCK_TIMEOUT", float, 2.0, "seconds a blocking fetch waits server-side"),
+    Opt("--fetch-command", "TIDE_FETCH_COMMAND", str, "auto", "blocking fetch: auto, blmove or brpoplpush", ("auto", "blmove", "brpoplpush")),
+)  # fmt: skip
+
+
+def _env_default(opt: Opt) -> Any:
+    text = os.environ.get(opt.env)
+    if text is None or text == "":
+        return opt.default
+    try:
+        value = opt.type(text)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise SystemExit(f"tide worker: bad {opt.env}={text!r}: {exc}") from None
+    if isinstance(value, str) and opt.choices:
+        value = value.lower() if opt.dest == "side" else value.upper() if opt.dest == "log_level" else value
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        kw: dict[str, Any] = {
+            "dest": opt.dest,
+            "default": _env_default(opt),
+            "help": f"{opt.help} [env {opt.env}]",
+        }
+        kw["type"] = (
+            (lambda t: lambda s: t(s.upper()) if isinstance(s, str) else s)(opt.type)
+            if opt.dest == "log_level"
+            else opt.type
+        )
+        if opt.choices:
+            kw["choices"] = opt.choices
+        parser.add_argument(opt.flag, **kw)
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="consume a list queue or a stream with a handler",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    if not args.handler:
+        raise ValueError("--handler (or TIDE_HANDLER) is required")
+    cfg = WorkerConfig(
+        handler=args.handler,
+        queue=args.queue or None,
+        stream=args.stream or None,
+        group=args.group or None,
+        redis_url=args.redis_url,
+        cluster=args.redis_cluster,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        max_attempts=args.max_attempts,
+        backoff_base=args.backoff_base,
+        backoff_cap=args.backoff_cap,
+        handler_timeout=args.handler_timeout,
+        heartbeat_ttl=args.heartbeat_ttl,
+        shutdown_grace=args.shutdown_grace,
+        dedupe_ttl=args.dedupe_ttl,
+        metrics_port=args.metrics_port,
+        side=args.side,
+        log_level=args.log_level,
+        max_interrupts=args.max_interrupts,
+        reaper_interval=args.reaper_interval,
+        claim_idle=args.claim_idle,
+        block_timeout=args.block_timeout,
+        fetch_command=args.fetch_command,
+    )
+    if args.worker_id:
+        cfg.worker_id = args.worker_id
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from tide_worker import handler as handler_mod
+    from tide_worker import logs
+    from tide_worker.runtime import run_worker
+
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"tide worker: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.log_level, worker=cfg.worker_id, queue=cfg.source_name)
+    # The handler module is usually next to where the worker starts (examples/, tests).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        handler = handler_mod.load(cfg.handler)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        logs.get().error("cannot load the handler", extra=logs.kv(handler=cfg.handler, error=repr(exc)))
+        return 2
+    return run_worker(cfg, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tide_worker.worker_cli`` runs the worker without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="tide worker", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
