@@ -243,6 +243,7 @@ def main() -> int:
     ap.add_argument("--hot", type=int, default=100)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
     info = local_cluster.up(verbose=False)
     kubectl(info, "apply", "-f", str(ROOT / "crds" / "queueconsumer.yaml"))
@@ -253,8 +254,11 @@ def main() -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     with RedisServer() as server:
-        results["burst_to_patch"] = latency_bench(info, api_client, server.url, args.bursts, args.interval)
-        print(json.dumps(results["burst_to_patch"]), flush=True)
+        if not args.skip_latency:
+            results["burst_to_patch"] = latency_bench(
+                info, api_client, server.url, args.bursts, args.interval
+            )
+            print(json.dumps(results["burst_to_patch"]), flush=True)
         if not args.skip_scale:
             results["many_resources"] = scale_bench(
                 info, api_client, server.url, args.resources, args.hot, args.interval

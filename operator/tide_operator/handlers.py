@@ -189,7 +189,7 @@ class Consumer:
             creds = await self.credentials(spec)
             if self.reader is None:
                 client = SHARED.pool.get(spec.redis.url, spec.redis.cluster, creds, spec.redis.tls_insecure)
-                self.reader = make_reader(client, spec.source)
+                self.reader = make_reader(client, spec.source, SHARED.pool.gate(client))
             return await self.reader.read(time.time()), ""
         except KubeError as exc:
             return None, f"reading the Redis credentials: {exc}"

@@ -9,6 +9,7 @@ heartbeats. Key names come from ``tide_worker.keys`` only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ AsyncClient = aredis.Redis | AsyncRedisCluster
 # The operator's reads must fail fast: an outage is a condition to report, not a call to wait out.
 READ_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
+# Reads of one server in flight at once: a thousand resources on one server queue here instead of
+# exhausting the pool ("Too many connections") at the same instant.
+MAX_CONCURRENT_READS = 32
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class ClientPool:
 
     def __init__(self) -> None:
         self._clients: dict[tuple[Any, ...], AsyncClient] = {}
+        self._gates: dict[int, asyncio.Semaphore] = {}
 
     @staticmethod
     def _key(url: str, cluster: bool, creds: Credentials, insecure: bool) -> tuple[Any, ...]:
@@ -72,6 +77,7 @@ class ClientPool:
                 "socket_timeout": READ_TIMEOUT,
                 "socket_connect_timeout": CONNECT_TIMEOUT,
                 "retry": Retry(NoBackoff(), 0),
+                "max_connections": MAX_CONCURRENT_READS * 2,
             }
             if creds.ca_pem:
                 extra["ssl_ca_data"] = creds.ca_pem
@@ -86,7 +92,11 @@ class ClientPool:
             )
             client = async_client(settings)
             self._clients[key] = client
+            self._gates[id(client)] = asyncio.Semaphore(MAX_CONCURRENT_READS)
         return client
+
+    def gate(self, client: AsyncClient) -> asyncio.Semaphore:
+        return self._gates.setdefault(id(client), asyncio.Semaphore(MAX_CONCURRENT_READS))
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -115,8 +125,15 @@ class ListReader:
     keys: QueueKeys
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0  # for tests and metrics: how many round trips reads took
+    gate: asyncio.Semaphore | None = None
 
     async def read(self, now: float) -> Reading:
+        if self.gate is None:
+            return await self._read(now)
+        async with self.gate:
+            return await self._read(now)
+
+    async def _read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
         pipe = self.client.pipeline(transaction=False)
@@ -170,8 +187,15 @@ class StreamReader:
     keys: StreamKeys
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0
+    gate: asyncio.Semaphore | None = None
 
     async def read(self, now: float) -> Reading:
+        if self.gate is None:
+            return await self._read(now)
+        async with self.gate:
+            return await self._read(now)
+
+    async def _read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
         pipe = self.client.pipeline(transaction=False)
@@ -252,7 +276,9 @@ def _estimate_lag(stream: dict[Any, Any], group: dict[Any, Any], length: int) ->
     return estimate if behind else 0
 
 
-def make_reader(client: AsyncClient, source: Source) -> ListReader | StreamReader:
+def make_reader(
+    client: AsyncClient, source: Source, gate: asyncio.Semaphore | None = None
+) -> ListReader | StreamReader:
     if source.kind == "list":
-        return ListReader(client, QueueKeys(source.key))
-    return StreamReader(client, StreamKeys(source.key, source.group))
+        return ListReader(client, QueueKeys(source.key), gate=gate)
+    return StreamReader(client, StreamKeys(source.key, source.group), gate=gate)
