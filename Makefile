@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -44,3 +44,15 @@ chart-sync:
 
 helm-lint: install
 	$(PY) -m tide_local.helmbin lint --strict charts/tide
+
+# One end-to-end scenario, two backends: the local stack (here and in CI) and kind (where Docker exists).
+e2e: install
+	$(PYTEST) -p no:cacheprovider -s tests/e2e
+
+e2e-kind: install
+	@$(PY) -c "from tests.e2e.backends import KindBackend as K; m = K.missing(); m and (print('make e2e-kind needs: ' + ', '.join(m) + ' (install Docker and kind, then retry)'), exit(2))"
+	TIDE_E2E_BACKEND=kind $(PYTEST) -p no:cacheprovider -s tests/e2e
+
+# The main job: a burst absorbed on the local stack, scaled up and back to zero.
+demo: install
+	PYTHONPATH=. $(PY) hack/demo.py
