@@ -37,7 +37,9 @@ while True:
 """
 
 
-def wait_until(predicate, timeout=60.0, interval=0.1, what="condition"):
+def wait_until(predicate, timeout=120.0, interval=0.1, what="condition"):
+    # generous bounds: these take about a second on an idle machine, but the cluster may be shared with
+    # benchmarks and other test sessions on 2 cores
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
