@@ -149,7 +149,7 @@ def dramatiq_config(n: int, threads: int) -> Config:
     def cmd(url: str) -> list[str]:
         return [str(BIN / "dramatiq"), "bench.dramatiq_app", "--processes", "1", "--threads", str(threads)]
 
-    mode = f"1 process, {threads} threads" + (" (default)" if threads == 8 else "")
+    mode = f"1 process, {threads} thread{'s' if threads > 1 else ''}" + (" (default)" if threads == 8 else "")
     return Config(
         "dramatiq", mode, n, dramatiq_preload, cmd, list_started(f"dramatiq:{QUEUE}"), dramatiq_done
     )
