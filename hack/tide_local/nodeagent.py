@@ -459,8 +459,24 @@ class PodRunner(threading.Thread):
             self.report()
             if self.phase() in ("Succeeded", "Failed"):
                 return
-            self.wake.wait(0.1)
+            self.wake.wait(self.next_wakeup())
             self.wake.clear()
+
+    def next_wakeup(self) -> float:
+        """Seconds until something is due (readiness, a restart, a probe); exits and pod updates wake the
+        loop at once, so nothing polls while all is steady."""
+        now = time.monotonic()
+        due = [now + 2.0]
+        for c in self.containers:
+            if c.terminated is not None:
+                continue
+            if c.proc is None:
+                due.append(c.next_start)
+            elif (c.spec.get("readinessProbe") or {}).get("exec"):
+                due.append(max(c.next_probe, c.started_at))
+            elif not c.ready:
+                due.append(c.started_at + self.agent.ready_after)
+        return min(max(min(due) - now, 0.01), 2.0)
 
     def step(self) -> None:
         now = time.monotonic()
@@ -568,6 +584,13 @@ class PodRunner(threading.Thread):
         c.ready = False
         c.waiting_reason = c.waiting_message = ""
         log.info("%s: started %s as pid %d", self.name, c.name, c.proc.pid)
+        proc = c.proc
+
+        def wake_on_exit() -> None:
+            proc.wait()
+            self.wake.set()
+
+        threading.Thread(target=wake_on_exit, name=f"wait-{proc.pid}", daemon=True).start()
 
     def kill_group_leftovers(self, c: Container) -> None:
         if c.proc is not None:
