@@ -11,7 +11,6 @@ import os
 import time
 
 import redis
-
 from tide_worker import Message, Reject, RetryAfter
 
 _client: redis.Redis | None = None

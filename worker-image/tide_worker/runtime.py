@@ -194,6 +194,10 @@ class Worker:
             try:
                 result = await call()
             except CONNECTION_ERRORS as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py may turn a cancellation into a connection error: keep it a cancellation.
+                    raise asyncio.CancelledError from exc
                 self._disconnected(what, exc)
                 if time.monotonic() >= self.hard_deadline:
                     raise Stopped(what) from exc
@@ -366,6 +370,8 @@ class Worker:
                 await self._redis(what, call)
             except asyncio.CancelledError:
                 raise
+            except Stopped:
+                return
             except Exception:
                 self.log.exception(f"{what} failed")
 
@@ -405,6 +411,8 @@ class Worker:
                 await self._redis("heartbeat", self._heartbeat_once)
             except asyncio.CancelledError:
                 raise
+            except Stopped:
+                return
             except Exception:
                 self.log.exception("heartbeat failed")
 

@@ -1,0 +1,325 @@
+"""The list worker against a real Redis: fetch, ack, retries, dead letters, timeouts, dedupe, sides."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+from tide_worker import Reject, RetryAfter
+from tide_worker.envelope import decode, encode_envelope
+from tide_worker.keys import QueueKeys
+from tide_worker.records import DeadLetter, Heartbeat
+
+from .conftest import push, wait_until
+
+K = QueueKeys("q")
+
+
+def dead_letters(r, queue="q"):
+    return [DeadLetter.decode(x) for x in r.lrange(QueueKeys(queue).dead, 0, -1)]
+
+
+@pytest.mark.parametrize("batch", [1, 25])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_fifo_and_ack_leaves_processing_empty(r, start_worker, batch, kind):
+    seen: list[str] = []
+    if kind == "sync":
+
+        def handle(msg):
+            seen.append(msg.body)
+
+    else:
+
+        async def handle(msg):
+            await asyncio.sleep(0)
+            seen.append(msg.body)
+
+    bodies = [f"m{i}" for i in range(200)]
+    push(r, "q", bodies)
+    w = start_worker(handle, batch_size=batch)
+    wait_until(lambda: len(seen) == 200)
+    wait_until(lambda: r.llen(K.processing(w.worker.cfg.worker_id)) == 0, what="acks")
+    assert seen == bodies  # one lane: strict FIFO
+    assert r.llen("q") == 0
+    assert w.stop() == 0
+    assert int(r.hget(K.stats, "processed")) == 200
+    # A clean exit leaves no registry entry and no heartbeat behind.
+    assert r.zcard(K.workers) == 0 and not r.exists(K.worker(w.worker.cfg.worker_id))
+
+
+def test_left_side_for_rpush_producers(r, start_worker):
+    seen: list[str] = []
+    push(r, "q", [f"m{i}" for i in range(50)], side="left")
+    start_worker(lambda m: seen.append(m.body), side="left", batch_size=10)
+    wait_until(lambda: len(seen) == 50)
+    assert seen == [f"m{i}" for i in range(50)]
+
+
+def test_plain_strings_and_json_bodies_are_consumed(r, start_worker):
+    got: list[object] = []
+    r.lpush("q", b"hello world", b'{"not": "an envelope"}', "caf\u00e9".encode())
+    start_worker(lambda m: got.append((m.body, m.enveloped, m.attempts)))
+    wait_until(lambda: len(got) == 3)
+    assert got == [("hello world", False, 0), ('{"not": "an envelope"}', False, 0), ("caf\u00e9", False, 0)]
+
+
+def test_malformed_messages_go_to_dead_letters_and_do_not_block(r, start_worker):
+    seen: list[str] = []
+    r.lpush("q", b"\xff\xfe not utf-8")
+    r.lpush("q", json.dumps({"v": 99, "id": "x", "body": 1}).encode())
+    push(r, "q", ["after"])
+    start_worker(lambda m: seen.append(m.body))
+    wait_until(lambda: seen == ["after"])
+    wait_until(lambda: r.llen(K.dead) == 2)
+    dls = {d.reason + ":" + d.error.split(":")[0] for d in dead_letters(r)}
+    assert dls == {"malformed:undecodable", "malformed:wrong shape"}
+    raws = {d.raw for d in dead_letters(r)}
+    assert b"\xff\xfe not utf-8" in raws  # kept byte for byte (base64 in the record)
+
+
+def test_failure_retries_through_delayed_set_with_backoff(r, start_worker):
+    runs: list[tuple[int, float]] = []
+
+    def handle(msg):
+        runs.append((msg.attempts, time.monotonic()))
+        if msg.attempts < 2:
+            raise RuntimeError("try again")
+
+    push(r, "q", ["x"])
+    start_worker(handle, backoff_base=0.3, backoff_cap=0.3, promote_interval=0.05)
+    # The first failure parks the next attempt in the retry set, due in the future.
+    wait_until(lambda: r.zcard(K.delayed) == 1 or len(runs) >= 2, what="retry scheduled")
+    wait_until(lambda: len(runs) == 3)
+    assert [a for a, _ in runs] == [0, 1, 2]
+    wait_until(lambda: int(r.hget(K.stats, "processed") or 0) == 1)
+    assert r.zcard(K.delayed) == 0 and r.llen(K.dead) == 0
+    assert int(r.hget(K.stats, "retried")) == 2
+
+
+def test_retry_lands_in_delayed_with_next_attempt_and_due_time(r, start_worker):
+    def handle(msg):
+        raise RuntimeError("boom")
+
+    push(r, "q", ["x"])
+    before = time.time()
+    start_worker(handle, backoff_base=60, backoff_cap=60)
+    wait_until(lambda: r.zcard(K.delayed) == 1)
+    [(raw, due)] = r.zrange(K.delayed, 0, -1, withscores=True)
+    msg = decode(raw)
+    assert msg.attempts == 1 and msg.body == "x"
+    assert before <= due <= time.time() + 60
+
+
+def test_retry_after_schedules_the_given_delay(r, start_worker):
+    runs: list[float] = []
+
+    def handle(msg):
+        runs.append(time.time())
+        if len(runs) == 1:
+            raise RetryAfter(30)
+
+    push(r, "q", ["x"])
+    start_worker(handle, backoff_base=0)
+    wait_until(lambda: r.zcard(K.delayed) == 1)
+    [(_, due)] = r.zrange(K.delayed, 0, -1, withscores=True)
+    assert due == pytest.approx(runs[0] + 30, abs=2)
+    # Make it due now: the promoter brings it back and it succeeds.
+    raw = r.zrange(K.delayed, 0, -1)[0]
+    r.zadd(K.delayed, {raw: time.time() - 1})
+    wait_until(lambda: len(runs) == 2)
+
+
+def test_reject_dead_letters_at_once(r, start_worker):
+    runs: list[int] = []
+
+    def handle(msg):
+        runs.append(msg.attempts)
+        raise Reject("bad customer id")
+
+    push(r, "q", ["x"])
+    w = start_worker(handle)
+    wait_until(lambda: r.llen(K.dead) == 1)
+    [d] = dead_letters(r)
+    assert (d.reason, d.error, d.attempts, d.worker) == (
+        "rejected",
+        "bad customer id",
+        1,
+        w.worker.cfg.worker_id,
+    )
+    assert runs == [0] and r.zcard(K.delayed) == 0
+
+
+def test_max_attempts_dead_letter_record(r, start_worker):
+    def handle(msg):
+        raise ValueError(f"nope {msg.attempts}")
+
+    [raw] = push(r, "q", ["x"])
+    mid = decode(raw).id
+    w = start_worker(handle, max_attempts=3, backoff_base=0.01, backoff_cap=0.01, promote_interval=0.05)
+    wait_until(lambda: r.llen(K.dead) == 1)
+    [d] = dead_letters(r)
+    assert d.reason == "failed"
+    assert d.error == "ValueError('nope 2')"
+    assert "ValueError: nope 2" in d.traceback and "in handle" in d.traceback
+    assert d.attempts == 3 and d.message_id == mid and d.worker == w.worker.cfg.worker_id
+    assert abs(d.time - time.time()) < 30 and d.queue == "q"
+    assert decode(d.raw).body == "x"
+    assert r.zcard(K.delayed) == 0 and r.llen("q") == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_handler_timeout_fails_then_dead_letters_with_reason_timeout(r, start_worker, kind):
+    release = threading.Event()
+    done: list[str] = []
+    if kind == "sync":
+
+        def handle(msg):
+            if msg.body == "slow":
+                release.wait(20)
+            else:
+                done.append(msg.body)
+
+    else:
+
+        async def handle(msg):
+            if msg.body == "slow":
+                await asyncio.sleep(20)
+            else:
+                done.append(msg.body)
+
+    push(r, "q", ["slow", "fast"])
+    w = start_worker(handle, handler_timeout=0.3, max_attempts=2, backoff_base=0.01, promote_interval=0.05)
+    wait_until(lambda: r.llen(K.dead) == 1)
+    [d] = dead_letters(r)
+    assert d.reason == "timeout" and d.attempts == 2
+    assert done == ["fast"]  # the stuck handler did not hold up the next message
+    if kind == "sync":
+        assert w.worker.abandoned_threads >= 1
+    release.set()
+
+
+def test_sync_timeout_in_a_batch_only_fails_the_slow_message(r, start_worker):
+    release = threading.Event()
+    done: list[str] = []
+
+    def handle(msg):
+        if msg.body == "slow":
+            release.wait(20)
+        done.append(msg.body)
+
+    bodies = ["a", "b", "slow", "c", "d"]
+    push(r, "q", bodies)
+    start_worker(handle, batch_size=10, handler_timeout=0.3, backoff_base=60)
+    wait_until(lambda: r.zcard(K.delayed) == 1)
+    wait_until(lambda: sorted(done) == ["a", "b", "c", "d"])
+    assert decode(r.zrange(K.delayed, 0, -1)[0]).body == "slow"
+    release.set()
+
+
+def test_dedupe_skips_ids_that_already_succeeded(r, start_worker):
+    runs: list[str] = []
+    raw = encode_envelope("x", message_id="order-1")
+    r.lpush("q", raw)
+    w = start_worker(lambda m: runs.append(m.id), dedupe_ttl=60)
+    wait_until(lambda: runs == ["order-1"])
+    wait_until(lambda: r.exists(K.dedupe("order-1")))
+    assert 0 < r.ttl(K.dedupe("order-1")) <= 60
+    r.lpush("q", raw)  # redelivered (say, by a crash after the handler ran)
+    r.lpush("q", encode_envelope("y", message_id="order-2"))
+    wait_until(lambda: runs == ["order-1", "order-2"])
+    wait_until(lambda: w.worker.metrics.deduped._value.get() == 1)
+    assert r.llen("q") == 0
+
+
+def test_brpoplpush_fallback(r, start_worker):
+    seen: list[str] = []
+    w = start_worker(lambda m: seen.append(m.body), fetch_command="brpoplpush", block_timeout=1)
+    time.sleep(0.3)  # the worker is now blocked in BRPOPLPUSH on the empty queue
+    push(r, "q", ["a", "b", "c"])
+    wait_until(lambda: seen == ["a", "b", "c"])
+    assert w.worker.source.use_blmove is False  # type: ignore[attr-defined]
+
+    def my_commands():
+        name = f"tide-worker:{w.worker.cfg.worker_id}"
+        return {c.get("cmd") for c in r.client_list() if c.get("name") == name}
+
+    wait_until(lambda: "brpoplpush" in my_commands(), what="blocked in BRPOPLPUSH")
+    assert "blmove" not in my_commands()
+
+
+def test_fallback_on_unknown_command(r, start_worker, monkeypatch):
+    import redis.exceptions as rexc
+    from tide_worker import listsource
+
+    async def no_blmove(self, *a, **kw):
+        raise rexc.ResponseError("ERR unknown command 'BLMOVE', with args beginning with: ")
+
+    seen: list[str] = []
+    w = start_worker(lambda m: seen.append(m.body), block_timeout=1)
+    monkeypatch.setattr(type(w.worker.client), "blmove", no_blmove)
+    time.sleep(0.3)
+    push(r, "q", ["a", "b"])
+    wait_until(lambda: seen == ["a", "b"])
+    wait_until(lambda: w.worker.source.use_blmove is False)  # type: ignore[attr-defined]
+    assert listsource.ListSource is type(w.worker.source)
+
+
+def test_heartbeat_registry_and_rate(r, start_worker):
+    push(r, "q", [str(i) for i in range(100)])
+    w = start_worker(lambda m: time.sleep(0.002), heartbeat_ttl=0.6)
+    wid = w.worker.cfg.worker_id
+    wait_until(lambda: r.zscore(K.workers, wid) is not None)
+    ttl = r.pttl(K.worker(wid))
+    assert 0 < ttl <= 600
+    wait_until(lambda: Heartbeat.decode(r.get(K.worker(wid))).rate > 0, what="rate published")
+    hb = Heartbeat.decode(r.get(K.worker(wid)))
+    assert hb.id == wid and hb.concurrency == 1 and hb.processed > 0 and hb.rate_window > 0
+
+
+def test_metrics_healthz_readyz(r, start_worker):
+    push(r, "q", ["a", "b"])
+    w = start_worker(lambda m: None, metrics_port=0)
+    wait_until(lambda: w.worker.http is not None and w.worker.processed == 2)
+    port = w.worker.http.port
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    wait_until(lambda: get("/readyz")[0] == 200)
+    assert get("/healthz")[0] == 200
+    code, text = get("/metrics")
+    assert code == 200
+    assert 'tide_messages_processed_total{queue="q"} 2.0' in text
+    assert "tide_handler_duration_seconds_bucket" in text
+    assert 'tide_messages_in_flight{queue="q"}' in text
+    w.worker.stopping = True  # what a SIGTERM does first: readiness goes false
+    assert get("/readyz")[0] == 503
+    w.worker.stopping = False
+
+
+def test_concurrency_runs_handlers_in_parallel(r, start_worker):
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def handle(msg):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.1)
+        with lock:
+            active -= 1
+
+    push(r, "q", [str(i) for i in range(12)])
+    w = start_worker(handle, concurrency=4, batch_size=4)
+    wait_until(lambda: w.worker.processed == 12)
+    assert 2 <= peak <= 4
