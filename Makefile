@@ -34,7 +34,7 @@ cluster-up: install
 cluster-down: install
 	$(PY) -m tide_local.cluster down
 
-clean:
+clean: cluster-down
 	rm -rf .cache/cluster
 
 # The chart ships copies of crds/*.yaml (Helm installs them and keeps them on uninstall);

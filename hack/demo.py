@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                           restart_operator=False)  # fmt: skip
     backend = LocalBackend()
     print("==> starting the local stack (control plane, redis-server, chart, node agent)", flush=True)
-    backend.setup()
     try:
+        backend.setup()
         print(f"==> pushing {cfg.messages} messages in {cfg.waves} waves", flush=True)
         out = scenario.run(backend, cfg, on_sample=print_row)
     finally:

@@ -41,8 +41,9 @@ class LocalBackend:
     worker_image = "tide-worker:local"  # ignored by the node agent: pods run as local processes
 
     def __init__(self, namespace: str | None = None) -> None:
-        self.namespace = namespace or f"tide-e2e-{uuid.uuid4().hex[:6]}"
-        self.release = "tide"
+        suffix = uuid.uuid4().hex[:6]
+        self.namespace = namespace or f"tide-e2e-{suffix}"
+        self.release = f"tide-{suffix}"  # cluster-scoped RBAC names must not collide across runs
         self.redis = RedisServer()
         self.agent: subprocess.Popen[bytes] | None = None
         self.kubeconfig: Path | None = None

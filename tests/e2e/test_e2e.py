@@ -27,8 +27,8 @@ def test_burst_absorbed_with_chaos_nothing_lost(cluster: object) -> None:
     else:
         backend = LocalBackend()
     messages = int(os.environ.get("TIDE_E2E_MESSAGES", "50000"))
-    backend.setup()
     try:
+        backend.setup()
         out = scenario.run(backend, scenario.Config(messages=messages))
     finally:
         backend.teardown()
