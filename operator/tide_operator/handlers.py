@@ -86,6 +86,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     # equal priorities make every replica pause; a random one keeps exactly one active
     settings.peering.priority = int(os.environ.get("TIDE_PEERING_PRIORITY", random.randint(1, 1 << 30)))
+    # A namespaced operator has no cluster-wide grant to list CRDs and namespaces: without this, kopf
+    # retries those scans for about a minute before it falls back and starts serving.
+    if os.environ.get("TIDE_OPERATOR_SCOPE") == "namespaced":
+        settings.scanning.disabled = True
     port = os.environ.get("TIDE_OPERATOR_METRICS_PORT", "9090")
     if port not in ("", "off"):
         start_http_server(int(port))

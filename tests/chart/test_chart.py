@@ -126,8 +126,9 @@ def test_namespaced_scope_watches_only_the_release_namespace() -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
 def test_helm_install_runs_an_operator_that_scales(
-    cluster: Any, namespace: str, node_agent: Any, k8s: Any, redis_url: str
+    cluster: Any, namespace: str, node_agent: Any, k8s: Any, redis_url: str, scope: str
 ) -> None:
     """helm install on the local control plane; the operator pod (a local process run by the node agent
     with a token of the chart's ServiceAccount) scales a Deployment from a Redis backlog."""
@@ -138,6 +139,7 @@ def test_helm_install_runs_an_operator_that_scales(
     helm(
         *env, "install", release, str(CHART), "-n", namespace, "--wait=false",
         "--set", f"ports.health={free_port()}", "--set", f"ports.metrics={free_port()}",
+        "--set", f"rbac.scope={scope}",
     )  # fmt: skip
     try:
         status = helm(*env, "status", release, "-n", namespace).stdout
@@ -174,7 +176,7 @@ def test_helm_install_runs_an_operator_that_scales(
         custom.create_namespaced_custom_object("tide.dev", "v1alpha1", namespace, "queueconsumers", qc)
         with redis.Redis.from_url(redis_url) as r:
             r.lpush(QueueKeys(queue).ready, *[f"m{i}" for i in range(30)])
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         replicas = 0
         while time.monotonic() < deadline:
             replicas = int(apps.read_namespaced_deployment_scale("target", namespace).spec.replicas or 0)
