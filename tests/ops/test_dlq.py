@@ -155,3 +155,24 @@ def test_stream_dead_letters(r: redis.Redis) -> None:
 
     assert ops.stream_dlq_purge(r, "ev", chunk=10) == 24
     assert r.xlen(StreamKeys("ev", "g").dead) == 0 and r.xlen("ev") == 7
+
+
+def test_concurrent_requeues_never_duplicate(redis_url: str, r: redis.Redis) -> None:
+    # Two operators requeue the same list at once: every letter moves exactly once.
+    import threading
+
+    seed_dead(r, "q", 4000)
+    moved: list[int] = []
+
+    def requeue() -> None:
+        with redis.Redis.from_url(redis_url) as c:
+            moved.append(ops.dlq_requeue(c, "q", batch=50))
+
+    threads = [threading.Thread(target=requeue) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [decode(x).id for x in r.lrange("q", 0, -1)]
+    assert len(ids) == len(set(ids)) == 4000 == sum(moved)
+    assert r.llen(QueueKeys("q").dead) == 0
