@@ -164,6 +164,8 @@ class Worker:
         self.space = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.acks: list[Delivery] = []
+        self.acker_done = False
+        self.closing = False
         self.ack_event = asyncio.Event()
         self.runs: set[ChunkRun] = set()
         self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
@@ -290,9 +292,10 @@ class Worker:
         try:
             await self._shutdown(fetcher, lanes, acker)
         finally:
+            self.closing = True
             for task in side:
                 task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await asyncio.wait(side, timeout=2.0)
             if self.pool:
                 self.pool.shutdown()
             if self.http:
@@ -305,8 +308,8 @@ class Worker:
     async def _shutdown(
         self, fetcher: asyncio.Task[None], lanes: list[asyncio.Task[None]], acker: asyncio.Task[None]
     ) -> None:
-        fetcher.cancel()
-        await asyncio.gather(fetcher, return_exceptions=True)
+        fetcher.cancel()  # leaves the loop either way: it checks self.stopping
+        await asyncio.wait([fetcher], timeout=self.cfg.block_timeout + 7)
         unstarted: list[Delivery] = []
         while not self.ready.empty():
             item = self.ready.get_nowait()
@@ -329,12 +332,16 @@ class Worker:
                         run.abandoned = True
                 for task in pending:
                     task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.wait(pending, timeout=2.0)
                 self.log.warning(
                     "grace period over: requeueing unfinished messages", extra=logs.kv(lanes=len(pending))
                 )
-            acker.cancel()  # an interrupted ack batch goes back to self.acks; acking twice is harmless
-            await asyncio.gather(acker, return_exceptions=True)
+            self.acker_done = True
+            self.ack_event.set()
+            await asyncio.wait([acker], timeout=max(1.0, self.hard_deadline - time.monotonic()))
+            if not acker.done():
+                acker.cancel()  # an interrupted batch goes back to self.acks; acking twice is harmless
+                await asyncio.wait([acker], timeout=1.0)
             await self._flush_acks()
             n = await self._redis("requeue", self.source.requeue_all)
             if n:
@@ -357,14 +364,14 @@ class Worker:
     # ---- loops ---------------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
-        while True:
+        while not self.closing:
             self.watch.tick()
             await asyncio.sleep(1.0)
 
     async def _every(
         self, interval: Callable[[], float], call: Callable[[], Awaitable[Any]], what: str
     ) -> None:
-        while True:
+        while not self.closing:
             await asyncio.sleep(interval())
             try:
                 await self._redis(what, call)
@@ -405,7 +412,7 @@ class Worker:
             await self.source.touch(list(self.active.values()))
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self.closing:
             await asyncio.sleep(self.cfg.heartbeat_ttl / 3)
             try:
                 await self._redis("heartbeat", self._heartbeat_once)
@@ -665,7 +672,8 @@ class Worker:
     # ---- acks ----------------------------------------------------------------------------------
 
     async def _acker(self) -> None:
-        while True:
+        # Stopped by a flag, not by cancellation: redis-py can swallow a cancel that lands mid-command.
+        while not self.acker_done:
             await self.ack_event.wait()
             self.ack_event.clear()
             while self.acks:

@@ -1,0 +1,175 @@
+"""Worker processes: SIGTERM shutdown, SIGKILL and the reaper, poison pills, the 15 s default recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+import redis.asyncio as aredis
+from tide_worker.config import WorkerConfig
+from tide_worker.envelope import decode, encode_envelope, plain_id
+from tide_worker.keys import QueueKeys
+from tide_worker.reaper import ListReaper
+from tide_worker.records import DeadLetter
+from tide_worker.scripts import Scripts
+
+from .conftest import push, wait_until
+
+K = QueueKeys("q")
+
+
+def queue_in_consumption_order(r, queue="q"):
+    return [decode(x).body for x in reversed(r.lrange(queue, 0, -1))]
+
+
+def recorded(r, key="log"):
+    return [x.decode() for x in r.lrange(key, 0, -1)]
+
+
+def test_sigterm_finishes_in_flight_and_returns_unstarted_in_order(r, spawn):
+    bodies = [f"m{i:02d}" for i in range(30)]
+    push(r, "q", bodies)
+    w = spawn(
+        "--queue", "q", "--handler", "tests.worker.handlers:slow_record", "--batch-size", "10",
+        "--concurrency", "2", env={"TIDE_TEST_LOG": "log", "TIDE_TEST_SLEEP": "0.8"},
+    )  # fmt: skip
+    wait_until(lambda: r.llen("log") >= 1, timeout=30)
+    time.sleep(0.3)  # both lanes are in the middle of a message now
+    at_signal = r.llen("log")
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.logs()
+    done = recorded(r)
+    assert len(done) > at_signal  # the in-flight messages finished after the signal
+    left = queue_in_consumption_order(r)
+    assert sorted(done + left) == bodies  # nothing lost, nothing twice
+    assert left == sorted(left)  # what was returned is consumed next, in order
+    assert left and left[0] == min(left)
+    assert r.llen(K.dead) == 0 and r.zcard(K.delayed) == 0
+    assert not r.keys(K.prefix + ":processing:*")
+    assert r.zcard(K.workers) == 0  # deregistered after its processing list emptied
+    assert not r.exists(K.interrupts)  # a clean shutdown is not an interruption
+
+
+def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r, spawn):
+    push(r, "q", ["stuck", "next"])
+    w = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", "--shutdown-grace", "60")
+    # One running, one prefetched: both are in the processing list.
+    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    w.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    w.signal(signal.SIGTERM)  # the second signal does not wait out the 60 s grace
+    assert w.wait(20) == 0, w.logs()
+    assert queue_in_consumption_order(r) == ["stuck", "next"]
+    assert not r.keys(K.prefix + ":processing:*")
+
+
+def test_sigkill_then_reaper_returns_messages(r, spawn):
+    bodies = [f"m{i}" for i in range(5)]
+    raws = push(r, "q", bodies)
+    fast = ["--heartbeat-ttl", "1", "--reaper-interval", "0.3"]
+    a = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", "--batch-size", "5", *fast)
+    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    a.kill()
+    b = spawn(
+        "--queue", "q", "--handler", "tests.worker.handlers:record", *fast, env={"TIDE_TEST_LOG": "log"}
+    )
+    wait_until(lambda: r.llen("log") == 5, timeout=30)
+    assert recorded(r) == bodies  # returned to the head of the queue, in order
+    assert {k.decode() for k in r.hkeys(K.interrupts)} == {decode(x).id for x in raws}
+    b.signal(signal.SIGTERM)
+    assert b.wait(30) == 0
+
+
+def test_poison_pill_dead_lettered_after_max_interrupts(r, spawn):
+    [raw] = push(r, "q", ["poison"])
+    fast = ["--heartbeat-ttl", "1", "--reaper-interval", "0.3", "--max-interrupts", "1"]
+    first = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", *fast)
+    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    first.kill()
+    # The next worker reaps it (one interruption), takes it and dies holding it too.
+    second = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", *fast)
+    wait_until(lambda: r.hget(K.interrupts, decode(raw).id) == b"1" and r.llen("q") == 0, timeout=30)
+    second.kill()
+    third = spawn(
+        "--queue", "q", "--handler", "tests.worker.handlers:record", *fast, env={"TIDE_TEST_LOG": "log"}
+    )
+    wait_until(lambda: r.llen(K.dead) == 1, timeout=30)
+    [dl] = [DeadLetter.decode(x) for x in r.lrange(K.dead, 0, -1)]
+    assert dl.reason == "poison" and "interrupted 2 times" in dl.error
+    assert dl.raw == raw and dl.message_id == decode(raw).id and dl.queue == "q"
+    third.signal(signal.SIGTERM)
+    assert third.wait(30) == 0
+    assert r.llen("q") == 0 and r.llen("log") == 0  # it never ran again
+
+
+def _reaper(url: str, wid: str = "reaper", **kw) -> tuple[aredis.Redis, ListReaper]:
+    client = aredis.Redis.from_url(url)
+    cfg = WorkerConfig(handler="x:y", queue="q", worker_id=wid, **kw)
+    return client, ListReaper(client, Scripts(client), cfg)
+
+
+def test_reap_script_counts_ids_like_the_envelope_and_dead_letters_binary_poison(r, redis_url):
+    env = encode_envelope("x", message_id="e1")
+    binary = b"\xff\x00binary"
+    plain = b"just text"
+    for wid in ("dead1", "dead2"):
+        r.lpush(K.processing(wid), env, binary, plain)
+        r.zadd(K.workers, {wid: time.time()})
+
+    async def go():
+        client, reaper = _reaper(redis_url, max_interrupts=1)
+        n = await reaper.run_once()
+        await client.aclose()
+        return n
+
+    assert asyncio.run(go()) == 6
+    counts = {k.decode(): int(v) for k, v in r.hgetall(K.interrupts).items()}
+    assert counts == {}  # all three ids hit 2 > 1 interrupts and were dead-lettered (counts cleared)
+    dls = [DeadLetter.decode(x) for x in r.lrange(K.dead, 0, -1)]
+    assert sorted(d.message_id for d in dls) == sorted(["e1", plain_id(binary), plain_id(plain)])
+    by_id = {d.message_id: d for d in dls}
+    assert by_id[plain_id(binary)].encoding == "base64" and by_id[plain_id(binary)].raw == binary
+    assert by_id["e1"].raw == env and by_id["e1"].reason == "poison"
+    # The first reap returned the copies of dead1 to the queue, in the order they were fetched.
+    assert r.lrange("q", 0, -1)[::-1] == [env, binary, plain]
+    assert r.zcard(K.workers) == 0 and not r.keys(K.prefix + ":processing:*")
+
+
+def test_reaper_skips_live_workers_finds_orphans_and_respects_the_lease(r, redis_url):
+    r.lpush(K.processing("alive"), b"a")
+    r.zadd(K.workers, {"alive": time.time()})
+    r.set(K.worker("alive"), b"{}", px=60_000)
+    r.lpush(K.processing("orphan"), b"o")  # never registered
+
+    async def go():
+        client, reaper = _reaper(redis_url)
+        other_client, other = _reaper(redis_url, wid="other")
+        n = await reaper.run_once()
+        r.lpush(K.processing("orphan2"), b"o2")
+        other.passes = 0  # its first pass would scan too
+        blocked = await other.run_once()  # the lease is held by the first reaper
+        await client.aclose()
+        await other_client.aclose()
+        return n, blocked
+
+    assert asyncio.run(go()) == (1, 0)
+    assert r.lrange("q", 0, -1) == [b"o"]
+    assert r.lrange(K.processing("alive"), 0, -1) == [b"a"]
+    assert r.get(K.reaper_lease) == b"reaper"
+
+
+@pytest.mark.slow
+def test_default_settings_recover_a_sigkilled_worker_within_15s(r, spawn):
+    push(r, "q", ["held"])
+    a = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang")
+    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    b = spawn("--queue", "q", "--handler", "tests.worker.handlers:record", env={"TIDE_TEST_LOG": "log"})
+    time.sleep(2)  # b is up and registered
+    killed = time.monotonic()
+    a.kill()
+    wait_until(lambda: r.llen("log") == 1, timeout=30)
+    assert time.monotonic() - killed <= 15.0
+    b.signal(signal.SIGTERM)
+    assert b.wait(30) == 0
