@@ -55,7 +55,7 @@ def plot(out: scenario.Outcome, path: Path) -> None:
     ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax.legend(lines, labels, loc="upper right")
+    ax.legend(lines, labels, loc="center left")
     ax.set_title(
         f"Tide: {out.sent} messages in waves, {out.lost} lost, back to zero at {out.seconds_back_to_zero}s"
     )
