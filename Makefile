@@ -22,11 +22,15 @@ test: install lint
 test-fast: install
 	$(PYTEST) -p no:cacheprovider -m "not slow" -x -q tests
 
-bench: bench-worker
+bench: bench-worker bench-operator
 
 bench-worker: install
 	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
 	$(PY) bench/worker_bench.py
+
+# Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.
+bench-operator: install
+	$(PY) bench/operator/bench.py
 
 cluster-up: install
 	$(PY) -m tide_local.cluster up
