@@ -191,3 +191,41 @@ def test_credentials_from_url_and_env(auth_server: RedisServer) -> None:
     assert proc.stderr.count("\n") == 1
     proc = run_proc(["stats", "-q", "auth", "--redis-url", bare])  # no credentials at all
     assert proc.returncode == 1 and "refused the credentials: it needs a password" in proc.stderr
+
+
+def test_stats_watch_repeats_until_interrupted(redis_url: str, r: redis.Redis) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.ops.cli_helpers import SCRIPT
+
+    r.lpush("w", b"a")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            "stats",
+            "-q",
+            "w",
+            "--json",
+            "--watch",
+            "0.05",
+            "--redis-url",
+            redis_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    r.lpush("w", b"b")
+    deadline = 50
+    while deadline and json.loads(proc.stdout.readline())["ready"] != 2:
+        deadline -= 1
+    assert first["ready"] == 1 and deadline > 0
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0

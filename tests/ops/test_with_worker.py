@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -113,3 +114,19 @@ def test_stream_stats_and_dlq_round_trip_with_a_real_worker(
     )
     s = ops.stream_stats(r, "events", "g")
     assert (s["lag"], s["pending"], s["dead"]) == (0, 0, 0)
+
+
+def test_the_tide_entry_point_has_the_ops_commands(redis_url: str, r: redis.Redis) -> None:
+    env = {**os.environ, "TIDE_REDIS_URL": redis_url}
+    out = subprocess.run(
+        [TIDE, "enqueue", "-q", "entry", "x"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(
+        [TIDE, "stats", "-q", "entry", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and '"ready": 1' in out.stdout, out.stderr
+    out = subprocess.run(
+        [TIDE, "dlq", "purge", "-q", "entry"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "--yes" in out.stderr
