@@ -165,6 +165,7 @@ class Worker:
         self.stop_event = asyncio.Event()
         self.acks: list[Delivery] = []
         self.acker_done = False
+        self.serving = False  # set once connected and consuming: a stop before that exits at once
         self.closing = False
         self.ack_event = asyncio.Event()
         self.runs: set[ChunkRun] = set()
@@ -201,7 +202,7 @@ class Worker:
                     # redis-py may turn a cancellation into a connection error: keep it a cancellation.
                     raise asyncio.CancelledError from exc
                 self._disconnected(what, exc)
-                if time.monotonic() >= self.hard_deadline:
+                if time.monotonic() >= self.hard_deadline or (self.stopping and not self.serving):
                     raise Stopped(what) from exc
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(RECONNECT_CAP, delay * 2)
@@ -266,8 +267,18 @@ class Worker:
                 metrics_port=self.http.port if self.http else None,
             ),
         )
-        await self._redis("setup", self.source.setup)
-        await self._redis("heartbeat", self._heartbeat_once)
+        try:
+            await self._redis("setup", self.source.setup)
+            await self._redis("heartbeat", self._heartbeat_once)
+        except Stopped:
+            self.log.warning("stopped before Redis could be reached")
+            if self.http:
+                self.http.stop()
+            if self._own_client:
+                with contextlib.suppress(Exception):
+                    await self.client.aclose()
+            return 0
+        self.serving = True
         side = [
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
