@@ -147,3 +147,24 @@ def test_rate_meter_over_window():
         rate, span = meter.sample(float(t), 500 + (t - 110) * 10)
     assert rate == pytest.approx(10.0)
     assert span <= 40.0
+
+
+def test_example_handlers_and_image_files():
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "worker-image" / "examples"
+    sys.path.insert(0, str(examples))
+    try:
+        h = load("handlers:resize")
+        n = load("handlers:notify")
+    finally:
+        sys.path.remove(str(examples))
+    assert not h.is_async and n.is_async
+    h.func(Message(id="1", body={"url": "http://x/y.png"}, attempts=0, enqueued_at=None, raw=b""))
+    with pytest.raises(Reject):
+        h.func(Message(id="2", body={}, attempts=0, enqueued_at=None, raw=b""))
+    image = (examples.parent / "Dockerfile").read_text()
+    assert "FROM python:3.11.9-slim-bookworm AS build" in image  # pinned, multi-stage
+    assert "USER 10001:10001" in image and 'ENTRYPOINT ["tide", "worker"]' in image
+    assert "FROM tide-worker" in (examples / "Dockerfile").read_text()
