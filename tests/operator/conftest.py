@@ -14,9 +14,14 @@ CRDS = ROOT / "crds"
 @pytest.fixture(scope="session")
 def crds(cluster: Any) -> Any:
     """The QueueConsumer and kopf peering CRDs, applied and established."""
-    cluster.run_kubectl(
-        "apply", "-f", str(CRDS / "queueconsumer.yaml"), "-f", str(CRDS / "kopf-peering.yaml")
-    )
+    # Server-side apply owns the fields whoever created the CRDs first (the chart's tests install them
+    # with helm), so the result is the same in any test order.
+    res = cluster.run_kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=tide-tests",
+        "-f", str(CRDS / "queueconsumer.yaml"), "-f", str(CRDS / "kopf-peering.yaml"),
+        check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, f"applying the CRDs failed: {res.stderr}"
     for name in ("queueconsumers.tide.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
         cluster.run_kubectl("wait", "--for=condition=established", "--timeout=30s", f"crd/{name}")
     return cluster
