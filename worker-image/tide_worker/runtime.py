@@ -169,6 +169,9 @@ class Worker:
         self.closing = False
         self.ack_event = asyncio.Event()
         self.runs: set[ChunkRun] = set()
+        self.unstarted: list[Delivery] = []  # taken back from running chunks by a stop request
+        self.drained = False
+        self.fetched = 0  # sequence numbers: the fetch order, to return unstarted messages in order
         self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
         self.abandoned_threads = 0
         # Sync handlers run in threads, except with no timeout, when they run inline (no thread hop per
@@ -242,6 +245,9 @@ class Worker:
         for run in list(self.runs):
             with run.lock:
                 run.halted = True
+                # Not started yet: returned with the prefetched ones, in fetch order, at shutdown.
+                self.unstarted.extend(run.deliveries[run.next_index :])
+                del run.deliveries[run.next_index :]
         self.stop_event.set()
 
     def live(self) -> bool:
@@ -321,11 +327,14 @@ class Worker:
     ) -> None:
         fetcher.cancel()  # leaves the loop either way: it checks self.stopping
         await asyncio.wait([fetcher], timeout=self.cfg.block_timeout + 7)
-        unstarted: list[Delivery] = []
+        unstarted: list[Delivery] = self.unstarted
+        self.unstarted = []
+        self.drained = True
         while not self.ready.empty():
             item = self.ready.get_nowait()
             if item is not None:
                 unstarted.append(item)
+        unstarted.sort(key=lambda d: d.seq)
         try:
             if unstarted:
                 n = await self._redis("requeue", lambda: self.source.requeue(unstarted))
@@ -444,6 +453,8 @@ class Worker:
                 continue
             deliveries = await self._redis("fetch", lambda n=room: self.source.fetch(n))  # type: ignore[misc]
             for d in deliveries:
+                self.fetched += 1
+                d.seq = self.fetched
                 if d.msg is None:
                     await self._dead_letter(d, "malformed", d.error, "", 0)
                 elif self._attempts(d) >= self.cfg.max_attempts:
@@ -473,6 +484,9 @@ class Worker:
             chunk = await self._take_chunk(size)
             if chunk is None:
                 return
+            if self.stopping and not self.drained:
+                self.unstarted.extend(chunk)  # returned in fetch order with the rest
+                continue
             if self.cfg.dedupe_ttl:
                 chunk = await self._skip_done(chunk)
                 if not chunk:
@@ -503,10 +517,13 @@ class Worker:
         for d in chunk:
             self.active[id(d)] = d
         outcomes: list[tuple[Delivery, BaseException | None, float]] = []
+        run = ChunkRun(chunk)
+        self.runs.add(run)
         try:
-            for index, d in enumerate(chunk):
-                if self.stopping and outcomes:
-                    break  # shutting down: what has not started goes back to the queue
+            while run.next_index < len(run.deliveries):  # shutdown truncates what has not started
+                index = run.next_index
+                d = run.deliveries[index]
+                run.next_index += 1
                 start = time.perf_counter()
                 exc: BaseException | None = None
                 try:
@@ -524,16 +541,13 @@ class Worker:
                     await asyncio.sleep(0)  # inline sync handlers: let heartbeats and acks run
         finally:
             # On cancellation (the grace period is over) the unfinished stay in custody and are requeued.
+            self.runs.discard(run)
             self.running -= n
             self.metrics.in_flight.dec(n)
             for d in chunk:
                 self.active.pop(id(d), None)
         for d, exc, elapsed in outcomes:
             await self._settle(d, exc, elapsed)
-        leftovers = chunk[len(outcomes) :]
-        if leftovers:
-            back = await self._redis("requeue", lambda: self.source.requeue(leftovers))
-            self.metrics.requeued.inc(back)
 
     def _chunk_body(self, run: ChunkRun) -> None:
         func = self.handler.func

@@ -18,6 +18,7 @@ class Delivery:
     error: str = ""  # why it could not be decoded (then msg is None)
     entry_id: str = ""  # stream entry id
     deliveries: int = 1  # stream delivery count
+    seq: int = 0  # fetch order within this worker
 
     @property
     def message_id(self) -> str:
