@@ -168,3 +168,33 @@ def test_example_handlers_and_image_files():
     assert "FROM python:3.11.9-slim-bookworm AS build" in image  # pinned, multi-stage
     assert "USER 10001:10001" in image and 'ENTRYPOINT ["tide", "worker"]' in image
     assert "FROM tide-worker" in (examples / "Dockerfile").read_text()
+
+
+def test_json_logs_one_object_per_line(capsys):
+    import json
+
+    from tide_worker import logs
+
+    log = logs.setup("INFO", worker="w-1", queue="q")
+    try:
+        log.info("hello", extra=logs.kv(count=3))
+        log.debug("hidden")
+        try:
+            raise ValueError("x")
+        except ValueError:
+            log.exception("oops")
+        lines = capsys.readouterr().err.strip().splitlines()
+        first, second = (json.loads(line) for line in lines)
+        assert first["msg"] == "hello" and first["count"] == 3 and first["level"] == "info"
+        assert first["worker"] == "w-1" and first["queue"] == "q" and first["ts"] > 0
+        assert second["level"] == "error" and "ValueError: x" in second["exc"]
+    finally:
+        logs.setup("WARNING")
+
+
+def test_cli_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["--help"])
+    text = capsys.readouterr().out
+    for opt in worker_cli.OPTIONS:
+        assert opt.flag in text and opt.env in text

@@ -129,7 +129,7 @@ class ListSource:
             if moved < PROMOTE_LIMIT:
                 return
 
-    async def reap(self) -> int:
+    async def reap(self) -> tuple[int, int]:
         return await self.reaper.run_once()
 
     async def release(self) -> None:

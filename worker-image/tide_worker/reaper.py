@@ -38,10 +38,11 @@ class ListReaper:
         # Long enough to cover a pass, short enough that a dead holder delays reaping by little.
         return int(max(2.0 * self.cfg.reaper_interval, 1.0) * 1000)
 
-    async def run_once(self) -> int:
+    async def run_once(self) -> tuple[int, int]:
+        """One pass; returns (messages returned to the queue, messages dead-lettered as poison)."""
         wid = self.cfg.worker_id
         if not await self.scripts.lease(keys=[self.keys.reaper_lease], args=[wid, self.lease_ms]):
-            return 0
+            return 0, 0
         self.passes += 1
         members = [_text(m) for m in await self.client.zrange(self.keys.workers, 0, -1)]
         candidates = [m for m in members if m != wid]
@@ -53,16 +54,18 @@ class ListReaper:
                     candidates.append(other)
                     known.add(other)
         if not candidates:
-            return 0
+            return 0, 0
         flags = await self.scripts.exists_many(keys=[self.keys.worker(m) for m in candidates], args=[])
-        total = 0
+        requeued = dead = 0
         for other, alive in zip(candidates, flags, strict=True):
             if alive:
                 continue
-            total += await self.reap_worker(other)
-        return total
+            back, poisoned = await self.reap_worker(other)
+            requeued += back
+            dead += poisoned
+        return requeued, dead
 
-    async def reap_worker(self, other: str) -> int:
+    async def reap_worker(self, other: str) -> tuple[int, int]:
         keys = [
             self.keys.processing(other),
             self.keys.ready,
@@ -79,4 +82,4 @@ class ListReaper:
                 "reaped a dead worker",
                 extra=logs.kv(dead_worker=other, requeued=requeued, poison=dead),
             )
-        return max(requeued, 0) + dead
+        return max(requeued, 0), dead

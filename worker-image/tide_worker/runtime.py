@@ -406,9 +406,11 @@ class Worker:
         return self.cfg.reaper_interval + random.uniform(0, self.cfg.reaper_interval / 4)
 
     async def _reap(self) -> None:
-        n = await self.source.reap()
-        if n:
-            self.metrics.reaped.inc(n)
+        requeued, poisoned = await self.source.reap()
+        if requeued:
+            self.metrics.reaped.inc(requeued)
+        for _ in range(poisoned):
+            self.metrics.dead("poison")
 
     async def _heartbeat_once(self) -> None:
         now = time.time()

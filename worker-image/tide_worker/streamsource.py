@@ -208,12 +208,12 @@ class StreamSource:
         for eid, fields in entries:
             self.claimed.append(self._delivery(eid, fields, counts.get(_text(eid), 1)))
 
-    async def reap(self) -> int:
+    async def reap(self) -> tuple[int, int]:
         """Under the lease: forget consumers that are gone (no heartbeat, nothing pending)."""
         wid = self.cfg.worker_id
         lease_ms = int(max(2.0 * self.cfg.reaper_interval, 1.0) * 1000)
         if not await self.scripts.lease(keys=[self.keys.reaper_lease], args=[wid, lease_ms]):
-            return 0
+            return 0, 0
         consumers = await self.client.xinfo_consumers(self.name, self.group)
         idle_limit = self.claim_ms
         for c in consumers:
@@ -225,7 +225,7 @@ class StreamSource:
             await self.client.xgroup_delconsumer(self.name, self.group, name)
             await self.client.zrem(self.keys.workers, name)
             self.log.info("removed a gone consumer", extra=logs.kv(consumer=name))
-        return 0
+        return 0, 0
 
     async def release(self) -> None:
         await self.scripts.release(keys=[self.keys.reaper_lease], args=[self.cfg.worker_id])
