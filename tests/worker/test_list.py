@@ -323,3 +323,16 @@ def test_concurrency_runs_handlers_in_parallel(r, start_worker):
     w = start_worker(handle, concurrency=4, batch_size=4)
     wait_until(lambda: w.worker.processed == 12)
     assert 2 <= peak <= 4
+
+
+def test_messages_left_by_a_lost_fetch_reply_are_recovered(r, start_worker):
+    seen: list[str] = []
+    w = start_worker(lambda m: seen.append(m.body))
+    wid = w.worker.cfg.worker_id
+    wait_until(lambda: r.zscore(K.workers, wid) is not None)
+    # What a fetch leaves when Redis ran it but the reply was lost with the connection.
+    r.lpush(K.processing(wid), encode_envelope("orphan"))
+    w.worker.fetch_lost = True
+    push(r, "q", ["next"])
+    wait_until(lambda: sorted(seen) == ["next", "orphan"])
+    wait_until(lambda: r.llen(K.processing(wid)) == 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import redis.exceptions as rexc
@@ -98,6 +99,21 @@ class ListSource:
 
     async def requeue_all(self) -> int:
         return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=[self.cfg.side]))
+
+    async def recover(self, held: list[Delivery]) -> int:
+        """Return messages in our processing list that we do not hold (a fetch whose reply was lost)."""
+        items = await self.client.lrange(self.proc, 0, -1)
+        known = Counter(d.raw for d in held)
+        unknown: list[bytes] = []
+        for raw in reversed(items):  # oldest fetched first
+            if known[raw] > 0:
+                known[raw] -= 1
+            else:
+                unknown.append(raw)
+        if not unknown:
+            return 0
+        args = [self.cfg.side, *unknown]
+        return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=args))
 
     async def done_already(self, deliveries: list[Delivery]) -> list[bool]:
         keys = [self.keys.dedupe(d.message_id) for d in deliveries]

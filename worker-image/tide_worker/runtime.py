@@ -171,6 +171,8 @@ class Worker:
         self.runs: set[ChunkRun] = set()
         self.unstarted: list[Delivery] = []  # taken back from running chunks by a stop request
         self.drained = False
+        self.held: dict[int, Delivery] = {}  # fetched and not yet settled (acked, retried, dead, requeued)
+        self.fetch_lost = False
         self.fetched = 0  # sequence numbers: the fetch order, to return unstarted messages in order
         self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
         self.abandoned_threads = 0
@@ -453,10 +455,19 @@ class Worker:
                 self.space.clear()
                 await self.space.wait()
                 continue
-            deliveries = await self._redis("fetch", lambda n=room: self.source.fetch(n))  # type: ignore[misc]
+            deliveries = await self._redis("fetch", lambda n=room: self._fetch(n))  # type: ignore[misc]
+            if self.fetch_lost:
+                # A fetch failed mid-call: it may have moved messages whose reply never came.
+                self.fetch_lost = False
+                back = await self._redis("recover", lambda: self.source.recover(list(self.held.values())))
+                if back:
+                    self.log.warning(
+                        "returned messages a lost fetch reply left behind", extra=logs.kv(count=back)
+                    )
             for d in deliveries:
                 self.fetched += 1
                 d.seq = self.fetched
+                self.held[id(d)] = d
                 if d.msg is None:
                     await self._dead_letter(d, "malformed", d.error, "", 0)
                 elif self._attempts(d) >= self.cfg.max_attempts:
@@ -465,6 +476,17 @@ class Worker:
                     await self._dead_letter(d, "poison", error, "", self._attempts(d))
                 else:
                     self.ready.put_nowait(d)
+
+    async def _fetch(self, count: int) -> list[Delivery]:
+        try:
+            return await self.source.fetch(count)
+        except CONNECTION_ERRORS:
+            self.fetch_lost = True
+            raise
+
+    def _settled(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            self.held.pop(id(d), None)
 
     async def _take_chunk(self, size: int) -> list[Delivery] | None:
         first = await self.ready.get()
@@ -504,6 +526,7 @@ class Worker:
         if done:
             self.metrics.deduped.inc(len(done))
             await self._redis("ack", lambda: self.source.ack(done, "deduped"))
+            self._settled(done)
         return [d for d, f in zip(chunk, flags, strict=True) if not f]
 
     # ---- running handlers ----------------------------------------------------------------------
@@ -673,6 +696,7 @@ class Worker:
         )
         if await self._redis("retry", lambda: self.source.retry(d, delay)):
             self.metrics.retried.inc()
+        self._settled([d])
 
     def _attempts(self, d: Delivery) -> int:
         assert d.msg is not None
@@ -695,6 +719,7 @@ class Worker:
         )
         if await self._redis("dead", lambda: self.source.dead(d, record)):
             self.metrics.dead(reason)
+        self._settled([d])
 
     # ---- acks ----------------------------------------------------------------------------------
 
@@ -710,6 +735,7 @@ class Worker:
                 except BaseException:
                     self.acks[:0] = batch  # not acked: keep them for the next try or the final flush
                     raise
+                self._settled(batch)
 
     async def _flush_acks(self) -> None:
         while self.acks:

@@ -157,6 +157,18 @@ class StreamSource:
         counts = [int(p["times_delivered"]) for p in pending]
         return await self._make_claimable(ids, counts)
 
+    async def recover(self, held: list[Delivery]) -> int:
+        """Make claimable our pending entries that we do not hold (a read whose reply was lost)."""
+        known = {d.entry_id for d in held} | {d.entry_id for d in self.claimed}
+        pending = await self.client.xpending_range(
+            self.name, self.group, min="-", max="+", count=10000, consumername=self.cfg.worker_id
+        )
+        lost = [(_text(p["message_id"]), int(p["times_delivered"])) for p in pending]
+        lost = [(eid, n) for eid, n in lost if eid not in known]
+        if not lost:
+            return 0
+        return await self._make_claimable([e for e, _ in lost], [n for _, n in lost])
+
     async def done_already(self, deliveries: list[Delivery]) -> list[bool]:
         flags = await self.scripts.exists_many(
             keys=[self.keys.dedupe(d.message_id) for d in deliveries], args=[]
