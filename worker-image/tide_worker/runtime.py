@@ -456,6 +456,8 @@ class Worker:
                 await self.space.wait()
                 continue
             deliveries = await self._redis("fetch", lambda n=room: self._fetch(n))  # type: ignore[misc]
+            for d in deliveries:
+                self.held[id(d)] = d
             if self.fetch_lost:
                 # A fetch failed mid-call: it may have moved messages whose reply never came.
                 self.fetch_lost = False
@@ -467,7 +469,6 @@ class Worker:
             for d in deliveries:
                 self.fetched += 1
                 d.seq = self.fetched
-                self.held[id(d)] = d
                 if d.msg is None:
                     await self._dead_letter(d, "malformed", d.error, "", 0)
                 elif self._attempts(d) >= self.cfg.max_attempts:
