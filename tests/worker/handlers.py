@@ -58,6 +58,9 @@ def chaos(msg: Message) -> None:
         raise RuntimeError("permanent failure")
     if kind == "transient" and msg.attempts < 2:
         raise RuntimeError("transient failure")
+    pause = float(os.environ.get("TIDE_TEST_SLEEP", "0"))
+    if pause:
+        time.sleep(pause)  # some work, so kills land while messages are in flight
     _record(msg)
 
 

@@ -46,12 +46,12 @@ def test_chaos_kill_workers_under_load(r, spawn):
         "--heartbeat-ttl", "2", "--reaper-interval", "0.5", "--max-interrupts", "1000",
         "--block-timeout", "0.5", "--log-level", "WARNING",
     ]  # fmt: skip
-    env = {"TIDE_TEST_LOG": "chaos-log"}
+    env = {"TIDE_TEST_LOG": "chaos-log", "TIDE_TEST_SLEEP": "0.002"}
     workers = [spawn(*args, env=env) for _ in range(WORKERS)]
     kills = 0
     deadline = time.monotonic() + 150
     # Kill while the bulk is being processed; then let the survivors (and the reaper) finish.
-    while r.llen("chaos-log") < N * 0.8 and time.monotonic() < deadline:
+    while r.llen("chaos-log") < N * 0.9 and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.7, 1.3))
         victim = rng.randrange(WORKERS)
         workers[victim].kill()
@@ -81,6 +81,6 @@ def test_chaos_kill_workers_under_load(r, spawn):
     # Duplicates come only from kills: each killed worker held at most a batch prefetched, a chunk
     # running per lane and its unacked successes.
     duplicates = sum(c - 1 for c in counts.values())
-    assert kills >= 5
+    assert kills >= 3
     assert duplicates <= kills * (3 * BATCH + CONCURRENCY)
     print(f"chaos: {kills} kills, {duplicates} duplicate runs, {len(dead)} dead letters")
