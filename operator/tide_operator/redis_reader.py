@@ -119,19 +119,28 @@ def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:
     return tuple(out)
 
 
-@dataclass
-class ListReader:
-    client: AsyncClient
-    keys: QueueKeys
-    workers: tuple[str, ...] = field(default=())
-    round_trips: int = 0  # for tests and metrics: how many round trips reads took
-    gate: asyncio.Semaphore | None = None
+class _GatedRead:
+    """``read`` waits for the per-server gate (when set) that caps concurrent reads on one pool."""
+
+    gate: asyncio.Semaphore | None
 
     async def read(self, now: float) -> Reading:
         if self.gate is None:
             return await self._read(now)
         async with self.gate:
             return await self._read(now)
+
+    async def _read(self, now: float) -> Reading:
+        raise NotImplementedError
+
+
+@dataclass
+class ListReader(_GatedRead):
+    client: AsyncClient
+    keys: QueueKeys
+    workers: tuple[str, ...] = field(default=())
+    round_trips: int = 0  # for tests and metrics: how many round trips reads took
+    gate: asyncio.Semaphore | None = None
 
     async def _read(self, now: float) -> Reading:
         k = self.keys
@@ -182,18 +191,12 @@ def _id_tuple(value: Any) -> tuple[int, int]:
 
 
 @dataclass
-class StreamReader:
+class StreamReader(_GatedRead):
     client: AsyncClient
     keys: StreamKeys
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0
     gate: asyncio.Semaphore | None = None
-
-    async def read(self, now: float) -> Reading:
-        if self.gate is None:
-            return await self._read(now)
-        async with self.gate:
-            return await self._read(now)
 
     async def _read(self, now: float) -> Reading:
         k = self.keys
