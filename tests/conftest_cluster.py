@@ -84,7 +84,7 @@ def cluster() -> Iterator[LocalCluster]:
     try:
         yield LocalCluster(info)
     finally:
-        local_cluster.release(os.getpid())
+        local_cluster.release(info.session)
 
 
 @pytest.fixture

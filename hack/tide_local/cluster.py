@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,7 @@ class ClusterInfo:
     ca_file: Path
     bin_dir: Path
     started: bool  # True when this call started the cluster, False when it reused a running one
+    session: str | None = None  # the token `up(session=...)` registered; pass it to release()
 
     @property
     def kubectl(self) -> Path:
@@ -284,17 +287,18 @@ def up(verbose: bool = True, session: int | None = None, adopt: bool = False) ->
                     f"    kubectl --kubeconfig {info.kubeconfig} get --raw /readyz   (kubectl: {info.kubectl})"
                 )
         if session is not None:
-            register_session(session)
+            info = dataclasses.replace(info, session=register_session(session))
         if adopt:
             (CLUSTER_DIR / AUTO_STOP).unlink(missing_ok=True)
     return info
 
 
-def release(session: int, verbose: bool = True) -> bool:
-    """``session`` stops using the cluster; stop the cluster when it was started for sessions, this was the
+def release(session: str | None, verbose: bool = True) -> bool:
+    """The session ``up`` registered (``info.session``) stops using the cluster; stop the cluster when it was started for sessions, this was the
     last one, and ``TIDE_KEEP_CLUSTER`` is not set. True when it stopped the cluster."""
     with build.file_lock(CLUSTER_LOCK, "releasing the cluster"):
-        (CLUSTER_DIR / "sessions" / str(session)).unlink(missing_ok=True)
+        if session:
+            (CLUSTER_DIR / "sessions" / session).unlink(missing_ok=True)
         if live_sessions() or not (CLUSTER_DIR / AUTO_STOP).exists() or os.environ.get("TIDE_KEEP_CLUSTER"):
             return False
         _down_locked(verbose)
@@ -502,11 +506,17 @@ def status() -> dict[str, Any]:
 # --- sessions: test runs that share the cluster ------------------------------------------------------
 
 
-def register_session(pid: int) -> None:
-    """Record that process ``pid`` uses the cluster (a pytest session, a demo)."""
+def register_session(pid: int) -> str:
+    """Record that process ``pid`` uses the cluster (a pytest session, a demo); returns the session's token.
+
+    One process may hold several sessions (the e2e scenario inside a pytest session), so each gets its own
+    entry: releasing one must not look like the last user leaving.
+    """
     sessions = CLUSTER_DIR / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
-    (sessions / str(pid)).write_text(" ".join(_cmdline(pid)))
+    token = f"{pid}-{uuid.uuid4().hex[:8]}"
+    (sessions / token).write_text(" ".join(_cmdline(pid)))
+    return token
 
 
 def live_sessions() -> list[int]:
@@ -514,7 +524,8 @@ def live_sessions() -> list[int]:
     sessions = CLUSTER_DIR / "sessions"
     others = []
     for entry in sessions.glob("*") if sessions.exists() else []:
-        other = int(entry.name) if entry.name.isdigit() else -1
+        head = entry.name.split("-", 1)[0]
+        other = int(head) if head.isdigit() else -1
         if other > 0 and pid_runs(other, lambda argv: bool(argv)):
             others.append(other)
         else:

@@ -47,6 +47,7 @@ class LocalBackend:
         self.redis = RedisServer()
         self.agent: subprocess.Popen[bytes] | None = None
         self.kubeconfig: Path | None = None
+        self.session: str | None = None
         self.redis_url = self.pod_redis_url = ""
         self._own_namespace = namespace is None
 
@@ -55,6 +56,7 @@ class LocalBackend:
         from tide_local import cluster
 
         info = cluster.up(verbose=True, session=os.getpid())
+        self.session = info.session
         self.kubeconfig = info.kubeconfig
         self.redis.start()
         self.redis_url = self.pod_redis_url = self.redis.url
@@ -171,7 +173,7 @@ class LocalBackend:
         api.close()
         self.redis.cleanup()
         with contextlib.suppress(Exception):
-            cluster.release(os.getpid())
+            cluster.release(self.session)
 
 
 class KindBackend:
