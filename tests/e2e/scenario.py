@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import redis
 from tide_worker.connection import RedisSettings
 from tide_worker.keys import QueueKeys
+from tide_worker.ops import queue_stats
 from tide_worker.producer import Producer
 from tide_worker.records import DeadLetter
 
@@ -136,14 +137,11 @@ def queue_consumer(backend: Backend, cfg: Config, queue: str) -> dict[str, Any]:
     }
 
 
-def backlog(r: redis.Redis, keys: QueueKeys) -> int:
-    workers = [w.decode() for w in r.zrange(keys.workers, 0, -1)]
-    pipe = r.pipeline(transaction=False)
-    pipe.llen(keys.ready)
-    pipe.zcard(keys.delayed)
-    for w in workers:
-        pipe.llen(keys.processing(w))
-    return sum(int(x) for x in pipe.execute())
+def unfinished(r: redis.Redis, queue: str) -> int:
+    """Messages not yet processed or dead-lettered: ready, in flight (orphaned processing lists included) and
+    every retry, due or not. ``tide stats`` computes the parts; the scenario is done when this reaches 0."""
+    stats = queue_stats(r, queue)
+    return int(stats["ready"]) + int(stats["in_flight"]) + int(stats["delayed"])
 
 
 def run(
@@ -201,7 +199,7 @@ def run(
         count = int(r.get(handlers.COUNT) or 0)
         rate = (count - last_count) / max(now - last_t, 1e-3)
         last_count, last_t = count, now
-        sample = Sample(round(now - start, 2), backlog(r, keys), desired, ready, count, round(rate, 1))
+        sample = Sample(round(now - start, 2), unfinished(r, queue), desired, ready, count, round(rate, 1))
         out.timeline.append(sample)
         if on_sample:
             on_sample(sample)
