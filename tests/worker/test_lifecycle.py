@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import threading
 import time
 
 import pytest
@@ -14,14 +16,16 @@ from tide_worker.keys import QueueKeys
 from tide_worker.reaper import ListReaper
 from tide_worker.records import DeadLetter
 from tide_worker.scripts import Scripts
+from tide_worker.scripts import source as script_source
 
 from .conftest import push, wait_until
 
 K = QueueKeys("q")
 
 
-def queue_in_consumption_order(r, queue="q"):
-    return [decode(x).body for x in reversed(r.lrange(queue, 0, -1))]
+def queue_in_consumption_order(r, queue="q", side="right"):
+    items = r.lrange(queue, 0, -1)
+    return [decode(x).body for x in (reversed(items) if side == "right" else items)]
 
 
 def recorded(r, key="log"):
@@ -49,11 +53,85 @@ def test_sigterm_finishes_in_flight_and_returns_unstarted_in_order(r, spawn):
     assert not r.keys(K.prefix + ":processing:*")
     assert r.zcard(K.workers) == 0  # deregistered after its processing list emptied
     assert not r.exists(K.interrupts)  # a clean shutdown is not an interruption
-    if left != sorted(left):
-        # Known bug, seen once on a loaded machine (CI clone): with two lanes and a batch of 10 the
-        # returned messages came back as m07, m08, ..., m04. Nothing was lost; the order is wrong.
-        pytest.xfail(f"known bug: unstarted messages returned out of order under load: {left}")
-    assert left[0] == min(left)  # what was returned is consumed next, in order
+    assert left == sorted(left)  # what was returned is consumed next, in order
+    assert left[-1] == bodies[-1]  # and ahead of what was never fetched
+
+
+def test_stop_returns_every_lanes_unstarted_messages_in_fetch_order_with_a_lost_fetch(r, start_worker):
+    gate = threading.Event()
+    started: list[str] = []
+
+    def handle(msg):
+        started.append(msg.body)
+        gate.wait(30)
+
+    bodies = [f"m{i:02d}" for i in range(30)]
+    push(r, "q", bodies)
+    w = start_worker(handle, concurrency=2, batch_size=10)
+    proc = K.processing(w.worker.cfg.worker_id)
+    # Each lane runs the first of its chunk of 5 (m00-m04, m05-m09); m10-m19 are prefetched.
+    wait_until(lambda: len(started) == 2 and r.llen("q") == 10)
+    assert sorted(started) == ["m00", "m05"]
+    r.lpush(proc, encode_envelope("orphan"))  # a fetch that ran but whose reply was lost
+    w.loop.call_soon_threadsafe(w.worker.request_stop)
+    unstarted = [b for b in bodies[:20] if b not in started]
+    # One call, while both handlers still run: the head reads as before the fetches.
+    wait_until(lambda: r.llen("q") == 10 + len(unstarted) + 1)
+    assert queue_in_consumption_order(r) == [*unstarted, "orphan", *bodies[20:]]
+    assert sorted(decode(x).body for x in r.lrange(proc, 0, -1)) == started  # only the running stay
+    gate.set()
+    assert w.stop() == 0
+    assert queue_in_consumption_order(r) == [*unstarted, "orphan", *bodies[20:]]
+    assert not r.exists(proc)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_requeue_script_restores_the_queue_head_in_fetch_order(r, side):
+    fetch = r.register_script(script_source("fetch_batch"))
+    requeue = r.register_script(script_source("requeue_head"))
+    bodies = [f"m{i:02d}" for i in range(30)]
+    raws = dict(zip(bodies, push(r, "q", bodies, side=side), strict=True))
+    proc = K.processing("w")
+    before = queue_in_consumption_order(r, side=side)
+    fetched = [decode(x).body for x in fetch(keys=["q", proc], args=[10, side])]
+    fetched += [decode(x).body for x in fetch(keys=["q", proc], args=[10, side])]
+    assert fetched == bodies[:20]
+    started = ["m00", "m05", "m10"]
+    unstarted = [b for b in fetched if b not in started]
+    random.Random(7).shuffle(unstarted)  # lanes hand them back in any order
+    assert requeue(keys=[proc, "q"], args=[side, "only", *[raws[b] for b in unstarted]]) == 17
+    assert queue_in_consumption_order(r, side=side) == [b for b in before if b not in started]
+    assert sorted(decode(x).body for x in r.lrange(proc, 0, -1)) == started
+    # "except": everything but the named (the started) goes back; none named: the whole list.
+    fetch(keys=["q", proc], args=[4, side])  # m01..m04 now held with the started ones
+    assert requeue(keys=[proc, "q"], args=[side, "except", raws["m05"], raws["m10"]]) == 5
+    assert queue_in_consumption_order(r, side=side)[:6] == ["m00", "m01", "m02", "m03", "m04", "m06"]
+    assert requeue(keys=[proc, "q"], args=[side, "except"]) == 2  # a later call goes ahead
+    assert queue_in_consumption_order(r, side=side) == [
+        "m05",
+        "m10",
+        *(b for b in before if b not in ("m05", "m10")),
+    ]
+    assert not r.exists(proc)
+
+
+def test_requeue_script_tells_identical_copies_apart_by_position(r):
+    requeue = r.register_script(script_source("requeue_head"))
+    proc = K.processing("w")
+    r.lpush(proc, b"x", b"y", b"x", b"z")  # fetched x, y, x, z (newest at the left)
+    # The unstarted copy of x is the newer one: it goes back after y, ahead of z.
+    assert requeue(keys=[proc, "q"], args=["right", "only", b"x", b"y", b"z"]) == 3
+    assert list(reversed(r.lrange("q", 0, -1))) == [b"y", b"x", b"z"]
+    assert r.lrange(proc, 0, -1) == [b"x"]
+
+
+def test_requeue_script_returns_thousands_in_order(r):
+    requeue = r.register_script(script_source("requeue_head"))
+    proc = K.processing("w")
+    raws = [f"{i:05d}".encode() for i in range(2500)]
+    r.lpush(proc, *raws)  # fetched in this order
+    assert requeue(keys=[proc, "q"], args=["right", "except"]) == 2500
+    assert list(reversed(r.lrange("q", 0, -1))) == raws
 
 
 def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r, spawn):

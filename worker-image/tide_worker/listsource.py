@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from typing import Any
 
 import redis.exceptions as rexc
@@ -91,29 +90,20 @@ class ListSource:
         keys = [self.proc, self.keys.dead, self.keys.stats]
         return bool(await self.scripts.dead(keys=keys, args=[delivery.raw, record.encode()]))
 
-    async def requeue(self, deliveries: list[Delivery]) -> int:
-        if not deliveries:
-            return 0
-        args = [self.cfg.side, *[d.raw for d in deliveries]]
+    async def _return(self, mode: str, deliveries: list[Delivery]) -> int:
+        # One atomic call; the script puts them back in fetch order whatever the order given here.
+        args = [self.cfg.side, mode, *[d.raw for d in deliveries]]
         return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=args))
+
+    async def requeue(self, deliveries: list[Delivery]) -> int:
+        return await self._return("only", deliveries) if deliveries else 0
 
     async def requeue_all(self) -> int:
-        return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=[self.cfg.side]))
+        return await self._return("except", [])
 
     async def recover(self, held: list[Delivery]) -> int:
-        """Return messages in our processing list that we do not hold (a fetch whose reply was lost)."""
-        items = await self.client.lrange(self.proc, 0, -1)
-        known = Counter(d.raw for d in held)
-        unknown: list[bytes] = []
-        for raw in reversed(items):  # oldest fetched first
-            if known[raw] > 0:
-                known[raw] -= 1
-            else:
-                unknown.append(raw)
-        if not unknown:
-            return 0
-        args = [self.cfg.side, *unknown]
-        return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=args))
+        """Return every message in our processing list but ``held`` (e.g. a fetch whose reply was lost)."""
+        return await self._return("except", held)
 
     async def done_already(self, deliveries: list[Delivery]) -> list[bool]:
         keys = [self.keys.dedupe(d.message_id) for d in deliveries]

@@ -173,7 +173,6 @@ class Worker:
         self.drained = False
         self.held: dict[int, Delivery] = {}  # fetched and not yet settled (acked, retried, dead, requeued)
         self.fetch_lost = False
-        self.fetched = 0  # sequence numbers: the fetch order, to return unstarted messages in order
         self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
         self.abandoned_threads = 0
         # Sync handlers run in threads, except with no timeout, when they run inline (no thread hop per
@@ -336,10 +335,10 @@ class Worker:
             item = self.ready.get_nowait()
             if item is not None:
                 unstarted.append(item)
-        unstarted.sort(key=lambda d: d.seq)
         try:
-            if unstarted:
-                n = await self._redis("requeue", lambda: self.source.requeue(unstarted))
+            n = await self._redis("requeue", lambda: self._return_unstarted(unstarted, fetcher.done()))
+            self._settled(unstarted)
+            if n:
                 self.metrics.requeued.inc(n)
                 self.log.info("returned unstarted messages to the queue", extra=logs.kv(count=n))
             for _ in lanes:
@@ -377,6 +376,24 @@ class Worker:
                 "Redis unreachable at shutdown: the reaper will return what is left",
                 extra=logs.kv(op=str(exc)),
             )
+
+    async def _return_unstarted(self, unstarted: list[Delivery], fetch_over: bool) -> int:
+        """Every lane's unstarted messages go back in one call; the source restores their fetch order."""
+        if not fetch_over:
+            # A fetch may still deliver what it moved: return only what we know is unstarted.
+            return await self.source.requeue(unstarted)
+        # Everything in custody but the started messages, so a fetch cancelled mid-reply goes back too.
+        out = {id(d) for d in unstarted}
+        return await self.source.recover([d for d in self.held.values() if id(d) not in out])
+
+    async def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Unstarted messages found while stopping: with the rest if not yet returned, else at once."""
+        if not self.drained:
+            self.unstarted.extend(deliveries)
+            return
+        n = await self._redis("requeue", lambda: self.source.requeue(deliveries))
+        self._settled(deliveries)
+        self.metrics.requeued.inc(n)
 
     async def _release(self) -> None:
         release = getattr(self.source, "release", None)
@@ -456,8 +473,17 @@ class Worker:
                 await self.space.wait()
                 continue
             deliveries = await self._redis("fetch", lambda n=room: self._fetch(n))  # type: ignore[misc]
-            for d in deliveries:
+            bad: list[tuple[Delivery, str, str]] = []
+            for d in deliveries:  # no await until all are held and queued: a stop sees them all
                 self.held[id(d)] = d
+                if d.msg is None:
+                    bad.append((d, "malformed", d.error))
+                elif self._attempts(d) >= self.cfg.max_attempts:
+                    # Only a crash on the last attempt gets here (a stream's delivery count says so).
+                    error = f"delivered {d.deliveries} times, past max attempts {self.cfg.max_attempts}"
+                    bad.append((d, "poison", error))
+                else:
+                    self.ready.put_nowait(d)
             if self.fetch_lost:
                 # A fetch failed mid-call: it may have moved messages whose reply never came.
                 self.fetch_lost = False
@@ -466,17 +492,8 @@ class Worker:
                     self.log.warning(
                         "returned messages a lost fetch reply left behind", extra=logs.kv(count=back)
                     )
-            for d in deliveries:
-                self.fetched += 1
-                d.seq = self.fetched
-                if d.msg is None:
-                    await self._dead_letter(d, "malformed", d.error, "", 0)
-                elif self._attempts(d) >= self.cfg.max_attempts:
-                    # Only a crash on the last attempt gets here (a stream's delivery count says so).
-                    error = f"delivered {d.deliveries} times, past max attempts {self.cfg.max_attempts}"
-                    await self._dead_letter(d, "poison", error, "", self._attempts(d))
-                else:
-                    self.ready.put_nowait(d)
+            for d, reason, error in bad:
+                await self._dead_letter(d, reason, error, "", 0 if d.msg is None else self._attempts(d))
 
     async def _fetch(self, count: int) -> list[Delivery]:
         try:
@@ -509,13 +526,13 @@ class Worker:
             chunk = await self._take_chunk(size)
             if chunk is None:
                 return
-            if self.stopping and not self.drained:
-                self.unstarted.extend(chunk)  # returned in fetch order with the rest
-                continue
-            if self.cfg.dedupe_ttl:
+            if self.cfg.dedupe_ttl and not self.stopping:
                 chunk = await self._skip_done(chunk)
                 if not chunk:
                     continue
+            if self.stopping:  # checked after the last await: nothing new starts once stopping
+                await self._give_back(chunk)
+                continue
             if self.pool:
                 await self._run_sync_chunk(chunk)
             else:
@@ -655,8 +672,7 @@ class Worker:
             await self._settle(timed_out, exc, limit)
         if leftovers:
             if self.stopping:
-                n_back = await self._redis("requeue", lambda: self.source.requeue(leftovers))
-                self.metrics.requeued.inc(n_back)
+                await self._give_back(leftovers)
             else:
                 await self._run_sync_chunk(leftovers)
 
