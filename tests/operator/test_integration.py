@@ -4,96 +4,22 @@ own ServiceAccount bound to crds/rbac/."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 import redis
 from tide_worker.keys import QueueKeys
 
-from tests.operator.operator_harness import run_operator, wait_for
+from tests.operator.operator_harness import (
+    WORKER_ENV,
+    Api,
+    deployment,
+    get_deployment,
+    qc,
+    run_operator,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster]
-
-
-def deployment(name: str, env: dict[str, str]) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "worker",
-                            "image": "tide-worker:dev",
-                            "command": ["tide", "worker"],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                        }
-                    ],
-                },
-            },
-        },
-    }
-
-
-def qc(name: str, url: str, source: dict[str, Any], scaling: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"redis": {"url": url}, "source": source, "scaling": scaling}
-    spec.update(extra)
-    if "worker" not in spec:
-        spec["scaleTargetRef"] = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"}
-    return {
-        "apiVersion": "tide.dev/v1alpha1",
-        "kind": "QueueConsumer",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-class Api:
-    def __init__(self, k8s: Any, namespace: str) -> None:
-        from kubernetes import client
-
-        self.ns = namespace
-        self.apps = client.AppsV1Api(k8s)
-        self.core = client.CoreV1Api(k8s)
-        self.custom = client.CustomObjectsApi(k8s)
-
-    def create_deployment(self, body: dict[str, Any]) -> None:
-        self.apps.create_namespaced_deployment(self.ns, body)
-
-    def replicas(self, name: str = "w") -> int:
-        return int(self.apps.read_namespaced_deployment_scale(name, self.ns).spec.replicas or 0)
-
-    def create_qc(self, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object("tide.dev", "v1alpha1", self.ns, "queueconsumers", body)
-
-    def get_qc(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            "tide.dev", "v1alpha1", self.ns, "queueconsumers", name
-        )
-        return obj
-
-    def condition(self, name: str, ctype: str) -> str | None:
-        for c in self.get_qc(name).get("status", {}).get("conditions", []):
-            if c["type"] == ctype:
-                return str(c["status"])
-        return None
-
-    def events(self, reason: str) -> list[str]:
-        return [e.message for e in self.core.list_namespaced_event(self.ns).items if e.reason == reason]
-
-
-WORKER_ENV = {
-    "TIDE_HANDLER": "tests.operator.slow_handler:handle",
-    "TIDE_METRICS_PORT": "0",
-    "TIDE_CONCURRENCY": "2",
-}
 
 
 @pytest.mark.slow
@@ -243,7 +169,7 @@ def test_worker_section_owns_deployment_and_gc(crds, namespace, k8s, sa_kubeconf
     )
     api.create_qc(body)
     with run_operator(crds, namespace, sa_kubeconfig, tmp_path):
-        dep = wait_for("owned Deployment", lambda: _get_dep(api, "owned-worker"), timeout=60)
+        dep = wait_for("owned Deployment", lambda: get_deployment(api, "owned-worker"), timeout=60)
         owner = dep.metadata.owner_references[0]
         assert (owner.kind, owner.name, owner.controller) == ("QueueConsumer", "owned", True)
         env = {e.name: e for e in dep.spec.template.spec.containers[0].env}
@@ -254,17 +180,6 @@ def test_worker_section_owns_deployment_and_gc(crds, namespace, k8s, sa_kubeconf
         api.custom.delete_namespaced_custom_object(
             "tide.dev", "v1alpha1", namespace, "queueconsumers", "owned"
         )
-        wait_for("garbage collection", lambda: _get_dep(api, "owned-worker") is None, timeout=60)
+        wait_for("garbage collection", lambda: get_deployment(api, "owned-worker") is None, timeout=60)
         with pytest.raises(ApiException):
             api.get_qc("owned")
-
-
-def _get_dep(api: Api, name: str) -> Any:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return api.apps.read_namespaced_deployment(name, api.ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
