@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 import redis
 from redis.cluster import RedisCluster as SyncCluster
+from tide_local.redisproc import RedisServer
 from tide_worker.config import WorkerConfig
 from tide_worker.envelope import encode_envelope
 from tide_worker.keys import QueueKeys
 from tide_worker.records import DeadLetter
+from tide_worker.runtime import EXIT_REFUSED
 
 from .conftest import InprocWorker, push, wait_until
 
@@ -140,3 +146,46 @@ def test_cli_entry_point_runs_the_worker(r, spawn):
             proc.kill()
             proc.wait()
     assert isinstance(r, redis.Redis)
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[RedisServer]:
+    # requirepass for the default user; "reader" may only PING and read, so its scripts are refused.
+    acl = ["--user", "reader", "on", ">readerpw", "~*", "+ping", "+@read", "+client", "+hello"]
+    with RedisServer(password="s3cret", extra_args=acl) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("auth", "expect"),
+    [
+        (":wrong@", "refused the credentials"),
+        ("", "refused the credentials"),  # no password at all: NOAUTH
+        ("reader:readerpw@", "lacks a permission"),  # right password, ACL without EVALSHA
+    ],
+)
+def test_refused_credentials_fail_fast_with_a_clear_message(auth_server, spawn, auth, expect):
+    url = f"redis://{auth}127.0.0.1:{auth_server.port}/0"
+    start = time.monotonic()
+    w = spawn("--queue", "q", "--handler", "tests.worker.handlers:noop", url=url)
+    # Retrying a refusal as if the connection were lost would keep the worker alive for ever.
+    assert w.wait(30) == EXIT_REFUSED, w.logs()
+    assert time.monotonic() - start < 20  # process start dominates; the refusal itself takes ms
+    errors = [e for e in map(json.loads, w.logs().splitlines()) if e["level"] == "error"]
+    assert len(errors) == 1 and expect in errors[0]["msg"], errors  # one line says why
+    assert "s3cret" not in w.logs()
+    assert "reconnecting" not in w.logs()
+
+
+def test_the_right_password_works(auth_server, spawn):
+    url = f"redis://:s3cret@127.0.0.1:{auth_server.port}/0"
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    push(r, "q", ["a"])
+    w = spawn(
+        "--queue", "q", "--handler", "tests.worker.handlers:record", url=url, env={"TIDE_TEST_LOG": "log"}
+    )
+    wait_until(lambda: r.llen("log") == 1, timeout=30)
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.logs()
+    r.close()

@@ -15,14 +15,43 @@ from urllib.parse import urlparse
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 from redis.retry import Retry
 
 # Blocking commands wait up to this long server-side; the socket waits longer so a block never reads
 # as a dead connection, and a dead connection never hangs a worker forever.
 DEFAULT_BLOCK_TIMEOUT = 2.0
 SOCKET_TIMEOUT_MARGIN = 5.0
+
+# Refusals, not outages: a wrong password or a missing ACL permission stays wrong however often it is
+# retried. redis-py derives the first two from ConnectionError, so retry loops must test these first.
+AUTH_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, AuthorizationError, NoPermissionError)
+
+
+def refusal_hint(exc: BaseException) -> str:
+    """One line saying why Redis refused and what to check."""
+    if isinstance(exc, NoPermissionError):
+        return f"the Redis user lacks a permission Tide needs (check its ACL): {exc}"
+    return f"Redis refused the credentials (check the URL, TIDE_REDIS_USERNAME, TIDE_REDIS_PASSWORD): {exc}"
+
+
+def _retryable(error: Exception) -> bool:
+    return not isinstance(error, AUTH_ERRORS)
+
+
+class _Retry(Retry):
+    """redis-py's retry for the sync clients, minus refusals (they fail at once)."""
+
+    def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
+        def check(error: Exception) -> bool:
+            return _retryable(error) and (is_retryable is None or bool(is_retryable(error)))
+
+        return super().call_with_retry(do, fail, check, with_failure_count)
 
 
 def _truthy(value: str | None) -> bool:
@@ -64,7 +93,6 @@ class RedisSettings:
             "socket_connect_timeout": 5.0,
             "socket_keepalive": True,
             "health_check_interval": 15,
-            "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         }
         parsed = urlparse(self.url)
         # The URL's own credentials win; the environment fills what it lacks.
@@ -91,16 +119,21 @@ def _cluster_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def sync_client(settings: RedisSettings) -> redis.Redis | RedisCluster:
-    """A synchronous client (CLI, producer, operator reads)."""
-    kw = settings.client_kwargs()
+    """A synchronous client (CLI, producer, operator reads): a lost connection is retried 3 times."""
+    kw = {"retry": _Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **settings.client_kwargs()}
     if settings.cluster:
         return RedisCluster.from_url(settings.url, **_cluster_kwargs(kw))
     return redis.Redis.from_url(settings.url, **kw)
 
 
 def async_client(settings: RedisSettings) -> aredis.Redis | AsyncRedisCluster:
-    """An asyncio client (the worker runtime)."""
+    """An asyncio client (the worker runtime, the operator's reads)."""
     kw = settings.client_kwargs()
     if settings.cluster:
+        # The Cluster client's own loop: up to 3 more attempts, each after refreshing the slot map.
+        kw = {"retry": AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **kw}
         return AsyncRedisCluster.from_url(settings.url, **_cluster_kwargs(kw))
+    # No retry inside redis-py: callers retry with their own backoff, and a call on a dead connection
+    # then fails after one socket timeout instead of four.
+    kw = {"retry": AsyncRetry(NoBackoff(), retries=0), **kw}
     return aredis.Redis.from_url(settings.url, **kw)

@@ -34,7 +34,7 @@ import redis.exceptions as rexc
 
 from tide_worker import __version__, logs
 from tide_worker.config import WorkerConfig, backoff_delay
-from tide_worker.connection import RedisSettings, async_client
+from tide_worker.connection import AUTH_ERRORS, RedisSettings, async_client, refusal_hint
 from tide_worker.errors import Reject, RetryAfter
 from tide_worker.handler import Handler
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 RECONNECT_CAP = 5.0
+EXIT_REFUSED = 3  # Redis refused the credentials or an ACL permission: fix the configuration
 RATE_WINDOW = 30.0
 TRACEBACK_FRAMES = 8
 TRACEBACK_CHARS = 4000
@@ -56,6 +57,9 @@ class HandlerTimeout(Exception):
 
 class Stopped(Exception):
     """Raised inside ``_redis`` when the hard deadline passed while Redis was unreachable."""
+
+
+STOP_OR_REFUSED: tuple[type[BaseException], ...] = (Stopped, *AUTH_ERRORS)
 
 
 def traceback_summary(exc: BaseException) -> str:
@@ -200,6 +204,8 @@ class Worker:
         while True:
             try:
                 result = await call()
+            except AUTH_ERRORS:
+                raise  # a refusal, not an outage: waiting does not fix a password
             except CONNECTION_ERRORS as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -277,14 +283,17 @@ class Worker:
         try:
             await self._redis("setup", self.source.setup)
             await self._redis("heartbeat", self._heartbeat_once)
-        except Stopped:
-            self.log.warning("stopped before Redis could be reached")
+        except STOP_OR_REFUSED as exc:
             if self.http:
                 self.http.stop()
             if self._own_client:
                 with contextlib.suppress(Exception):
                     await self.client.aclose()
-            return 0
+            if isinstance(exc, Stopped):
+                self.log.warning("stopped before Redis could be reached")
+                return 0
+            self.log.error(refusal_hint(exc))
+            return EXIT_REFUSED
         self.serving = True
         side = [
             asyncio.create_task(self._ticker(), name="ticker"),
@@ -303,7 +312,10 @@ class Worker:
         for task in done:
             if task is not waiter and not task.cancelled() and task.exception() is not None:
                 crashed = task.exception()
-                self.log.error("internal task failed", exc_info=crashed)
+                if isinstance(crashed, AUTH_ERRORS):  # credentials or ACL changed under a running worker
+                    self.log.error(refusal_hint(crashed))
+                else:
+                    self.log.error("internal task failed", exc_info=crashed)
         if not self.stopping:
             self.request_stop()
         waiter.cancel()
@@ -321,6 +333,8 @@ class Worker:
             if self._own_client:
                 with contextlib.suppress(Exception):
                     await self.client.aclose()
+        if isinstance(crashed, AUTH_ERRORS):
+            return EXIT_REFUSED
         return 1 if crashed is not None else 0
 
     async def _shutdown(
@@ -371,10 +385,10 @@ class Worker:
             await self._redis("deregister", self.source.deregister)
             await self._redis("release", self._release)
             self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
-        except Stopped as exc:
+        except STOP_OR_REFUSED as exc:
             self.log.error(
                 "Redis unreachable at shutdown: the reaper will return what is left",
-                extra=logs.kv(op=str(exc)),
+                extra=logs.kv(op=str(exc) if isinstance(exc, Stopped) else refusal_hint(exc)),
             )
 
     async def _return_unstarted(self, unstarted: list[Delivery], fetch_over: bool) -> int:
