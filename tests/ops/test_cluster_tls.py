@@ -75,9 +75,7 @@ def test_cluster_cli(redis_cluster: RedisCluster, cluster_client: ClusterClient)
     proc = run_proc(["dlq", "requeue", "-q", "orders", "--redis-url", redis_cluster.url, "--redis-cluster"])
     assert proc.returncode == 0, proc.stderr
     assert cluster_client.llen("orders") == 5
-    proc = run_proc(
-        ["stats", "-q", "orders", "--json", "--redis-url", redis_cluster.url, "--redis-cluster", "true"]
-    )
+    proc = run_proc(["stats", "-q", "orders", "--json", "--redis-url", redis_cluster.url, "--redis-cluster"])
     assert proc.returncode == 0 and json.loads(proc.stdout)["ready"] == 5, proc.stderr
     # Without --redis-cluster the node answers MOVED for a slot it does not own; the CLI says so in one line.
     other = next(n for n in redis_cluster.nodes if n.port != cluster_client.get_node_from_key("orders").port)

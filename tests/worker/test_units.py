@@ -198,3 +198,26 @@ def test_cli_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for opt in worker_cli.OPTIONS:
         assert opt.flag in text and opt.env in text
+
+
+def test_redis_cluster_is_a_plain_flag_that_never_takes_the_next_word(monkeypatch):
+    monkeypatch.delenv("TIDE_REDIS_CLUSTER", raising=False)
+    base = ["--queue", "q", "--handler", "m:f"]
+    assert _parse(base).redis_cluster is False
+    assert _parse(["--redis-cluster", *base]).redis_cluster is True
+    with pytest.raises(SystemExit):  # a value after the flag is not a value: it is an unknown argument
+        _parse(["--redis-cluster", "false", *base])
+    monkeypatch.setenv("TIDE_REDIS_CLUSTER", "true")
+    assert worker_cli.config_from_args(_parse(base)).cluster is True
+    assert worker_cli.config_from_args(_parse(["--no-redis-cluster", *base])).cluster is False
+
+
+def test_ops_redis_cluster_flag_leaves_the_body_alone(monkeypatch):
+    from tide_worker.cli import build_parser
+
+    monkeypatch.delenv("TIDE_REDIS_CLUSTER", raising=False)
+    args = build_parser().parse_args(["enqueue", "-q", "jobs", "--redis-cluster", "hello", "world"])
+    assert args.redis_cluster is True and args.bodies == ["hello", "world"]
+    args = build_parser().parse_args(["stats", "-q", "jobs"])
+    assert args.redis_cluster is None  # neither flag: TIDE_REDIS_CLUSTER decides
+    assert build_parser().parse_args(["stats", "-q", "jobs", "--no-redis-cluster"]).redis_cluster is False

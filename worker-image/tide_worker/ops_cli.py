@@ -57,28 +57,15 @@ def redact(url: str) -> str:
 # --- arguments -----------------------------------------------------------------------------------------
 
 
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("redis")
     g.add_argument("--redis-url", help="redis:// or rediss:// URL (env TIDE_REDIS_URL)")
     g.add_argument(
         "--redis-cluster",
-        nargs="?",
-        const=True,
-        default=None,
-        type=_flag,
-        metavar="BOOL",
-        help="the URL names a Redis Cluster node; `--redis-cluster` alone or with true/false,"
-        " as `tide worker` takes it (env TIDE_REDIS_CLUSTER)",
+        action=argparse.BooleanOptionalAction,
+        default=None,  # neither flag: TIDE_REDIS_CLUSTER decides
+        help="the URL names a Redis Cluster node (env TIDE_REDIS_CLUSTER)",
     )
     g.add_argument("--redis-ca-file", help="CA bundle for rediss:// (env TIDE_REDIS_CA_FILE)")
     return p

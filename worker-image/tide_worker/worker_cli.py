@@ -86,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "default": _env_default(opt),
             "help": f"{opt.help} [env {opt.env}]",
         }
+        if opt.type is _bool:
+            # A plain flag (--redis-cluster / --no-redis-cluster): it never takes the next word as its value.
+            parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
         kw["type"] = (
             (lambda t: lambda s: t(s.upper()) if isinstance(s, str) else s)(opt.type)
             if opt.dest == "log_level"
