@@ -35,29 +35,35 @@ def plot(out: scenario.Outcome, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     t = [s.t for s in out.timeline]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(
-        t, [s.backlog for s in out.timeline], color="tab:blue", label="backlog (ready + in flight + retries)"
-    )
-    ax.set_xlabel("seconds since the first wave")
-    ax.set_ylabel("messages", color="tab:blue")
-    ax2 = ax.twinx()
-    ax2.step(t, [s.desired for s in out.timeline], where="post", color="tab:orange", label="desired replicas")
-    ax2.step(
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(3, 2))
+    top.plot(
         t,
-        [s.ready for s in out.timeline],
-        where="post",
-        color="tab:green",
-        linestyle="--",
-        label="ready replicas",
+        [s.backlog for s in out.timeline],
+        color="tab:blue",
+        label="unfinished (ready + in flight + retries)",
     )
-    ax2.set_ylabel("replicas")
-    ax2.set_ylim(bottom=0)
-    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax.legend(lines, labels, loc="center left")
-    ax.set_title(
-        f"Tide: {out.sent} messages in waves, {out.lost} lost, back to zero at {out.seconds_back_to_zero}s"
+    top.set_ylabel("messages")
+    top.set_ylim(bottom=0)
+    rate = top.twinx()
+    rate.plot(
+        t, [s.rate for s in out.timeline], color="tab:gray", linewidth=0.8, label="processed per second"
+    )
+    rate.set_ylabel("messages / s")
+    rate.set_ylim(bottom=0)
+    handles = top.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
+    top.legend(handles, [h.get_label() for h in handles], loc="upper right", framealpha=0.9)
+    bottom.step(
+        t, [s.desired for s in out.timeline], where="post", color="tab:orange", label="desired replicas"
+    )
+    bottom.step(t, [s.ready for s in out.timeline], where="post", color="tab:green", linestyle="--",
+                label="ready replicas")  # fmt: skip
+    bottom.set_ylabel("replicas")
+    bottom.set_ylim(bottom=0, top=max([s.desired for s in out.timeline] + [1]) + 1)
+    bottom.set_xlabel("seconds since the first wave")
+    bottom.legend(loc="upper right", framealpha=0.9)
+    top.set_title(
+        f"Tide: {out.sent} messages in waves, {out.lost} lost, {out.dead_lettered} dead letters, "
+        f"back to zero at {out.seconds_back_to_zero}s"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -67,10 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--messages", type=int, default=30_000)
     parser.add_argument("--waves", type=int, default=3)
+    parser.add_argument(
+        "--work-ms", type=float, default=20.0, help="milliseconds each job waits, like a call"
+    )
     parser.add_argument("--kills", type=int, default=2, help="worker processes SIGKILLed during the drain")
     args = parser.parse_args(argv)
+    # Jobs that wait on I/O (20 ms each, 16 at a time per worker) make replicas matter: the backlog drains as
+    # fast as there are workers, and a short scale-down window shows replicas stepping down as it falls.
     cfg = scenario.Config(messages=args.messages, waves=args.waves, wave_gap_seconds=4.0, kills=args.kills,
-                          restart_operator=False)  # fmt: skip
+                          restart_operator=False, max_replicas=10, target_backlog_per_replica=1000,
+                          concurrency=16, batch_size=32, work_seconds=args.work_ms / 1000,
+                          scale_down={"stabilizationSeconds": 3, "periodSeconds": 2, "maxStepPercent": 50})  # fmt: skip
     backend = LocalBackend()
     print("==> starting the local stack (control plane, redis-server, chart, node agent)", flush=True)
     try:

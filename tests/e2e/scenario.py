@@ -62,6 +62,10 @@ class Config:
     timeout_seconds: float = 600.0
     batch_size: int = 50
     concurrency: int = 4
+    work_seconds: float = (
+        0.0  # each successful message sleeps this long, like an I/O-bound job (a webhook call)
+    )
+    scale_down: dict[str, Any] | None = None  # spec.scaling.scaleDown; None keeps the operator's defaults
 
     def kind_of(self, i: int) -> str:
         if i % self.permanent_every == 0:
@@ -111,7 +115,16 @@ class Outcome:
 def queue_consumer(backend: Backend, cfg: Config, queue: str) -> dict[str, Any]:
     env = {"TIDE_BATCH_SIZE": str(cfg.batch_size), "TIDE_BACKOFF_BASE": "0.2", "TIDE_BACKOFF_CAP": "1",
            "TIDE_HEARTBEAT_TTL": "5", "TIDE_REAPER_INTERVAL": "1", "TIDE_SHUTDOWN_GRACE": "10",
-           **backend.worker_env()}  # fmt: skip
+           "E2E_WORK_SECONDS": str(cfg.work_seconds), **backend.worker_env()}  # fmt: skip
+    scaling: dict[str, Any] = {
+        "minReplicas": 0,
+        "maxReplicas": cfg.max_replicas,
+        "targetBacklogPerReplica": cfg.target_backlog_per_replica,
+        "cooldownSeconds": cfg.cooldown_seconds,
+        "pollingIntervalSeconds": 1,
+    }
+    if cfg.scale_down is not None:
+        scaling["scaleDown"] = cfg.scale_down
     return {
         "apiVersion": "tide.dev/v1alpha1",
         "kind": "QueueConsumer",
@@ -119,13 +132,7 @@ def queue_consumer(backend: Backend, cfg: Config, queue: str) -> dict[str, Any]:
         "spec": {
             "redis": {"url": backend.pod_redis_url},
             "source": {"list": {"key": queue}},
-            "scaling": {
-                "minReplicas": 0,
-                "maxReplicas": cfg.max_replicas,
-                "targetBacklogPerReplica": cfg.target_backlog_per_replica,
-                "cooldownSeconds": cfg.cooldown_seconds,
-                "pollingIntervalSeconds": 1,
-            },
+            "scaling": scaling,
             "worker": {
                 "image": backend.worker_image,
                 "handler": "tests.e2e.handlers:handle",
