@@ -18,6 +18,12 @@ DECISION_SECONDS = Histogram(
 )
 READ_ERRORS = Counter("tide_redis_read_errors_total", "Failed Redis backlog reads", LABELS)
 SCALE_CHANGES = Counter("tide_scale_changes_total", "Patches of /scale", [*LABELS, "rule"])
+# Operator-wide load: what 1,000 quiet resources cost the Redis servers and the API server.
+REDIS_ROUND_TRIPS = Counter(
+    "tide_redis_round_trips_total", "Pipelines sent to Redis (one carries the reads of many resources)"
+)
+REDIS_READS = Counter("tide_redis_reads_total", "Backlog reads of all resources")
+KUBE_REQUESTS = Counter("tide_kube_requests_total", "Requests to the API server", ["verb", "resource"])
 
 
 def forget(namespace: str, name: str) -> None:

@@ -1,4 +1,10 @@
-"""Backlog readers: one pipelined round trip per poll, asyncio, pools shared across resources.
+"""Backlog readers: one pipelined round trip per poll, asyncio, clients shared across resources.
+
+Every resource that shares a client (same server, credentials and TLS settings) reads through that client's
+``ReadBatcher``: the daemons of one polling tick each enqueue their commands, and the batcher sends whatever
+is queued as one non-transactional pipeline and hands each reader its own slice of the replies (an error
+reply stays in its slice, so one bad key fails only its resource). A thousand resources on one server cost
+one round trip per tick instead of a thousand. On Redis Cluster, redis-py splits the pipeline by node.
 
 A list reading is ``LLEN Q``, the registry ``{Q}:workers``, the due and waiting retries of ``{Q}:delayed``,
 and, for every worker the registry named last time, its processing list and heartbeat. The registry is
@@ -10,9 +16,10 @@ heartbeats. Key names come from ``tide_worker.keys`` only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +31,7 @@ from redis.retry import Retry
 from tide_worker.connection import RedisSettings, async_client
 from tide_worker.keys import QueueKeys, StreamKeys
 
+from tide_operator import metrics
 from tide_operator.policy import Backlog
 from tide_operator.spec import Source
 
@@ -32,9 +40,12 @@ AsyncClient = aredis.Redis | AsyncRedisCluster
 # The operator's reads must fail fast: an outage is a condition to report, not a call to wait out.
 READ_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
-# Reads of one server in flight at once: a thousand resources on one server queue here instead of
-# exhausting the pool ("Too many connections") at the same instant.
-MAX_CONCURRENT_READS = 32
+# Commands in one batched pipeline; a larger queue goes out in several (a reply buffer stays bounded).
+MAX_BATCH_COMMANDS = 10_000
+# Connections per server: the batcher keeps one pipeline in flight; the rest serve unbatched readers.
+MAX_CONNECTIONS = 8
+
+Stage = Callable[[Any], None]  # adds one reader's commands to a pipeline
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class ClientPool:
 
     def __init__(self) -> None:
         self._clients: dict[tuple[Any, ...], AsyncClient] = {}
-        self._gates: dict[int, asyncio.Semaphore] = {}
+        self._batchers: dict[int, ReadBatcher] = {}
 
     @staticmethod
     def _key(url: str, cluster: bool, creds: Credentials, insecure: bool) -> tuple[Any, ...]:
@@ -77,7 +88,7 @@ class ClientPool:
                 "socket_timeout": READ_TIMEOUT,
                 "socket_connect_timeout": CONNECT_TIMEOUT,
                 "retry": Retry(NoBackoff(), 0),
-                "max_connections": MAX_CONCURRENT_READS * 2,
+                "max_connections": MAX_CONNECTIONS,
             }
             if creds.ca_pem:
                 extra["ssl_ca_data"] = creds.ca_pem
@@ -92,19 +103,109 @@ class ClientPool:
             )
             client = async_client(settings)
             self._clients[key] = client
-            self._gates[id(client)] = asyncio.Semaphore(MAX_CONCURRENT_READS)
+            self._batchers[id(client)] = ReadBatcher(client)
         return client
 
-    def gate(self, client: AsyncClient) -> asyncio.Semaphore:
-        return self._gates.setdefault(id(client), asyncio.Semaphore(MAX_CONCURRENT_READS))
+    def batcher(self, client: AsyncClient) -> ReadBatcher:
+        """The batcher every reader of ``client`` shares."""
+        batcher = self._batchers.get(id(client))
+        if batcher is None:
+            batcher = self._batchers[id(client)] = ReadBatcher(client)
+        return batcher
 
     def __len__(self) -> int:
         return len(self._clients)
 
     async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        self._batchers.clear()
+
+
+class ReadBatcher:
+    """Coalesces the reads of every resource sharing one client into one pipeline per round trip.
+
+    ``execute(stage)`` queues a reader's commands and waits. The drain task, created by the first request
+    after an idle moment, first runs after every daemon woken by the same tick has queued its request (they
+    all run in the current event-loop iteration), sends the queue as one pipeline, and resolves each request
+    with its slice of the replies. Requests arriving while a pipeline is in flight go in the next one.
+    """
+
+    def __init__(self, client: AsyncClient, max_commands: int = MAX_BATCH_COMMANDS) -> None:
+        self.client = client
+        self.max_commands = max_commands
+        self.cluster = isinstance(client, AsyncRedisCluster)
+        self._queue: collections.deque[tuple[Stage, asyncio.Future[list[Any]]]] = collections.deque()
+        self._drain: asyncio.Task[None] | None = None
+        self.round_trips = 0  # pipelines sent
+        self.requests = 0  # reads served
+
+    async def execute(self, stage: Stage) -> list[Any]:
+        """This request's replies, in order; error replies come back as exception objects."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((stage, future))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._queue:
+            pipe = self.client.pipeline(transaction=False)
+            batch: list[tuple[Stage, asyncio.Future[list[Any]], int, int]] = []
+            while self._queue and len(pipe) < self.max_commands:
+                stage, future = self._queue.popleft()
+                start = len(pipe)
+                try:
+                    stage(pipe)
+                except Exception as exc:  # a reader's own bug fails its request, not the batch
+                    if not future.done():
+                        future.set_exception(exc)
+                batch.append((stage, future, start, len(pipe)))
+            try:
+                replies = await pipe.execute(raise_on_error=False) if len(pipe) else []
+            except Exception as exc:
+                await self._failed([(stage, f) for stage, f, _, _ in batch if not f.done()], exc)
+                continue
+            finally:
+                self.round_trips += 1
+                metrics.REDIS_ROUND_TRIPS.inc()
+            for _, future, start, end in batch:
+                if not future.done():
+                    self.requests += 1
+                    future.set_result(replies[start:end])
+
+    async def _failed(self, live: list[tuple[Stage, asyncio.Future[list[Any]]]], exc: Exception) -> None:
+        """The whole pipeline failed (connection lost, timeout). On one server every request shares that
+        fate; on a Cluster, one unreachable node must not fail the resources whose keys live on the others,
+        so each request is retried in a pipeline of its own."""
+        if not self.cluster or len(live) < 2:
+            for _, future in live:
+                future.set_exception(exc)
+            return
+
+        async def alone(stage: Stage, future: asyncio.Future[list[Any]]) -> None:
+            pipe = self.client.pipeline(transaction=False)
+            try:
+                stage(pipe)
+                replies = await pipe.execute(raise_on_error=False)
+            except Exception as err:
+                if not future.done():
+                    future.set_exception(err)
+                return
+            if not future.done():
+                future.set_result(replies)
+
+        await asyncio.gather(*(alone(stage, future) for stage, future in live))
+
+    async def close(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
+        for _, future in self._queue:
+            future.cancel()
+        self._queue.clear()
 
 
 def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:
@@ -119,54 +220,64 @@ def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:
     return tuple(out)
 
 
-class _GatedRead:
-    """``read`` waits for the per-server gate (when set) that caps concurrent reads on one pool."""
+class _Reader:
+    """Sends a reader's commands through the shared batcher, or in a pipeline of its own without one."""
 
-    gate: asyncio.Semaphore | None
+    client: AsyncClient
+    batcher: ReadBatcher | None
+    round_trips: int
 
-    async def read(self, now: float) -> Reading:
-        if self.gate is None:
-            return await self._read(now)
-        async with self.gate:
-            return await self._read(now)
+    async def _execute(self, stage: Stage) -> list[Any]:
+        self.round_trips += 1
+        if self.batcher is not None:
+            return await self.batcher.execute(stage)
+        pipe = self.client.pipeline(transaction=False)
+        stage(pipe)
+        return list(await pipe.execute(raise_on_error=False))
 
-    async def _read(self, now: float) -> Reading:
-        raise NotImplementedError
+
+def _raise_first(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 @dataclass
-class ListReader(_GatedRead):
+class ListReader(_Reader):
     client: AsyncClient
     keys: QueueKeys
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0  # for tests and metrics: how many round trips reads took
-    gate: asyncio.Semaphore | None = None
+    batcher: ReadBatcher | None = None
 
-    async def _read(self, now: float) -> Reading:
+    async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
-        pipe = self.client.pipeline(transaction=False)
-        pipe.llen(k.ready)
-        pipe.zrange(k.workers, 0, -1)
-        pipe.zcount(k.delayed, "-inf", now)
-        pipe.zcard(k.delayed)
-        pipe.zrangebyscore(k.delayed, f"({now}", "+inf", start=0, num=1, withscores=True)
-        for w in cached:
-            pipe.llen(k.processing(w))
-            pipe.get(k.worker(w))
-        res = await pipe.execute()
-        self.round_trips += 1
+
+        def stage(pipe: Any) -> None:
+            pipe.llen(k.ready)
+            pipe.zrange(k.workers, 0, -1)
+            pipe.zcount(k.delayed, "-inf", now)
+            pipe.zcard(k.delayed)
+            pipe.zrangebyscore(k.delayed, f"({now}", "+inf", start=0, num=1, withscores=True)
+            for w in cached:
+                pipe.llen(k.processing(w))
+                pipe.get(k.worker(w))
+
+        res = _raise_first(await self._execute(stage))
         ready, registry_raw, due, delayed, nxt = res[:5]
         per_worker = {w: (res[5 + 2 * i], res[6 + 2 * i]) for i, w in enumerate(cached)}
         registry = tuple(_text(w) for w in registry_raw)
         new = [w for w in registry if w not in per_worker]
         if new:
-            pipe = self.client.pipeline(transaction=False)
-            for w in new:
-                pipe.llen(k.processing(w))
-                pipe.get(k.worker(w))
-            extra = await pipe.execute()
-            self.round_trips += 1
+
+            def stage_new(pipe: Any) -> None:
+                for w in new:
+                    pipe.llen(k.processing(w))
+                    pipe.get(k.worker(w))
+
+            extra = _raise_first(await self._execute(stage_new))
             for i, w in enumerate(new):
                 per_worker[w] = (extra[2 * i], extra[2 * i + 1])
         self.workers = registry
@@ -191,24 +302,25 @@ def _id_tuple(value: Any) -> tuple[int, int]:
 
 
 @dataclass
-class StreamReader(_GatedRead):
+class StreamReader(_Reader):
     client: AsyncClient
     keys: StreamKeys
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0
-    gate: asyncio.Semaphore | None = None
+    batcher: ReadBatcher | None = None
 
-    async def _read(self, now: float) -> Reading:
+    async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xinfo_groups(k.stream)
-        pipe.xinfo_stream(k.stream)
-        pipe.zrange(k.workers, 0, -1)
-        for w in cached:
-            pipe.get(k.worker(w))
-        res = await pipe.execute(raise_on_error=False)
-        self.round_trips += 1
+
+        def stage(pipe: Any) -> None:
+            pipe.xinfo_groups(k.stream)
+            pipe.xinfo_stream(k.stream)
+            pipe.zrange(k.workers, 0, -1)
+            for w in cached:
+                pipe.get(k.worker(w))
+
+        res = await self._execute(stage)
         groups_raw, stream_raw, registry_raw = res[:3]
         heartbeats = dict(zip(cached, res[3:], strict=True))
         for item in (groups_raw, stream_raw, registry_raw):
@@ -219,11 +331,12 @@ class StreamReader(_GatedRead):
         registry = tuple(_text(w) for w in registry_raw) if isinstance(registry_raw, list) else ()
         new = [w for w in registry if w not in heartbeats]
         if new:
-            pipe = self.client.pipeline(transaction=False)
-            for w in new:
-                pipe.get(k.worker(w))
-            heartbeats.update(zip(new, await pipe.execute(), strict=True))
-            self.round_trips += 1
+
+            def stage_new(pipe: Any) -> None:
+                for w in new:
+                    pipe.get(k.worker(w))
+
+            heartbeats.update(zip(new, _raise_first(await self._execute(stage_new)), strict=True))
         self.workers = registry
         rates = _rates([heartbeats[w] for w in registry])
         if isinstance(stream_raw, ResponseError):  # no stream yet: nothing to do
@@ -280,8 +393,9 @@ def _estimate_lag(stream: dict[Any, Any], group: dict[Any, Any], length: int) ->
 
 
 def make_reader(
-    client: AsyncClient, source: Source, gate: asyncio.Semaphore | None = None
+    client: AsyncClient, source: Source, batcher: ReadBatcher | None = None
 ) -> ListReader | StreamReader:
+    """A reader of ``source``; pass the client's shared ``ClientPool.batcher`` to coalesce its reads."""
     if source.kind == "list":
-        return ListReader(client, QueueKeys(source.key), gate=gate)
-    return StreamReader(client, StreamKeys(source.key, source.group), gate=gate)
+        return ListReader(client, QueueKeys(source.key), batcher=batcher)
+    return StreamReader(client, StreamKeys(source.key, source.group), batcher=batcher)

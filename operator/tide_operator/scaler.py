@@ -7,6 +7,7 @@ ServiceAccount (token re-read as the kubelet rotates it) or the kubeconfig, as k
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -16,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from tide_operator import metrics
 from tide_operator.spec import GROUP, PLURAL, VERSION, SecretKeyRef, TargetRef
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -60,6 +62,7 @@ class Kube:
         self._token_read = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
         self._plurals: dict[tuple[str, str], str] = {}
+        self._discovery = asyncio.Lock()  # a thousand daemons starting at once need one discovery GET
 
     def _headers(self) -> dict[str, str]:
         if self.in_cluster and time.monotonic() - self._token_read > 60 and SA_TOKEN.exists():
@@ -68,13 +71,21 @@ class Kube:
         return {"Authorization": self._auth} if self._auth else {}
 
     async def request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/merge-patch+json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/merge-patch+json",
+        resource: str = "other",
     ) -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
-                timeout=aiohttp.ClientTimeout(total=10),
+                # waiting for one of the 64 connections is not the server being slow: bound the socket
+                # phases, and the whole call only loosely (a thousand daemons start at once)
+                timeout=aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=10),
             )
+        metrics.KUBE_REQUESTS.labels(method, resource).inc()
         headers = self._headers()
         data = None
         if body is not None:
@@ -100,15 +111,18 @@ class Kube:
 
     async def _plural(self, target: TargetRef) -> str:
         key = (target.api_version, target.kind)
-        if key not in self._plurals:
-            base = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
-            doc = await self.request("GET", base)
-            for res in doc.get("resources", []):
-                if res.get("kind") == target.kind and "/" not in res.get("name", ""):
-                    self._plurals[key] = res["name"]
-                    break
-            else:
-                raise KubeError(404, f"{target.api_version} has no kind {target.kind}")
+        if key in self._plurals:
+            return self._plurals[key]
+        async with self._discovery:
+            if key not in self._plurals:
+                base = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
+                doc = await self.request("GET", base, resource="discovery")
+                for res in doc.get("resources", []):
+                    if res.get("kind") == target.kind and "/" not in res.get("name", ""):
+                        self._plurals[key] = res["name"]
+                        break
+                else:
+                    raise KubeError(404, f"{target.api_version} has no kind {target.kind}")
         return self._plurals[key]
 
     async def scale_path(self, namespace: str, target: TargetRef) -> str:
@@ -116,22 +130,24 @@ class Kube:
         return f"{base}/namespaces/{namespace}/{await self._plural(target)}/{target.name}/scale"
 
     async def get_replicas(self, namespace: str, target: TargetRef) -> int:
-        scale = await self.request("GET", await self.scale_path(namespace, target))
+        scale = await self.request("GET", await self.scale_path(namespace, target), resource="scale")
         return int(scale.get("spec", {}).get("replicas") or 0)
 
     async def set_replicas(self, namespace: str, target: TargetRef, replicas: int) -> int:
         path = await self.scale_path(namespace, target)
-        scale = await self.request("PATCH", path, {"spec": {"replicas": replicas}})
+        scale = await self.request("PATCH", path, {"spec": {"replicas": replicas}}, resource="scale")
         return int(scale.get("spec", {}).get("replicas") or 0)
 
     # --- the QueueConsumer ----------------------------------------------------------------------------
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
-        await self.request("PATCH", path, {"status": status})
+        await self.request("PATCH", path, {"status": status}, resource="status")
 
     async def secret_value(self, namespace: str, ref: SecretKeyRef) -> str:
-        secret = await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
+        secret = await self.request(
+            "GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}", resource="secrets"
+        )
         data = secret.get("data") or {}
         if ref.key not in data:
             raise KubeError(404, f"Secret {ref.name} has no key {ref.key}")
@@ -144,10 +160,12 @@ class Kube:
         name = manifest["metadata"]["name"]
         path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
         try:
-            await self.request("POST", path, manifest, content_type="application/json")
+            await self.request(
+                "POST", path, manifest, content_type="application/json", resource="deployments"
+            )
         except KubeError as exc:
             if exc.status != 409:
                 raise
             patch = {"metadata": manifest["metadata"], "spec": dict(manifest["spec"])}
             patch["spec"].pop("replicas", None)
-            await self.request("PATCH", f"{path}/{name}", patch)
+            await self.request("PATCH", f"{path}/{name}", patch, resource="deployments")

@@ -191,3 +191,105 @@ def test_pool_shared_per_server_and_credentials():
         return a is b, a is not c, a is not d, n
 
     assert run(go()) == (True, True, True, 3)
+
+
+# --- batched reads: many resources on one server, one pipeline -----------------------------------------
+
+
+def test_batcher_coalesces_concurrent_reads_into_one_round_trip(r, redis_url):
+    for i in range(50):
+        r.lpush(f"q{i}", *range(i + 1))
+    register(r, QueueKeys("q7"), "w1", 4, 2.0)
+
+    async def go():
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        batcher = pool.batcher(client)
+        assert pool.batcher(client) is batcher  # one per client
+        readers = [make_reader(client, Source("list", f"q{i}"), batcher) for i in range(50)]
+        first = await asyncio.gather(*(x.read(time.time()) for x in readers))
+        trips_after_first = batcher.round_trips
+        second = await asyncio.gather(*(x.read(time.time()) for x in readers))
+        await pool.close()
+        return first, second, trips_after_first, batcher.round_trips
+
+    first, second, trips1, trips2 = run(go())
+    assert [x.backlog.ready for x in second] == list(range(1, 51))
+    assert second[7].backlog.inflight == 4 and second[7].rates == (2.0,)
+    assert [x.backlog for x in first] == [x.backlog for x in second]
+    # 50 reads in one pipeline; q7's newly seen worker costs one more, which is batched as well
+    assert trips1 == 2
+    assert trips2 - trips1 == 1
+
+
+def test_batcher_keeps_errors_per_request(r, redis_url):
+    r.set("broken", "a string, not a list")  # LLEN answers WRONGTYPE for this resource only
+    r.lpush("fine", 1, 2, 3)
+
+    async def go():
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        batcher = pool.batcher(client)
+        bad = make_reader(client, Source("list", "broken"), batcher)
+        good = make_reader(client, Source("list", "fine"), batcher)
+        res = await asyncio.gather(bad.read(time.time()), good.read(time.time()), return_exceptions=True)
+        await pool.close()
+        return res, batcher.round_trips
+
+    (bad, good), trips = run(go())
+    assert isinstance(bad, redis.exceptions.ResponseError) and "WRONGTYPE" in str(bad)
+    assert good.backlog.ready == 3
+    assert trips == 1
+
+
+def test_batcher_splits_large_queues(r, redis_url):
+    async def go():
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        batcher = pool.batcher(client)
+        batcher.max_commands = 12  # a list read is 5 commands: 3 reads fit a pipeline
+        readers = [make_reader(client, Source("list", f"s{i}"), batcher) for i in range(7)]
+        res = await asyncio.gather(*(x.read(time.time()) for x in readers))
+        await pool.close()
+        return res, batcher.round_trips
+
+    res, trips = run(go())
+    assert len(res) == 7 and trips == 3
+
+
+def test_batcher_connection_failure_fails_every_request():
+    async def go():
+        pool = ClientPool()
+        client = pool.get("redis://127.0.0.1:1/0", False, Credentials())
+        batcher = pool.batcher(client)
+        readers = [make_reader(client, Source("list", f"q{i}"), batcher) for i in range(3)]
+        res = await asyncio.gather(*(x.read(time.time()) for x in readers), return_exceptions=True)
+        # the batcher recovers: a later read is attempted again, not stuck behind the failure
+        again = await asyncio.gather(readers[0].read(time.time()), return_exceptions=True)
+        await pool.close()
+        return res + again
+
+    assert all(isinstance(x, redis.exceptions.ConnectionError) for x in run(go()))
+
+
+def test_batcher_on_cluster_reads_every_slot(redis_cluster):
+    c = redis.RedisCluster.from_url(redis_cluster.url)
+    try:
+        names = [f"cq{i}" for i in range(20)]  # spread over the three masters' slots
+        for i, name in enumerate(names):
+            c.lpush(name, *range(i + 1))
+
+        async def go():
+            pool = ClientPool()
+            client = pool.get(redis_cluster.url, True, Credentials())
+            batcher = pool.batcher(client)
+            readers = [make_reader(client, Source("list", n), batcher) for n in names]
+            res = await asyncio.gather(*(x.read(time.time()) for x in readers))
+            await pool.close()
+            return res, batcher.round_trips
+
+        res, trips = run(go())
+        assert [x.backlog.ready for x in res] == list(range(1, 21))
+        assert trips == 1
+    finally:
+        c.close()
