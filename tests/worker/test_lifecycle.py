@@ -87,7 +87,11 @@ def test_stop_returns_every_lanes_unstarted_messages_in_fetch_order_with_a_lost_
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_requeue_script_restores_the_queue_head_in_fetch_order(r, side):
-    fetch = r.register_script(script_source("fetch_batch"))
+    fetch_script = r.register_script(script_source("fetch_batch"))
+
+    def fetch(keys, args):
+        return fetch_script(keys=[*keys, K.stats], args=[*args, 0, "processed"])
+
     requeue = r.register_script(script_source("requeue_head"))
     bodies = [f"m{i:02d}" for i in range(30)]
     raws = dict(zip(bodies, push(r, "q", bodies, side=side), strict=True))

@@ -336,3 +336,16 @@ def test_messages_left_by_a_lost_fetch_reply_are_recovered(r, start_worker):
     push(r, "q", ["next"])
     wait_until(lambda: sorted(seen) == ["next", "orphan"])
     wait_until(lambda: r.llen(K.processing(wid)) == 0)
+
+
+def test_batch_size_1_acks_ride_along_with_the_next_fetch(r, start_worker):
+    # One script call per message: the ack of one message and the fetch of the next share a round trip.
+    n = 300
+    push(r, "q", [str(i) for i in range(n)])
+    r.config_resetstat()
+    w = start_worker(lambda m: None, batch_size=1)
+    wait_until(lambda: int(r.hget(K.stats, "processed") or 0) == n, timeout=60)
+    wait_until(lambda: r.llen(K.processing(w.worker.cfg.worker_id)) == 0)
+    calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
+    # n fetches carrying the acks, plus the last ack, heartbeats, promotions and reaper passes.
+    assert n <= calls <= n + 40, calls

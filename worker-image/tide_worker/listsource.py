@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions as rexc
@@ -22,6 +23,7 @@ PROMOTE_LIMIT = 500
 
 class ListSource:
     kind = "list"
+    acks_with_fetch = True  # fetch() acknowledges in the same round trip
 
     def __init__(self, client: Any, cfg: WorkerConfig) -> None:
         assert cfg.queue
@@ -45,12 +47,20 @@ class ListSource:
         except MalformedMessage as exc:
             return Delivery(raw=raw, msg=None, error=str(exc))
 
-    async def fetch(self, count: int) -> list[Delivery]:
-        items = await self.scripts.fetch_batch(keys=[self.name, self.proc], args=[count, self.cfg.side])
+    async def fetch(self, count: int, acks: Sequence[Delivery] = (), block: bool = True) -> list[Delivery]:
+        items = await self._ack_fetch(count, acks)
         if items:
             return [self._delivery(raw) for raw in items]
-        raw = await self._block_one()
+        raw = await self._block_one() if block else None
         return [self._delivery(raw)] if raw is not None else []
+
+    async def _ack_fetch(self, count: int, acks: Sequence[Delivery], counter: str = "processed") -> Any:
+        keys = [self.name, self.proc, self.keys.stats]
+        ttl = self.cfg.dedupe_ttl
+        if ttl:
+            keys += [self.keys.dedupe(d.message_id) for d in acks]
+        args = [count, self.cfg.side, ttl, counter, *[d.raw for d in acks]]
+        return await self.scripts.fetch_batch(keys=keys, args=args)
 
     async def _block_one(self) -> bytes | None:
         timeout = self.cfg.block_timeout
@@ -73,11 +83,7 @@ class ListSource:
         return None
 
     async def ack(self, deliveries: list[Delivery], counter: str = "processed") -> None:
-        keys = [self.proc, self.keys.stats]
-        ttl = self.cfg.dedupe_ttl
-        if ttl:
-            keys += [self.keys.dedupe(d.message_id) for d in deliveries]
-        await self.scripts.ack_batch(keys=keys, args=[ttl, counter, *[d.raw for d in deliveries]])
+        await self._ack_fetch(0, deliveries, counter)
 
     async def retry(self, delivery: Delivery, delay: float) -> bool:
         assert delivery.msg is not None

@@ -172,6 +172,9 @@ class Worker:
         self.serving = False  # set once connected and consuming: a stop before that exits at once
         self.closing = False
         self.ack_event = asyncio.Event()
+        self.fetch_done = asyncio.Event()  # clear while a non-blocking fetch is in flight
+        self.fetch_done.set()
+        self.idle_lanes = 0  # lanes waiting for a message
         self.runs: set[ChunkRun] = set()
         self.unstarted: list[Delivery] = []  # taken back from running chunks by a stop request
         self.drained = False
@@ -481,12 +484,31 @@ class Worker:
     async def _fetcher(self) -> None:
         batch = self.cfg.batch_size
         while not self.stopping:
-            room = batch - self.ready.qsize()
+            # Messages an idle lane is about to take do not count: fetching the next ones now, with the
+            # acks that are waiting, saves a round trip per message at small batch sizes.
+            queued = max(0, self.ready.qsize() - self.idle_lanes * self.chunk_size)
+            room = batch - queued
             if room <= 0:
                 self.space.clear()
                 await self.space.wait()
                 continue
-            deliveries = await self._redis("fetch", lambda n=room: self._fetch(n))  # type: ignore[misc]
+            # Acks ride along with the fetch when the source can (one round trip for both).
+            acks: list[Delivery] = []
+            if self.acks and self.source.acks_with_fetch:
+                acks, self.acks = self.acks, []
+            self.fetch_done.clear()
+            try:
+                deliveries = await self._redis("fetch", lambda n=room, a=acks: self._fetch(n, a, False))  # type: ignore[misc]
+            except BaseException:
+                if acks:  # not acked: back to the acker
+                    self.acks[:0] = acks
+                    self.ack_event.set()
+                raise
+            finally:
+                self.fetch_done.set()
+            self._settled(acks)
+            if not deliveries:  # nothing ready: block server-side (the acker acks meanwhile)
+                deliveries = await self._redis("fetch", lambda n=room: self._fetch(n, [], True))  # type: ignore[misc]
             bad: list[tuple[Delivery, str, str]] = []
             for d in deliveries:  # no await until all are held and queued: a stop sees them all
                 self.held[id(d)] = d
@@ -509,9 +531,9 @@ class Worker:
             for d, reason, error in bad:
                 await self._dead_letter(d, reason, error, "", 0 if d.msg is None else self._attempts(d))
 
-    async def _fetch(self, count: int) -> list[Delivery]:
+    async def _fetch(self, count: int, acks: list[Delivery], block: bool) -> list[Delivery]:
         try:
-            return await self.source.fetch(count)
+            return await self.source.fetch(count, acks, block)
         except CONNECTION_ERRORS:
             self.fetch_lost = True
             raise
@@ -521,7 +543,11 @@ class Worker:
             self.held.pop(id(d), None)
 
     async def _take_chunk(self, size: int) -> list[Delivery] | None:
-        first = await self.ready.get()
+        self.idle_lanes += 1
+        try:
+            first = await self.ready.get()
+        finally:
+            self.idle_lanes -= 1
         if first is None:
             return None
         chunk = [first]
@@ -759,6 +785,14 @@ class Worker:
         while not self.acker_done:
             await self.ack_event.wait()
             self.ack_event.clear()
+            if self.source.acks_with_fetch:
+                # A lane that settles also frees room, which wakes the fetcher after this task, and a
+                # fetch in flight is followed by the next at once: let the fetcher take the acks along,
+                # and ack here only what it leaves (it never waits on a blocking fetch).
+                await asyncio.sleep(0)
+                while self.acks and not self.fetch_done.is_set():
+                    await self.fetch_done.wait()
+                    await asyncio.sleep(0)
             while self.acks:
                 batch, self.acks = self.acks, []
                 try:

@@ -12,7 +12,6 @@ from typing import Any
 
 NAMES = (
     "fetch_batch",
-    "ack_batch",
     "retry",
     "dead",
     "promote_due",

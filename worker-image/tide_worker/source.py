@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +32,13 @@ class Source(Protocol):
     kind: str
 
     async def setup(self) -> None: ...
-    async def fetch(self, count: int) -> list[Delivery]: ...
+
+    acks_with_fetch: bool  # fetch() takes acks along (one round trip for both)
+
+    # Up to count messages; block: wait server-side (up to the block timeout) when there are none.
+    async def fetch(
+        self, count: int, acks: Sequence[Delivery] = (), block: bool = True
+    ) -> list[Delivery]: ...
     async def ack(self, deliveries: list[Delivery], counter: str = "processed") -> None: ...
     async def retry(self, delivery: Delivery, delay: float) -> bool: ...
     async def dead(self, delivery: Delivery, record: DeadLetter) -> bool: ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -35,6 +36,7 @@ def _text(value: bytes | str) -> str:
 
 class StreamSource:
     kind = "stream"
+    acks_with_fetch = False  # XREADGROUP blocks: acks go on their own
 
     def __init__(self, client: Any, cfg: WorkerConfig) -> None:
         assert cfg.stream and cfg.group
@@ -88,13 +90,15 @@ class StreamSource:
         msg.attempts = max(msg.attempts, deliveries - 1)
         return Delivery(raw=raw, msg=msg, entry_id=eid, deliveries=deliveries)
 
-    async def fetch(self, count: int) -> list[Delivery]:
+    async def fetch(self, count: int, acks: Sequence[Delivery] = (), block: bool = True) -> list[Delivery]:
+        if acks:  # not used by the runtime (acks_with_fetch is False), but honoured
+            await self.ack(list(acks))
         if self.claimed:
             out, self.claimed = self.claimed[:count], self.claimed[count:]
             return out
-        block = int(self.cfg.block_timeout * 1000)
+        wait = int(self.cfg.block_timeout * 1000) if block else None
         reply = await self.client.xreadgroup(
-            self.group, self.cfg.worker_id, {self.name: ">"}, count=count, block=block
+            self.group, self.cfg.worker_id, {self.name: ">"}, count=count, block=wait
         )
         out = []
         for _stream, entries in reply or []:
