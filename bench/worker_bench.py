@@ -26,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,15 +83,29 @@ def tide_done(r: redis.Redis, n: int) -> bool:
     return all(r.llen(key) == 0 for key in r.scan_iter(match=k.processing_pattern))
 
 
-def tide_config(mode: str, n: int, concurrency: int, batch: int, handler: str = "noop") -> Config:
+def tide_config(
+    mode: str, n: int, concurrency: int, batch: int, handler: str = "noop", src: Path | None = None
+) -> Config:
+    """``src``: a folder holding another ``tide_worker`` package (an older commit) to run instead."""
+
     def cmd(url: str) -> list[str]:
         return [
-            str(BIN / "tide"), "worker", "--redis-url", url, "--queue", QUEUE,
+            sys.executable, "-m", "tide_worker.cli", "worker", "--redis-url", url, "--queue", QUEUE,
             "--handler", f"bench.handlers:{handler}", "--concurrency", str(concurrency),
             "--batch-size", str(batch), "--metrics-port", "-1", "--log-level", "WARNING",
         ]  # fmt: skip
 
-    return Config("tide", mode, n, tide_preload, cmd, list_started(QUEUE), tide_done)
+    env = {"PYTHONPATH": str(src)} if src else {}
+    return Config("tide", mode, n, tide_preload, cmd, list_started(QUEUE), tide_done, env=env)
+
+
+def checkout_package(ref: str, into: Path) -> Path:
+    """``worker-image/tide_worker`` as of git ``ref``, extracted under ``into``; returns its parent."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "worker-image/tide_worker"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "worker-image"
 
 
 RAW_PROC = "bench:raw:processing"
@@ -186,12 +201,17 @@ def celery_config(n: int, prefetch: int) -> Config:
     )
 
 
-def configs(n: int, peer_n: dict[str, int]) -> list[Config]:
+def configs(n: int, peer_n: dict[str, int], baseline: tuple[str, Path] | None = None) -> list[Config]:
     def self_cmd(kind: str) -> Callable[[str], list[str]]:
         return lambda url: [sys.executable, str(Path(__file__).resolve()), "--serve", kind, url]
 
+    before = []
+    if baseline:
+        ref, src = baseline
+        before = [tide_config(f"unbatched (--batch-size 1 --concurrency 1) at {ref}", n, 1, 1, src=src)]
     return [
         Config("raw", "blmove+lrem", n, tide_preload, self_cmd("raw"), list_started(QUEUE), raw_done),
+        *before,
         tide_config("unbatched (--batch-size 1 --concurrency 1)", n, 1, 1),
         tide_config(
             f"batched (--batch-size {TIDE_BATCH} --concurrency {TIDE_CONC})", n, TIDE_CONC, TIDE_BATCH
@@ -253,7 +273,7 @@ def run_once(cfg: Config, server: RedisServer, log: Path) -> float:
     r.flushall()
     cfg.preload(r, cfg.messages)
     env = {**os.environ, "BENCH_REDIS_URL": server.url, **cfg.env}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [cfg.env.get("PYTHONPATH")]), str(ROOT)])
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             cfg.command(server.url),
@@ -315,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     p.add_argument("--only", help="comma-separated systems (tide,raw,rq,dramatiq,celery)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the unbatched mode with tide_worker as of this commit, to compare in one run",
+    )
     p.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -327,11 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM must unwind through the finally blocks: they stop the worker and the redis-server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     only = set(args.only.split(",")) if args.only else None
+    baseline = None
+    if args.baseline:
+        tmp = Path(tempfile.mkdtemp(prefix="tide-baseline-"))
+        baseline = (args.baseline, checkout_package(args.baseline, tmp))
     todo = [
         c
         for c in configs(
             args.messages,
             {"peer": args.peer_messages, "slow": args.slow_messages},
+            baseline,
         )
         if only is None or c.system in only
     ]
@@ -382,6 +412,20 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"tide {rec['mode']} / fastest peer ({best['system']}: {best['mode']}): "
                 f"{rec['msgs_per_s']:,.0f} / {best['msgs_per_s']:,.0f} = {ratio:.2f}x (goal >= 3x)"
+            )
+    # The unbatched mode against the floor (raw) and against the baseline commit, from this run.
+    now = [
+        r
+        for r in records
+        if r["system"] == "tide" and r["mode"].startswith("unbatched") and " at " not in r["mode"]
+    ]
+    refs = [r for r in records if r["system"] == "raw" or " at " in r["mode"]]
+    for rec in now:
+        for ref in refs:
+            ratio = rec["msgs_per_s"] / ref["msgs_per_s"]
+            print(
+                f"tide {rec['mode']} / {ref['system']} {ref['mode']}: "
+                f"{rec['msgs_per_s']:,.0f} / {ref['msgs_per_s']:,.0f} = {ratio:.2f}x"
             )
     for f in failures:
         print(f"FAILED: {f}")

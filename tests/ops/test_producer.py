@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -112,3 +113,43 @@ def test_async_producer(redis_url: str, r: redis.Redis) -> None:
     assert [decode(x).id for x in r.lrange("aq", 0, -1)[::-1]] == [one, *many]
     assert r.zcard(QueueKeys("aq").delayed) == 1
     assert r.xlen("as") == 3 and r.xrange("as")[0][0].decode() == entry
+
+
+def test_sync_and_async_producers_write_the_same_messages(redis_url: str, r: redis.Redis) -> None:
+    """One preparation serves both: same keys, same end of the list, same envelope fields."""
+
+    def calls(p: Producer) -> None:
+        p.enqueue("s", {"n": 1}, id="a1", headers={"h": 1})
+        p.enqueue_many("s", ["x", b"y"], chunk=1, headers={"h": 2})
+        p.enqueue("s", "later", id="d1", delay=30)
+        p.xadd("st", "e", message_id="e1", maxlen=5)
+        p.xadd_many("st", ["f"], headers={"h": 3})
+
+    async def acalls(p: AsyncProducer) -> None:
+        await p.enqueue("s", {"n": 1}, id="a1", headers={"h": 1})
+        await p.enqueue_many("s", ["x", b"y"], chunk=1, headers={"h": 2})
+        await p.enqueue("s", "later", id="d1", delay=30)
+        await p.xadd("st", "e", message_id="e1", maxlen=5)
+        await p.xadd_many("st", ["f"], headers={"h": 3})
+
+    def snapshot() -> tuple[list[Any], list[Any], list[Any]]:
+        def fields(raw: bytes) -> tuple[Any, ...]:
+            m = decode(raw)
+            return (m.body, m.headers, m.attempts) + ((m.id,) if m.id in {"a1", "d1", "e1"} else ())
+
+        ready = [fields(x) for x in r.lrange("s", 0, -1)]  # left side: RPUSH, so head first
+        delayed = [fields(x) for x in r.zrange(QueueKeys("s").delayed, 0, -1)]
+        stream = [fields(fields_[b"data"]) for _, fields_ in r.xrange("st")]
+        r.delete("s", QueueKeys("s").delayed, "st")
+        return ready, delayed, stream
+
+    calls(Producer(r, side="left"))
+    sync = snapshot()
+
+    async def main() -> None:
+        async with AsyncProducer(settings=RedisSettings(url=redis_url), side="left") as p:
+            await acalls(p)
+
+    asyncio.run(main())
+    assert snapshot() == sync
+    assert sync[0][0] == ({"n": 1}, {"h": 1}, 0, "a1") and [x[0] for x in sync[0]] == [{"n": 1}, "x", "y"]

@@ -83,7 +83,54 @@ def _entry_id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Producer:
+class _Prep:
+    """What both producers send, decided once; the subclasses only do the (sync or async) I/O.
+
+    Each method returns the Redis call to make as ``(command, args)``, or, for the bulk methods, the list
+    of those per chunk, plus the ids the caller returns.
+    """
+
+    push: str
+
+    def _enqueue(
+        self, queue: str, body: Any, id: str | None, delay: float | None, headers: dict[str, Any] | None
+    ) -> tuple[str, tuple[Any, ...], str]:
+        _check_delay(delay)
+        mid, data = _prepare(body, id, headers)
+        if delay:
+            return "ZADD", (QueueKeys(queue).delayed, {data: time.time() + delay}), mid
+        return self.push, (queue, data), mid
+
+    def _enqueue_chunks(
+        self, queue: str, bodies: Iterable[Any], chunk: int, headers: dict[str, Any] | None
+    ) -> Iterator[tuple[tuple[Any, ...], list[str]]]:
+        # One variadic push per chunk keeps the chunk's order: LPUSH a b c leaves c at the head.
+        for batch in _chunks(bodies, chunk):
+            prepared = [_prepare(b, None, headers) for b in batch]
+            yield (queue, *(data for _, data in prepared)), [mid for mid, _ in prepared]
+
+    @staticmethod
+    def _xadd(
+        stream: str,
+        body: Any,
+        maxlen: int | None,
+        id: str,
+        message_id: str | None,
+        headers: dict[str, Any] | None,
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        _, data = _prepare(body, message_id, headers)
+        return (stream, {STREAM_FIELD: data}), {"id": id, **_xadd_args(maxlen)}
+
+    @staticmethod
+    def _xadd_chunks(
+        stream: str, bodies: Iterable[Any], maxlen: int | None, chunk: int, headers: dict[str, Any] | None
+    ) -> Iterator[list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+        trim = _xadd_args(maxlen)
+        for batch in _chunks(bodies, chunk):
+            yield [((stream, {STREAM_FIELD: _prepare(b, None, headers)[1]}), trim) for b in batch]
+
+
+class Producer(_Prep):
     """Synchronous producer over a ``connection.sync_client`` (standalone, Cluster, TLS)."""
 
     def __init__(
@@ -94,7 +141,9 @@ class Producer:
             client if client is not None else sync_client(settings or RedisSettings.from_env())
         )
         self.push = push_command(side)
-        self._push = self.client.lpush if self.push == "LPUSH" else self.client.rpush
+
+    def _call(self, command: str, args: tuple[Any, ...]) -> Any:
+        return getattr(self.client, command.lower())(*args)  # lpush, rpush or zadd
 
     def enqueue(
         self,
@@ -106,12 +155,8 @@ class Producer:
         headers: dict[str, Any] | None = None,
     ) -> str:
         """Put one message on ``queue`` (or in its retry set ``delay`` seconds from now); return its id."""
-        _check_delay(delay)
-        mid, data = _prepare(body, id, headers)
-        if delay:
-            self.client.zadd(QueueKeys(queue).delayed, {data: time.time() + delay})
-        else:
-            self._push(queue, data)
+        command, args, mid = self._enqueue(queue, body, id, delay, headers)
+        self._call(command, args)
         return mid
 
     def enqueue_many(
@@ -122,18 +167,16 @@ class Producer:
         chunk: int = DEFAULT_CHUNK,
         headers: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Put many messages on ``queue`` in order, one pipelined push per ``chunk``; return their ids.
+        """Put many messages on ``queue`` in order, one variadic push per ``chunk``; return their ids.
 
         Not transactional: when Redis fails midway, the chunks already sent stay queued and the error
         propagates (the ids of what was sent are not returned, so retry with explicit ids if duplicates
         matter).
         """
         ids: list[str] = []
-        for batch in _chunks(bodies, chunk):
-            prepared = [_prepare(b, None, headers) for b in batch]
-            # One variadic push per chunk keeps the chunk's order: LPUSH a b c leaves c at the head.
-            self._push(queue, *(data for _, data in prepared))
-            ids.extend(mid for mid, _ in prepared)
+        for args, chunk_ids in self._enqueue_chunks(queue, bodies, chunk, headers):
+            self._call(self.push, args)
+            ids.extend(chunk_ids)
         return ids
 
     def xadd(
@@ -147,8 +190,8 @@ class Producer:
         headers: dict[str, Any] | None = None,
     ) -> str:
         """Append one message to ``stream`` (``MAXLEN ~ maxlen`` when given); return the entry id."""
-        _, data = _prepare(body, message_id, headers)
-        return _entry_id(self.client.xadd(stream, {STREAM_FIELD: data}, id=id, **_xadd_args(maxlen)))
+        args, kw = self._xadd(stream, body, maxlen, id, message_id, headers)
+        return _entry_id(self.client.xadd(*args, **kw))
 
     def xadd_many(
         self,
@@ -161,11 +204,10 @@ class Producer:
     ) -> list[str]:
         """Append many messages in order, pipelined per ``chunk``; return the entry ids."""
         out: list[str] = []
-        trim = _xadd_args(maxlen)
-        for batch in _chunks(bodies, chunk):
+        for calls in self._xadd_chunks(stream, bodies, maxlen, chunk, headers):
             pipe = self.client.pipeline(transaction=False)
-            for body in batch:
-                pipe.xadd(stream, {STREAM_FIELD: _prepare(body, None, headers)[1]}, **trim)
+            for args, kw in calls:
+                pipe.xadd(*args, **kw)
             out.extend(_entry_id(v) for v in pipe.execute())
         return out
 
@@ -180,8 +222,9 @@ class Producer:
         self.close()
 
 
-class AsyncProducer:
-    """The asyncio twin of :class:`Producer` over ``connection.async_client``."""
+class AsyncProducer(_Prep):
+    """The asyncio twin of :class:`Producer` over ``connection.async_client``: same arguments, same
+    messages; only the I/O differs."""
 
     def __init__(
         self,
@@ -195,7 +238,9 @@ class AsyncProducer:
             client if client is not None else async_client(settings or RedisSettings.from_env())
         )
         self.push = push_command(side)
-        self._push = self.client.lpush if self.push == "LPUSH" else self.client.rpush
+
+    async def _call(self, command: str, args: tuple[Any, ...]) -> Any:
+        return await getattr(self.client, command.lower())(*args)  # lpush, rpush or zadd
 
     async def enqueue(
         self,
@@ -206,12 +251,8 @@ class AsyncProducer:
         delay: float | None = None,
         headers: dict[str, Any] | None = None,
     ) -> str:
-        _check_delay(delay)
-        mid, data = _prepare(body, id, headers)
-        if delay:
-            await self.client.zadd(QueueKeys(queue).delayed, {data: time.time() + delay})
-        else:
-            await self._push(queue, data)
+        command, args, mid = self._enqueue(queue, body, id, delay, headers)
+        await self._call(command, args)
         return mid
 
     async def enqueue_many(
@@ -223,10 +264,9 @@ class AsyncProducer:
         headers: dict[str, Any] | None = None,
     ) -> list[str]:
         ids: list[str] = []
-        for batch in _chunks(bodies, chunk):
-            prepared = [_prepare(b, None, headers) for b in batch]
-            await self._push(queue, *(data for _, data in prepared))
-            ids.extend(mid for mid, _ in prepared)
+        for args, chunk_ids in self._enqueue_chunks(queue, bodies, chunk, headers):
+            await self._call(self.push, args)
+            ids.extend(chunk_ids)
         return ids
 
     async def xadd(
@@ -239,8 +279,8 @@ class AsyncProducer:
         message_id: str | None = None,
         headers: dict[str, Any] | None = None,
     ) -> str:
-        _, data = _prepare(body, message_id, headers)
-        return _entry_id(await self.client.xadd(stream, {STREAM_FIELD: data}, id=id, **_xadd_args(maxlen)))
+        args, kw = self._xadd(stream, body, maxlen, id, message_id, headers)
+        return _entry_id(await self.client.xadd(*args, **kw))
 
     async def xadd_many(
         self,
@@ -252,11 +292,10 @@ class AsyncProducer:
         headers: dict[str, Any] | None = None,
     ) -> list[str]:
         out: list[str] = []
-        trim = _xadd_args(maxlen)
-        for batch in _chunks(bodies, chunk):
+        for calls in self._xadd_chunks(stream, bodies, maxlen, chunk, headers):
             pipe = self.client.pipeline(transaction=False)
-            for body in batch:
-                pipe.xadd(stream, {STREAM_FIELD: _prepare(body, None, headers)[1]}, **trim)
+            for args, kw in calls:
+                pipe.xadd(*args, **kw)
             out.extend(_entry_id(v) for v in await pipe.execute())
         return out
 
