@@ -70,7 +70,9 @@ def test_drain_time_sizes_replicas_from_worker_rates(
         r.lpush("dq", *range(600))
         first = wait_for("0 -> 1", lambda: api.events("Scaled", about="drain"), timeout=20)
         assert "0 -> 1" in first[0] and "draining" not in first[0], first  # no worker, no rate yet
-        assert api.get_qc("drain")["status"]["lastRule"] == "target"
+        wait_for(
+            "lastRule target", lambda: api.get_qc("drain")["status"].get("lastRule") == "target", timeout=10
+        )
 
         sampler.start()
         node_agent("app=w")  # runs the Deployment's pods as local `tide worker` processes

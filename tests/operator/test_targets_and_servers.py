@@ -54,7 +54,11 @@ def test_missing_target_reported_then_scaled_once_created(
         # the retry backs off to at most 10 s between attempts
         wait_for("the late target scales", lambda: api.replicas("nowhere") == 3, timeout=40)
         wait_for("Ready=True", lambda: api.condition("lost", "Ready") == "True", timeout=20)
-        assert any("nowhere 0 -> 3" in m for m in api.events("Scaled", about="lost"))
+        wait_for(
+            "the Scaled event",
+            lambda: any("nowhere 0 -> 3" in m for m in api.events("Scaled", about="lost")),
+            timeout=10,
+        )
         assert op.proc.poll() is None
     r.close()
 
@@ -88,7 +92,10 @@ def test_tls_redis_with_password_and_ca_from_secrets(
             c.lpush("tq", *range(250))
         with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op:
             wait_for("5 replicas over TLS", lambda: api.replicas("tls") == 5, timeout=60)
-            assert api.condition("tls", "RedisReachable") == "True"
+            # the status patch follows the scale
+            wait_for(
+                "RedisReachable=True", lambda: api.condition("tls", "RedisReachable") == "True", timeout=10
+            )
             assert api.get_qc("tls")["status"]["backlog"]["ready"] == 250
             for name, expect in (("wrongpass", ("WRONGPASS", "invalid", "password")), ("noca", ("certif",))):
                 wait_for(
@@ -120,7 +127,7 @@ def test_redis_cluster_source(
     assert rc.keyslot(k.processing("w1")) == rc.keyslot("cq")
     with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op:
         wait_for("10 replicas from a cluster", lambda: api.replicas() == 10, timeout=60)
-        backlog = api.get_qc("cl")["status"]["backlog"]
+        backlog = wait_for("the backlog in status", lambda: api.get_qc("cl").get("status", {}).get("backlog"))
         assert (backlog["ready"], backlog["inFlight"]) == (300, 200), backlog
         rc.lpush("cq", *range(500))
         wait_for("20 replicas after a second burst", lambda: api.replicas() == 20, timeout=20)
