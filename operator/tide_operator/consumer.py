@@ -41,8 +41,6 @@ SCALE_REREAD_SECONDS = 30.0
 SCALE_REREAD_JITTER = 0.25
 SECRET_TTL = 60.0
 MAX_BACKOFF = 10.0
-# status fields that change with every poll while a queue is busy: written at most every STATUS_MIN_INTERVAL
-INFORMATIONAL = ("backlog", "lastDecision", "lastActiveTime")
 
 log = logging.getLogger("tide_operator")
 
@@ -149,7 +147,8 @@ class Consumer:
         self.decision: Decision | None = None
         self.queue_label: str | None = None
         self.last_backlog: dict[str, Any] | None = None
-        self.last_status: dict[str, Any] = {}
+        self.last_significant: tuple[Any, ...] | None = None
+        self.last_info: tuple[Any, ...] | None = None
         self.last_info_write_at = -math.inf
         self.target_failures = 0
         labels = (self.ns, self.name)
@@ -382,29 +381,29 @@ class Consumer:
             status["backlog"] = self.last_backlog
         return {k: v for k, v in status.items() if v is not None}
 
-    @staticmethod
-    def _significant(status: dict[str, Any]) -> dict[str, Any]:
-        """What must reach the API server at once: counts, rule, times of scaling, condition states."""
-        out = {k: v for k, v in status.items() if k not in INFORMATIONAL and k != "conditions"}
-        out["conditions"] = [(c["type"], c["status"], c["reason"]) for c in status.get("conditions", ())]
-        return out
-
     async def patch_status(self, force: bool = False) -> None:
-        status = self.status()
-        last = self.last_status
-        significant = force or self._significant(status) != self._significant(last)
+        # compared as small tuples first: the status document is built only when it is written
+        d = self.decision
+        conditions = sorted(self.conditions.items())
+        significant = (
+            self.current,
+            d.desired if d else None,
+            d.rule if d else None,
+            self.state.last_scale_time,
+            self.body.metadata.get("generation"),
+            self.queue_label,
+            tuple((t, s, r) for t, (s, r, _) in conditions),
+        )
+        info = (self.last_backlog, tuple(m for _, (_, _, m) in conditions))
         now = time.monotonic()
-        if not significant:
+        if not force and significant == self.last_significant:
             # lastActiveTime moves every poll while busy; it rides along with other writes only
-            info_changed = status.get("backlog") != last.get("backlog") or status.get(
-                "conditions"
-            ) != last.get("conditions")
-            if not info_changed or now - self.last_info_write_at < STATUS_MIN_INTERVAL:
+            if info == self.last_info or now - self.last_info_write_at < STATUS_MIN_INTERVAL:
                 return
             self.last_info_write_at = now
         try:
-            await self.shared.k8s().patch_status(self.ns, self.name, status)
-            self.last_status = status
+            await self.shared.k8s().patch_status(self.ns, self.name, self.status())
+            self.last_significant, self.last_info = significant, info
         except KubeError as exc:
             if exc.status != 404:  # 404: the resource is being deleted
                 self.logger.warning(f"status patch failed: {exc}")

@@ -26,7 +26,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 from tide_worker.connection import RedisSettings, async_client
 from tide_worker.keys import QueueKeys, StreamKeys
@@ -46,6 +46,38 @@ MAX_BATCH_COMMANDS = 10_000
 MAX_CONNECTIONS = 8
 
 Stage = Callable[[Any], None]  # adds one reader's commands to a pipeline
+
+# One command per list reading instead of 5 + 2 per worker: Python's cost per pipelined command (building,
+# packing, a timer per reply) is what 1,000 resources spend their CPU on, so the reads run server-side.
+# Every key is in KEYS (the worker keys of the registry as cached), all under the queue's hash tag.
+LIST_BACKLOG_LUA = """
+local out = {
+  redis.call('LLEN', KEYS[1]),
+  redis.call('ZRANGE', KEYS[2], 0, -1),
+  redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1]),
+  redis.call('ZCARD', KEYS[3]),
+  redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1),
+}
+for i = 4, #KEYS, 2 do
+  out[#out + 1] = redis.call('LLEN', KEYS[i])
+  -- the heartbeat's rate, decoded here (as a string: Lua numbers reply as integers); false when the
+  -- heartbeat expired or says nothing readable about throughput
+  local rate = false
+  local hb = redis.call('GET', KEYS[i + 1])
+  if hb then
+    local ok, doc = pcall(cjson.decode, hb)
+    if ok and type(doc) == 'table' then
+      local r = doc['rate']
+      if r == nil then r = 0 end
+      r = tonumber(r)
+      if r then rate = tostring(r) end
+    end
+  end
+  out[#out + 1] = rate
+end
+return out
+"""
+LIST_BACKLOG_SHA = hashlib.sha1(LIST_BACKLOG_LUA.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,7 @@ class ReadBatcher:
         self.cluster = isinstance(client, AsyncRedisCluster)
         self._queue: collections.deque[tuple[Stage, asyncio.Future[list[Any]]]] = collections.deque()
         self._drain: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[Any] | None = None
         self.round_trips = 0  # pipelines sent
         self.requests = 0  # reads served
 
@@ -200,6 +233,15 @@ class ReadBatcher:
 
         await asyncio.gather(*(alone(stage, future) for stage, future in live))
 
+    async def load_script(self) -> None:
+        """Load the list script once for every reader that met NOSCRIPT in the same batch."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.create_task(self._load())
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        await self.client.script_load(LIST_BACKLOG_LUA)
+
     async def close(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.cancel()
@@ -208,16 +250,17 @@ class ReadBatcher:
         self._queue.clear()
 
 
+def _rate(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(json.loads(raw).get("rate", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return None  # a malformed heartbeat says nothing about throughput
+
+
 def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:
-    out = []
-    for raw in heartbeats:
-        if raw is None:
-            continue
-        try:
-            out.append(float(json.loads(raw).get("rate", 0.0)))
-        except (ValueError, TypeError, AttributeError):
-            continue  # a malformed heartbeat says nothing about throughput
-    return tuple(out)
+    return tuple(r for r in map(_rate, heartbeats) if r is not None)
 
 
 class _Reader:
@@ -250,24 +293,33 @@ class ListReader(_Reader):
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0  # for tests and metrics: how many round trips reads took
     batcher: ReadBatcher | None = None
+    _keys: list[str] = field(default_factory=list, repr=False)
+    _keys_for: tuple[str, ...] | None = field(default=None, repr=False)
 
     async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
+        if self._keys_for != cached:  # key names are rebuilt only when the registry changed
+            keys = [k.ready, k.workers, k.delayed]
+            for w in cached:
+                keys += (k.processing(w), k.worker(w))
+            self._keys, self._keys_for = keys, cached
+        keys = self._keys
 
         def stage(pipe: Any) -> None:
-            pipe.llen(k.ready)
-            pipe.zrange(k.workers, 0, -1)
-            pipe.zcount(k.delayed, "-inf", now)
-            pipe.zcard(k.delayed)
-            pipe.zrangebyscore(k.delayed, f"({now}", "+inf", start=0, num=1, withscores=True)
-            for w in cached:
-                pipe.llen(k.processing(w))
-                pipe.get(k.worker(w))
+            # execute_command: a cluster pipeline blocks the evalsha method, not the command
+            pipe.execute_command("EVALSHA", LIST_BACKLOG_SHA, len(keys), *keys, repr(now))
 
-        res = _raise_first(await self._execute(stage))
+        reply = await self._execute(stage)
+        if isinstance(reply[0], NoScriptError):  # a restarted or failed-over server: load, then again
+            await (self.batcher.load_script() if self.batcher else self.client.script_load(LIST_BACKLOG_LUA))
+            reply = await self._execute(stage)
+        res = _raise_first(reply)[0]
         ready, registry_raw, due, delayed, nxt = res[:5]
-        per_worker = {w: (res[5 + 2 * i], res[6 + 2 * i]) for i, w in enumerate(cached)}
+        per_worker: dict[str, tuple[Any, float | None]] = {
+            w: (res[5 + 2 * i], None if res[6 + 2 * i] is None else float(res[6 + 2 * i]))
+            for i, w in enumerate(cached)
+        }
         registry = tuple(_text(w) for w in registry_raw)
         new = [w for w in registry if w not in per_worker]
         if new:
@@ -279,7 +331,7 @@ class ListReader(_Reader):
 
             extra = _raise_first(await self._execute(stage_new))
             for i, w in enumerate(new):
-                per_worker[w] = (extra[2 * i], extra[2 * i + 1])
+                per_worker[w] = (extra[2 * i], _rate(extra[2 * i + 1]))
         self.workers = registry
         live = [per_worker[w] for w in registry]
         backlog = Backlog(
@@ -287,9 +339,9 @@ class ListReader(_Reader):
             inflight=sum(int(n) for n, _ in live),
             retries_due=int(due),
             retries_waiting=int(delayed) - int(due),
-            next_retry_at=float(nxt[0][1]) if nxt else None,
+            next_retry_at=float(nxt[1]) if nxt else None,
         )
-        return Reading(backlog, _rates([hb for _, hb in live]), len(registry))
+        return Reading(backlog, tuple(r for _, r in live if r is not None), len(registry))
 
 
 def _field(info: dict[Any, Any], name: str) -> Any:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from tide_operator.redis_reader import ClientPool, Credentials, ListReader, StreamReader, make_reader
+from tide_operator.redis_reader import (
+    LIST_BACKLOG_LUA,
+    ClientPool,
+    Credentials,
+    ListReader,
+    StreamReader,
+    make_reader,
+)
 from tide_operator.spec import Source
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.records import Heartbeat
@@ -46,15 +53,50 @@ def test_list_backlog_parts(r, redis_url):
     register(r, k, "w2", 2, 7.0)
     now = time.time()
     r.zadd(k.delayed, {"due1": now - 5, "due2": now - 1, "later": now + 60})
-    (first, second), reader = run(read_list(redis_url, "jobs", times=2))
+    (first, second), _ = run(read_list(redis_url, "jobs", times=2))
     b = first.backlog
     assert (b.ready, b.inflight, b.retries_due, b.retries_waiting) == (7, 5, 2, 1)
     assert b.total == 14
     assert b.next_retry_at == pytest.approx(now + 60)
     assert sorted(first.rates) == [5.0, 7.0] and first.workers == 2
     assert second.backlog == b
-    # first read: one round trip plus one for the two new workers; steady state: one
-    assert reader.round_trips == 3
+
+
+def test_list_steady_state_is_one_round_trip(r, redis_url):
+    k = QueueKeys("jobs")
+    register(r, k, "w1", 3, 5.0)
+
+    async def go():
+        pool = ClientPool()
+        reader = make_reader(pool.get(redis_url, False, Credentials()), Source("list", "jobs"))
+        await reader.read(time.time())  # loads the script when needed; one more trip for the new worker
+        first = reader.round_trips
+        register(r, k, "w2", 1, 1.0)
+        await reader.read(time.time())  # w2 joined: one more trip
+        second = reader.round_trips
+        reading = await reader.read(time.time())
+        await pool.close()
+        return second - first, reader.round_trips - second, reading
+
+    joined, steady, reading = run(go())
+    assert (joined, steady) == (2, 1)
+    assert reading.backlog.inflight == 4
+
+
+def test_list_script_reloaded_after_flush(r, redis_url):
+    r.lpush("jobs", 1, 2)
+
+    async def go():
+        pool = ClientPool()
+        reader = make_reader(pool.get(redis_url, False, Credentials()), Source("list", "jobs"))
+        a = await reader.read(time.time())
+        r.script_flush()  # as after a restart or a failover to a replica without the script
+        b = await reader.read(time.time())
+        await pool.close()
+        return a, b
+
+    a, b = run(go())
+    assert a.backlog.ready == b.backlog.ready == 2
 
 
 def test_list_registry_change_and_dead_worker(r, redis_url):
@@ -217,8 +259,8 @@ def test_batcher_coalesces_concurrent_reads_into_one_round_trip(r, redis_url):
     assert [x.backlog.ready for x in second] == list(range(1, 51))
     assert second[7].backlog.inflight == 4 and second[7].rates == (2.0,)
     assert [x.backlog for x in first] == [x.backlog for x in second]
-    # 50 reads in one pipeline; q7's newly seen worker costs one more, which is batched as well
-    assert trips1 == 2
+    # 50 reads in one pipeline (+1 when the script had to be loaded); q7's new worker costs one more
+    assert trips1 in (2, 3)
     assert trips2 - trips1 == 1
 
 
@@ -242,17 +284,39 @@ def test_batcher_keeps_errors_per_request(r, redis_url):
     assert trips == 1
 
 
+def test_batcher_loads_the_script_once_for_a_batch(r, redis_url):
+    r.script_flush()
+
+    async def go():
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        batcher = pool.batcher(client)
+        readers = [make_reader(client, Source("list", f"n{i}"), batcher) for i in range(30)]
+        await asyncio.gather(*(x.read(time.time()) for x in readers))
+        await pool.close()
+        return batcher.round_trips
+
+    loads_before = _script_loads(r)
+    assert run(go()) == 2  # NOSCRIPT for all 30, one SCRIPT LOAD, all 30 again
+    assert _script_loads(r) - loads_before == 1
+
+
+def _script_loads(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_script|load", {}).get("calls", 0))
+
+
 def test_batcher_splits_large_queues(r, redis_url):
     async def go():
         pool = ClientPool()
         client = pool.get(redis_url, False, Credentials())
         batcher = pool.batcher(client)
-        batcher.max_commands = 12  # a list read is 5 commands: 3 reads fit a pipeline
+        batcher.max_commands = 3  # a list read is one script call: 3 reads fit a pipeline
         readers = [make_reader(client, Source("list", f"s{i}"), batcher) for i in range(7)]
         res = await asyncio.gather(*(x.read(time.time()) for x in readers))
         await pool.close()
         return res, batcher.round_trips
 
+    r.script_load(LIST_BACKLOG_LUA)
     res, trips = run(go())
     assert len(res) == 7 and trips == 3
 
