@@ -3,6 +3,7 @@ own ServiceAccount bound to crds/rbac/."""
 
 from __future__ import annotations
 
+import calendar
 import time
 
 import pytest
@@ -72,6 +73,53 @@ def test_list_burst_scales_up_drains_gradually_then_zero(
         last_scale = time.mktime(time.strptime(st["lastScaleTime"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
         assert last_scale - last_active >= 3 - 1  # the cooldown passed (1 s of timestamp rounding)
     r.close()
+
+
+def test_in_flight_work_holds_a_replica_until_the_cooldown_after_it_ends(
+    crds, namespace, k8s, sa_kubeconfig, redis_url, tmp_path
+):
+    """Zero only once the processing lists are empty and the cooldown has passed since (KEDA's LLEN-only
+    scaler would go to zero here while a worker still holds messages)."""
+    r = redis.Redis.from_url(redis_url)
+    k = QueueKeys("hq")
+    api = Api(k8s, namespace)
+    api.create_deployment(deployment("w", {}))
+    cooldown = 3
+    scaling = {
+        "targetBacklogPerReplica": 10,
+        "cooldownSeconds": cooldown,
+        "scaleDown": {"stabilizationSeconds": 0},
+    }
+    api.create_qc(qc("held", redis_url, {"list": {"key": "hq"}}, scaling))
+    # what a worker writes while it holds 5 messages: its registry entry and its processing list
+    r.zadd(k.workers, {"w1": time.time()})
+    r.lpush(k.processing("w1"), *range(5))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op:
+        wait_for("in-flight work wakes one replica", lambda: api.replicas() == 1, timeout=60)
+        assert r.llen("hq") == 0
+        wait_for(
+            "in-flight in status",
+            lambda: api.get_qc("held").get("status", {}).get("backlog", {}).get("inFlight") == 5,
+            timeout=10,
+        )
+        held_until = time.monotonic() + 2 * cooldown
+        while time.monotonic() < held_until:  # the queue is empty, but the work is not done
+            assert api.replicas() == 1, op.log()[-3000:]
+            time.sleep(0.2)
+        r.delete(k.processing("w1"))
+        wait_for("zero after the cooldown", lambda: api.replicas() == 0, timeout=30)
+        st = wait_for(
+            "the status of the scale to zero",
+            lambda: (s := api.get_qc("held")["status"]).get("currentReplicas") == 0 and s,
+            timeout=10,
+        )
+        last_active = _epoch(st["lastActiveTime"])
+        assert _epoch(st["lastScaleTime"]) - last_active >= cooldown - 1  # timestamps are whole seconds
+    r.close()
+
+
+def _epoch(stamp: str) -> float:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def test_stream_scales_from_lag_and_pending(crds, namespace, k8s, sa_kubeconfig, redis_server, tmp_path):
