@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -92,13 +93,15 @@ def qc(name: str, url: str, interval: float) -> dict[str, Any]:
 
 
 class Operator:
+    source = ROOT / "operator"  # --operator-src: the directory holding the tide_operator package to run
+
     def __init__(self, info: Any, ns: str, log: Path) -> None:
         self.metrics_port = free_port()
         env = dict(
             os.environ,
             KUBECONFIG=str(info.kubeconfig),
             TIDE_OPERATOR_METRICS_PORT=str(self.metrics_port),
-            PYTHONPATH=os.pathsep.join([str(ROOT / "operator"), str(ROOT)]),
+            PYTHONPATH=os.pathsep.join([str(self.source), str(ROOT)]),
         )
         self.proc = subprocess.Popen(
             [str(KOPF), "run", "-m", "tide_operator", "--standalone", "-n", ns, "--quiet"],
@@ -124,7 +127,11 @@ class Operator:
         except OSError:
             return out
         for line in text.splitlines():
-            m = re.match(r"(tide_kube_requests_total|tide_redis_round_trips_total)(\{[^}]*\})? (\S+)", line)
+            m = re.match(
+                r"(tide_kube_requests_total|tide_redis_round_trips_total|tide_kube_request_seconds_(?:sum|count))"
+                r"(\{[^}]*\})? (\S+)",
+                line,
+            )
             if m:
                 labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
                 key = m.group(1) + "".join(f":{labels[k]}" for k in ("verb", "resource") if k in labels)
@@ -343,9 +350,11 @@ def scale_bench(
         step = max(1, n // hot)
         for run in range(runs):
             hot_names = names[run % step :: step][:hot]
+            time.sleep(random.random() * interval)  # a varied phase against the operator's polling grid
             prof = (
                 Profiler(op.pid, CACHE / "bench-operator-profile-burst.txt") if profile and run == 0 else None
             )
+            m_before = op.metrics()
             _, cpu0 = op.stats()
             pipe = r.pipeline(transaction=False)
             t0 = time.monotonic()
@@ -359,12 +368,30 @@ def scale_bench(
             if prof:
                 out["profile_burst"] = prof.stop()
             lat = sorted(sw.changed[x] - t0 for x in hot_names if sw.replicas.get(x) == 10)
+            m_after = op.metrics()  # after the CPU window: the API server's share of the wait
+            api = {
+                what: round(
+                    (
+                        m_after[f"tide_kube_request_seconds_sum:{what}"]
+                        - m_before.get(f"tide_kube_request_seconds_sum:{what}", 0)
+                    )
+                    / max(
+                        1.0,
+                        m_after[f"tide_kube_request_seconds_count:{what}"]
+                        - m_before.get(f"tide_kube_request_seconds_count:{what}", 0),
+                    ),
+                    3,
+                )
+                for what in ("PATCH:scale", "PATCH:status")
+                if f"tide_kube_request_seconds_count:{what}" in m_after
+            }
             per_run.append(
                 {
                     "all_scaled_s": round(lat[-1], 3) if ok else None,
                     "p50_s": round(statistics.median(lat), 3) if lat else None,
                     "scaled": len(lat),
                     "cpu_cores": round((cpu1 - cpu0) / elapsed, 2),
+                    "mean_api_call_s": api,
                     "latencies_s": [round(x, 3) for x in lat],
                 }
             )
@@ -433,7 +460,15 @@ def main() -> int:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--profile", action="store_true", help="sample the operator with py-spy (scale part)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where JSON and plot go")
+    ap.add_argument(
+        "--operator-src",
+        type=Path,
+        default=Operator.source,
+        help="directory holding the tide_operator package to run (A/B against another revision: "
+        "git archive REV operator | tar -x -C /tmp/old, then --operator-src /tmp/old/operator)",
+    )
     args = ap.parse_args()
+    Operator.source = args.operator_src.resolve()
     if args.profile and not (PY_SPY.exists() or shutil.which("py-spy")):
         ap.error("--profile needs py-spy: pip install py-spy")
     info = local_cluster.up(verbose=False)
@@ -444,6 +479,9 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "operator_src": str(
+            Operator.source.relative_to(ROOT) if Operator.source.is_relative_to(ROOT) else Operator.source
+        ),
     }
     with RedisServer() as server:
         if not args.skip_latency:

@@ -24,6 +24,12 @@ REDIS_ROUND_TRIPS = Counter(
 )
 REDIS_READS = Counter("tide_redis_reads_total", "Backlog reads of all resources")
 KUBE_REQUESTS = Counter("tide_kube_requests_total", "Requests to the API server", ["verb", "resource"])
+KUBE_SECONDS = Histogram(
+    "tide_kube_request_seconds",
+    "API server requests, waiting for a connection included",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 def forget(namespace: str, name: str) -> None:

@@ -91,8 +91,9 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._session.request(method, self.server + path, data=data, headers=headers) as resp:
-            text = await resp.text()
+        with metrics.KUBE_SECONDS.labels(method, resource).time():
+            async with self._session.request(method, self.server + path, data=data, headers=headers) as resp:
+                text = await resp.text()
             if resp.status >= 400:
                 try:
                     message = json.loads(text).get("message", text)

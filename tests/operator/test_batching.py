@@ -72,3 +72,26 @@ def test_cancelled_waiter_does_not_cancel_the_tick():
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def test_phases_split_one_interval_into_groups():
+    async def go():
+        loop = asyncio.get_running_loop()
+        ticker = Ticker()
+        phases = [Ticker.phase(f"ns/q{i:04d}") for i in range(1000)]
+        woke: dict[float, float] = {}
+
+        async def waiter(phase: float) -> None:
+            await ticker.wait(0.5, 0.5, phase)
+            woke[phase] = loop.time()
+
+        await asyncio.gather(*(waiter(p) for p in (0.0, 0.5)))
+        return phases, woke
+
+    phases, woke = run(go())
+    assert sorted(set(phases)) == [i / Ticker.SLOTS for i in range(Ticker.SLOTS)]
+    assert all(60 <= phases.count(p) <= 140 for p in set(phases))  # about 100 per group
+    assert len(set(phases[::10])) >= 8  # every tenth name is not one group
+    assert Ticker.phase("ns/q0001") == Ticker.phase("ns/q0001")  # stable
+    # phase 0 and phase 0.5 of a 0.5 s interval wake 0.25 s apart (either may come first)
+    assert 0.15 <= abs(woke[0.5] - woke[0.0]) <= 0.35
