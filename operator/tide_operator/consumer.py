@@ -29,7 +29,7 @@ import kopf
 from redis.exceptions import RedisError
 
 from tide_operator import metrics
-from tide_operator.policy import Decision, PolicyState, decide
+from tide_operator.policy import Backlog, Decision, PolicyState, decide
 from tide_operator.redis_reader import ClientPool, Credentials, ListReader, Reading, StreamReader, make_reader
 from tide_operator.scaler import Kube, KubeError
 from tide_operator.spec import QueueConsumerSpec, SpecError, TargetRef, is_paused, parse_spec
@@ -169,6 +169,8 @@ class Consumer:
         # labelled children looked up once: a poll sets them without the registry's label lookups
         self.m_desired = metrics.DESIRED.labels(*labels)
         self.m_current = metrics.CURRENT.labels(*labels)
+        self.last_gauges: tuple[int, int] | None = None
+        self.last_backlog_metric: Backlog | None = None
         self.m_backlog = {
             part: metrics.BACKLOG.labels(*labels, part)
             for part in ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total")
@@ -312,8 +314,11 @@ class Consumer:
     def observe(
         self, spec: QueueConsumerSpec, reading: Reading | None, error: str, decision: Decision, paused: bool
     ) -> None:
-        self.m_desired.set(decision.desired)
-        self.m_current.set(self.current or 0)
+        gauges = (decision.desired, self.current or 0)
+        if gauges != self.last_gauges:  # a set takes a lock: 1,000 quiet resources skip it
+            self.m_desired.set(gauges[0])
+            self.m_current.set(gauges[1])
+            self.last_gauges = gauges
         reachable_changed = self.condition(
             "RedisReachable",
             reading is not None,
@@ -347,13 +352,15 @@ class Consumer:
         if reading is not None:
             b = reading.backlog
             self.condition("Active", b.total > 0, "Backlog" if b.total else "Idle", f"backlog {b.total}")
-            m = self.m_backlog
-            m["ready"].set(b.ready)
-            m["inflight"].set(b.inflight)
-            m["retries_due"].set(b.retries_due)
-            m["stream_lag"].set(b.stream_lag)
-            m["stream_pending"].set(b.stream_pending)
-            m["total"].set(b.total)
+            if b != self.last_backlog_metric:
+                m = self.m_backlog
+                m["ready"].set(b.ready)
+                m["inflight"].set(b.inflight)
+                m["retries_due"].set(b.retries_due)
+                m["stream_lag"].set(b.stream_lag)
+                m["stream_pending"].set(b.stream_pending)
+                m["total"].set(b.total)
+                self.last_backlog_metric = b
             self.last_backlog = {
                 "total": b.total,
                 "ready": b.ready,
