@@ -26,6 +26,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     # equal priorities make every replica pause; a random one keeps exactly one active
     settings.peering.priority = int(os.environ.get("TIDE_PEERING_PRIORITY", random.randint(1, 1 << 30)))
+    # kopf's 60 s default lets a SIGKILLed active replica hold every standby paused for about a minute;
+    # 15 s (keep-alives every 5-10 s) hands over in about 15 s at one small PATCH per replica every few seconds.
+    settings.peering.lifetime = int(os.environ.get("TIDE_PEERING_LIFETIME", "15"))
     # A namespaced operator has no cluster-wide grant to list CRDs and namespaces: without this, kopf
     # retries those scans for about a minute before it falls back and starts serving.
     if os.environ.get("TIDE_OPERATOR_SCOPE") == "namespaced":

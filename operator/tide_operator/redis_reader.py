@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
@@ -49,34 +50,9 @@ Stage = Callable[[Any], None]  # adds one reader's commands to a pipeline
 
 # One command per list reading instead of 5 + 2 per worker: Python's cost per pipelined command (building,
 # packing, a timer per reply) is what 1,000 resources spend their CPU on, so the reads run server-side.
-# Every key is in KEYS (the worker keys of the registry as cached), all under the queue's hash tag.
-LIST_BACKLOG_LUA = """
-local out = {
-  redis.call('LLEN', KEYS[1]),
-  redis.call('ZRANGE', KEYS[2], 0, -1),
-  redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1]),
-  redis.call('ZCARD', KEYS[3]),
-  redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1),
-}
-for i = 4, #KEYS, 2 do
-  out[#out + 1] = redis.call('LLEN', KEYS[i])
-  -- the heartbeat's rate, decoded here (as a string: Lua numbers reply as integers); false when the
-  -- heartbeat expired or says nothing readable about throughput
-  local rate = false
-  local hb = redis.call('GET', KEYS[i + 1])
-  if hb then
-    local ok, doc = pcall(cjson.decode, hb)
-    if ok and type(doc) == 'table' then
-      local r = doc['rate']
-      if r == nil then r = 0 end
-      r = tonumber(r)
-      if r then rate = tostring(r) end
-    end
-  end
-  out[#out + 1] = rate
-end
-return out
-"""
+# Every key is in KEYS (the worker keys of the registry as cached), all under the queue's hash tag;
+# the script is lua/list_backlog.lua, read once at import.
+LIST_BACKLOG_LUA = (resources.files("tide_operator") / "lua" / "list_backlog.lua").read_text()
 LIST_BACKLOG_SHA = hashlib.sha1(LIST_BACKLOG_LUA.encode()).hexdigest()
 
 

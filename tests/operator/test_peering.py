@@ -112,7 +112,7 @@ def _second_burst_by_the_standby(api: Api, r: redis.Redis, standby: Operator, ti
     return took
 
 
-@pytest.mark.slow  # the takeover waits for the killed peer's 60 s kopf peering lifetime to run out
+@pytest.mark.slow  # the takeover waits for the killed peer's peering record (15 s lifetime) to run out
 def test_one_active_operator_then_takeover_after_sigkill(
     crds: Any, namespace: str, k8s: Any, sa_kubeconfig: Any, redis_url: str, tmp_path: Any
 ) -> None:
@@ -122,8 +122,8 @@ def test_one_active_operator_then_takeover_after_sigkill(
         peered_operators(crds, api, sa_kubeconfig, redis_url, tmp_path) as (active, standby),
     ):
         _first_burst_by_the_active_one_only(api, r, active, standby)
-        active.kill()  # no goodbye: its peering record stays until its lifetime (kopf: 60 s) runs out
-        took = _second_burst_by_the_standby(api, r, standby, timeout=120)
+        active.kill()  # no goodbye: its peering record stays until its lifetime (15 s) runs out
+        took = _second_burst_by_the_standby(api, r, standby, timeout=60)
         print(f"takeover after SIGKILL: {took:.1f}s")
 
 
