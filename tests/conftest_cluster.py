@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from tide_local import cluster as local_cluster
+from tide_local.cleanup import delete_namespace
 from tide_local.kubeconfig import service_account_kubeconfig
 from tide_local.nodeagent import die_with_parent
 from tide_local.paths import CLUSTER_DIR
@@ -126,7 +127,8 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
         yield name
     finally:
         try:
-            core.delete_namespace(name, propagation_policy="Background")
+            # kopf's finalizers outlive a stopped operator: drop them, or the namespace never goes
+            delete_namespace(api_client, name)
             # No kubelet finalizes pods whose node agent has stopped: force-delete them so the namespace
             # controller can finish.
             for pod in core.list_namespaced_pod(name).items:

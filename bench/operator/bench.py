@@ -37,6 +37,7 @@ from typing import Any
 import redis
 from kubernetes import client, watch
 from tide_local import cluster as local_cluster
+from tide_local.cleanup import delete_namespace
 from tide_local.redisproc import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +271,7 @@ def latency_bench(info: Any, api_client: Any, url: str, bursts: int, interval: f
         op.stop()
         sw.stop = True
         r.close()
-        core.delete_namespace(ns)
+        delete_namespace(core.api_client, ns)
     samples.sort()
     return {
         "bursts": len(samples),
@@ -408,7 +409,7 @@ def scale_bench(
         op.stop()
         sw.stop = True
         r.close()
-        core.delete_namespace(ns)
+        delete_namespace(core.api_client, ns)
     done = [x for x in per_run if x["all_scaled_s"] is not None]
     out.update(
         runs=len(per_run),
