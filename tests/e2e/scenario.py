@@ -200,6 +200,7 @@ def run(
             producer.enqueue_many(queue, [{"i": i, "kind": cfg.kind_of(i)} for i in batch])
             sent = batch.stop
             next_wave = now + cfg.wave_gap_seconds
+            now = time.monotonic()  # a wave takes a while to push: sample at the time of the reads below
         dep = apps.read_namespaced_deployment(DEPLOYMENT, backend.namespace)
         desired = int(dep.spec.replicas or 0)
         ready = int(dep.status.ready_replicas or 0)
