@@ -9,6 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests import waiting
+
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "test.tide.dev", "v1", "widgets"
@@ -107,13 +109,7 @@ def widget(name, **spec):
 def wait_until(predicate, timeout=90.0, interval=0.1, what="condition"):
     # generous bounds: these take well under a second on an idle machine, but the cluster may be shared
     # with benchmarks and other test sessions on 2 cores
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
+    return waiting.wait_until(predicate, timeout, interval, what)
 
 
 def test_invalid_object_rejected_with_the_schemas_message(widget_crd, k8s, namespace):

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from tests import waiting
+
 pytestmark = pytest.mark.cluster
 
 SLEEPER = r"""
@@ -40,13 +42,7 @@ while True:
 def wait_until(predicate, timeout=120.0, interval=0.1, what="condition"):
     # generous bounds: these take about a second on an idle machine, but the cluster may be shared with
     # benchmarks and other test sessions on 2 cores
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
+    return waiting.wait_until(predicate, timeout, interval, what)
 
 
 def pid_alive(pid: int) -> bool:

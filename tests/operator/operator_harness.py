@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tide_local.redisproc import free_port
+
+from tests import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 KOPF = Path(sys.executable).parent / "kopf"
@@ -136,14 +137,7 @@ def run_operator(
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    return waiting.wait_until(check, timeout, interval, what)
 
 
 # --- objects and API helpers shared by the operator tests ---------------------------------------------

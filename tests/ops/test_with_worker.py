@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,16 +15,13 @@ from tide_worker import ops
 from tide_worker.keys import QueueKeys
 from tide_worker.producer import Producer
 
+from tests import waiting
+
 TIDE = str(Path(sys.executable).parent / "tide")
 
 
 def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    waiting.wait_until(cond, timeout, 0.05, what)
 
 
 @pytest.fixture

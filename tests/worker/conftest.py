@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,17 +19,13 @@ from tide_worker.config import WorkerConfig
 from tide_worker.envelope import encode_envelope
 from tide_worker.runtime import Worker
 
+from tests import waiting
+
 logs.setup("WARNING")
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
+    return waiting.wait_until(pred, timeout, interval, what)
 
 
 def push(r: redis.Redis, queue: str, bodies: list[Any], side: str = "right") -> list[bytes]:
