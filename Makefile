@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -21,6 +21,10 @@ test: install lint
 # The inner loop: skips runs marked slow.
 test-fast: install
 	$(PYTEST) -p no:cacheprovider -m "not slow" -x -q tests
+
+# The generated-input tests only, with a much larger budget and a fresh seed (TIDE_FUZZ_EXAMPLES to change it).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PYTEST) -p no:cacheprovider -m fuzz tests
 
 bench: bench-worker bench-operator
 

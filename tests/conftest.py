@@ -12,11 +12,33 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 from tide_local.redisproc import RedisCluster, RedisServer, TLSFiles, make_tls_files
 
 pytest_plugins = ["tests.conftest_cluster"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Generated-input tests: `make test` runs a fixed budget with a fixed seed (derandomized, so CI is
+# repeatable); `make fuzz` runs many more examples from a fresh seed, to keep finding the next hole.
+_slow_ok = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("TIDE_FUZZ_EXAMPLES", "60")),
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_slow_ok,
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("TIDE_FUZZ_EXAMPLES", "2000")),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_slow_ok,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The worker CLI and test handlers must be importable by subprocesses the tests start.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)
