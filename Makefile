@@ -45,10 +45,11 @@ cluster-down: install
 clean: cluster-down
 	rm -rf .cache/cluster
 
-# The chart ships copies of crds/*.yaml (Helm installs them and keeps them on uninstall);
-# tests/chart fails when the copies drift.
+# The chart ships copies of the CRDs (Helm installs them and keeps them on uninstall) and of the
+# admission policy (a template renders it); tests/chart fails when the copies drift.
 chart-sync:
-	cp crds/*.yaml charts/tide/crds/
+	cp crds/queueconsumer.yaml crds/kopf-peering.yaml charts/tide/crds/
+	cp crds/admission-policy.yaml charts/tide/files/
 
 helm-lint: install
 	$(PY) -m tide_local.helmbin lint --strict charts/tide

@@ -3,6 +3,10 @@
 A small asyncio client over aiohttp (kopf's own HTTP stack): one connection pool for every resource the
 operator serves, no thread per call, and explicit patch types. Credentials come from the in-cluster
 ServiceAccount (token re-read as the kubelet rotates it) or the kubeconfig, as kopf's own login does.
+
+Every request path is built by ``api_path`` from separate segments, each checked and percent-escaped as
+the kubernetes client escapes its path parameters: a name from a QueueConsumer (``../../victim/secrets/db``)
+can never leave its own segment, whatever the schema let through. ``request`` takes only such paths.
 """
 
 from __future__ import annotations
@@ -10,17 +14,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import ssl
 import time
+import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 import aiohttp
+import yarl
 
 from tide_operator import metrics
 from tide_operator.spec import GROUP, PLURAL, VERSION, SecretKeyRef, TargetRef
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+ApiPath = NewType("ApiPath", str)
+# Kubernetes names, resources, groups and versions: letters, digits, '-', '.', '_' (Secret keys never
+# go into a path). Dot segments are refused outright: escaping leaves "..", and servers resolve it.
+_SEGMENT = re.compile(r"[A-Za-z0-9][-A-Za-z0-9._]*")
+
+
+def api_path(*segments: str) -> ApiPath:
+    """``/seg1/seg2/...`` from segments that must each stay one segment; ValueError otherwise."""
+    for seg in segments:
+        if not _SEGMENT.fullmatch(seg) or seg in (".", ".."):
+            raise ValueError(f"refusing an API path segment {seg!r}: not a Kubernetes name")
+    return ApiPath("/" + "/".join(urllib.parse.quote(seg, safe="") for seg in segments))
+
+
+def group_version_path(api_version: str) -> tuple[str, ...]:
+    """``("apis", group, version)`` or ``("api", version)`` for the core group."""
+    if "/" in api_version:
+        group, version = api_version.split("/", 1)
+        return ("apis", group, version)
+    return ("api", api_version)
 
 
 class KubeError(Exception):
@@ -73,7 +101,7 @@ class Kube:
     async def request(
         self,
         method: str,
-        path: str,
+        path: ApiPath,
         body: Any = None,
         content_type: str = "application/merge-patch+json",
         resource: str = "other",
@@ -92,7 +120,9 @@ class Kube:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
         with metrics.KUBE_SECONDS.labels(method, resource).time():
-            async with self._session.request(method, self.server + path, data=data, headers=headers) as resp:
+            # encoded=True: the path is already escaped, and must reach the server exactly as built
+            url = yarl.URL(self.server + path, encoded=True)
+            async with self._session.request(method, url, data=data, headers=headers) as resp:
                 text = await resp.text()
             if resp.status >= 400:
                 try:
@@ -116,8 +146,9 @@ class Kube:
             return self._plurals[key]
         async with self._discovery:
             if key not in self._plurals:
-                base = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
-                doc = await self.request("GET", base, resource="discovery")
+                doc = await self.request(
+                    "GET", api_path(*group_version_path(target.api_version)), resource="discovery"
+                )
                 for res in doc.get("resources", []):
                     if res.get("kind") == target.kind and "/" not in res.get("name", ""):
                         self._plurals[key] = res["name"]
@@ -126,9 +157,10 @@ class Kube:
                     raise KubeError(404, f"{target.api_version} has no kind {target.kind}")
         return self._plurals[key]
 
-    async def scale_path(self, namespace: str, target: TargetRef) -> str:
-        base = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
-        return f"{base}/namespaces/{namespace}/{await self._plural(target)}/{target.name}/scale"
+    async def scale_path(self, namespace: str, target: TargetRef) -> ApiPath:
+        plural = await self._plural(target)
+        gv = group_version_path(target.api_version)
+        return api_path(*gv, "namespaces", namespace, plural, target.name, "scale")
 
     async def get_replicas(self, namespace: str, target: TargetRef) -> int:
         scale = await self.request("GET", await self.scale_path(namespace, target), resource="scale")
@@ -142,13 +174,12 @@ class Kube:
     # --- the QueueConsumer ----------------------------------------------------------------------------
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        path = api_path("apis", GROUP, VERSION, "namespaces", namespace, PLURAL, name, "status")
         await self.request("PATCH", path, {"status": status}, resource="status")
 
     async def secret_value(self, namespace: str, ref: SecretKeyRef) -> str:
-        secret = await self.request(
-            "GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}", resource="secrets"
-        )
+        path = api_path("api", "v1", "namespaces", namespace, "secrets", ref.name)
+        secret = await self.request("GET", path, resource="secrets")
         data = secret.get("data") or {}
         if ref.key not in data:
             raise KubeError(404, f"Secret {ref.name} has no key {ref.key}")
@@ -159,14 +190,18 @@ class Kube:
     async def apply_deployment(self, namespace: str, manifest: dict[str, Any]) -> None:
         """Create the Deployment, or bring its template and labels up to date without touching replicas."""
         name = manifest["metadata"]["name"]
-        path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+        collection = ("apis", "apps", "v1", "namespaces", namespace, "deployments")
         try:
             await self.request(
-                "POST", path, manifest, content_type="application/json", resource="deployments"
+                "POST",
+                api_path(*collection),
+                manifest,
+                content_type="application/json",
+                resource="deployments",
             )
         except KubeError as exc:
             if exc.status != 409:
                 raise
             patch = {"metadata": manifest["metadata"], "spec": dict(manifest["spec"])}
             patch["spec"].pop("replicas", None)
-            await self.request("PATCH", f"{path}/{name}", patch, resource="deployments")
+            await self.request("PATCH", api_path(*collection, name), patch, resource="deployments")

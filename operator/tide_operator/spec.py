@@ -7,6 +7,8 @@ The API server has already validated the object, so parsing trusts shapes but st
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,8 +36,37 @@ DEFAULT_WORKER_CONCURRENCY = 1
 DEFAULT_WORKER_MAX_ATTEMPTS = 5
 
 
+# What Kubernetes accepts as object names and Secret keys (the CRD's schema holds the same patterns; a
+# test checks they agree). Parsing checks them again: an object stored before the schema had a pattern
+# must not reach an API path or a file path either.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+API_VERSION = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?v[0-9]+((alpha|beta)[0-9]+)?$"
+)
+KIND_NAME = r"^[A-Z][A-Za-z0-9]*$"
+MAX_NAME = 253
+MAX_REPLICAS = 2**31 - 1  # /scale counts replicas in an int32
+MAX_KIND = 63
+# The owned Deployment is "<name>-worker", and its pods carry the name as a label value (63 at most).
+MAX_WORKER_QC_NAME = 63 - len("-worker")
+
+
 class SpecError(ValueError):
     """The spec cannot be used; the message says what to fix."""
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` when it is a DNS subdomain name (what Secrets and workloads are named), else SpecError."""
+    if len(value) > MAX_NAME or not re.fullmatch(DNS_SUBDOMAIN, value):
+        raise SpecError(f"{what} {value!r} is not a Kubernetes object name (lower-case DNS subdomain)")
+    return value
+
+
+def check_secret_key(value: str, what: str) -> str:
+    if len(value) > MAX_NAME or not re.fullmatch(SECRET_KEY, value) or value == "." or value.startswith(".."):
+        raise SpecError(f"{what} {value!r} is not a Secret key (letters, digits, '-', '_', '.'; not '..')")
+    return value
 
 
 @dataclass(frozen=True)
@@ -149,7 +180,27 @@ def _secret_ref(obj: Any, what: str) -> SecretKeyRef | None:
         return None
     if not isinstance(obj, Mapping) or not obj.get("name") or not obj.get("key"):
         raise SpecError(f"{what} needs a Secret name and key")
-    return SecretKeyRef(str(obj["name"]), str(obj["key"]))
+    name = check_name(str(obj["name"]), f"{what}.name")
+    return SecretKeyRef(name, check_secret_key(str(obj["key"]), f"{what}.key"))
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse what the schema refuses (see the CRD): the messages never repeat the URL, which may hold a
+    password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise SpecError("spec.redis.url must start with redis:// or rediss://")
+    if "@" in parts.netloc:
+        raise SpecError(
+            "spec.redis.url must not carry credentials: name a Secret in spec.redis.passwordSecretRef "
+            "(and usernameSecretRef or username)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or port == 0:
+        raise SpecError("spec.redis.url needs a host and a port from 1 to 65535 (redis://host:6379/0)")
 
 
 def parse_redis(obj: Mapping[str, Any]) -> RedisSpec:
@@ -163,6 +214,7 @@ def parse_redis(obj: Mapping[str, Any]) -> RedisSpec:
         url = f"{scheme}://{host}:{int(obj.get('port', 6379))}"
     elif tls.get("enabled") and str(url).startswith("redis://"):
         url = "rediss://" + str(url)[len("redis://") :]
+    check_redis_url(str(url))
     return RedisSpec(
         url=str(url),
         cluster=bool(obj.get("cluster", False)),
@@ -219,9 +271,9 @@ def parse_scaling(obj: Mapping[str, Any]) -> Scaling:
             replicas=None if fb_replicas is None else int(fb_replicas),
         ),
     )
-    if s.min_replicas < 0 or s.max_replicas < 1 or s.min_replicas > s.max_replicas:
+    if s.min_replicas < 0 or not 1 <= s.max_replicas <= MAX_REPLICAS or s.min_replicas > s.max_replicas:
         raise SpecError(
-            f"spec.scaling: need 0 <= minReplicas <= maxReplicas and maxReplicas >= 1 "
+            f"spec.scaling: need 0 <= minReplicas <= maxReplicas and 1 <= maxReplicas <= {MAX_REPLICAS} "
             f"(got {s.min_replicas}, {s.max_replicas})"
         )
     if s.target_backlog_per_replica < 1:
@@ -246,6 +298,15 @@ def parse_worker(obj: Mapping[str, Any]) -> WorkerSpec:
     )
 
 
+def parse_target(obj: Mapping[str, Any]) -> TargetRef:
+    api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
+    if not re.fullmatch(API_VERSION, api_version):
+        raise SpecError(f"spec.scaleTargetRef.apiVersion {api_version!r} is not group/version or version")
+    if len(kind) > MAX_KIND or not re.fullmatch(KIND_NAME, kind):
+        raise SpecError(f"spec.scaleTargetRef.kind {kind!r} is not a kind name (CamelCase letters, digits)")
+    return TargetRef(api_version, kind, check_name(str(obj.get("name", "")), "spec.scaleTargetRef.name"))
+
+
 def parse_spec(spec: Mapping[str, Any]) -> QueueConsumerSpec:
     """Parse ``.spec`` of a QueueConsumer (a plain dict or kopf's Spec view)."""
     if "redis" not in spec or "source" not in spec:
@@ -255,7 +316,7 @@ def parse_spec(spec: Mapping[str, Any]) -> QueueConsumerSpec:
         raise SpecError("spec needs exactly one of scaleTargetRef or worker")
     target = None
     if target_obj is not None:
-        target = TargetRef(str(target_obj["apiVersion"]), str(target_obj["kind"]), str(target_obj["name"]))
+        target = parse_target(target_obj)
     return QueueConsumerSpec(
         redis=parse_redis(spec["redis"]),
         source=parse_source(spec["source"]),

@@ -36,10 +36,15 @@ class RateSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.2):
-            ids = [w.decode() for w in self.r.zrange(self.keys.workers, 0, -1)]
-            for raw in self.r.mget([self.keys.worker(i) for i in ids]) if ids else []:
-                if raw is not None and (rate := Heartbeat.decode(raw).rate) > 0:
-                    self.rates.append(rate)
+            self.sample()
+        # once more after the stop: the heartbeat the operator just acted on may be younger than a poll
+        self.sample()
+
+    def sample(self) -> None:
+        ids = [w.decode() for w in self.r.zrange(self.keys.workers, 0, -1)]
+        for raw in self.r.mget([self.keys.worker(i) for i in ids]) if ids else []:
+            if raw is not None and (rate := Heartbeat.decode(raw).rate) > 0:
+                self.rates.append(rate)
 
     def stop(self) -> None:
         self.done.set()
