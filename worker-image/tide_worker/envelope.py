@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENVELOPE_VERSION = 1
+# Attempts past this are no count a worker wrote (it stops at --max-attempts): the number is corrupt.
+MAX_ENVELOPE_ATTEMPTS = 2**31 - 1
+MAX_TIME = 1e15  # seconds since 1970: any larger timestamp (or NaN, Infinity) is corrupt
 
 
 class MalformedMessage(ValueError):
@@ -46,6 +49,14 @@ class Message:
         )
 
 
+def _dumps(obj: Any) -> bytes:
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows "\\ud800") has no UTF-8 form: escaped, it round-trips exactly.
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -67,7 +78,7 @@ def encode_envelope(
     }
     if headers:
         env["h"] = headers
-    return json.dumps(env, separators=(",", ":"), ensure_ascii=False).encode()
+    return _dumps(env)
 
 
 def plain_id(raw: bytes) -> str:
@@ -76,9 +87,24 @@ def plain_id(raw: bytes) -> str:
 
 
 def decode(raw: bytes | str, queue: str = "") -> Message:
-    """Decode one message; raise MalformedMessage with the reason when it cannot be consumed."""
+    """Decode one message; raise MalformedMessage with the reason when it cannot be consumed.
+
+    Nothing else escapes: whatever goes wrong while decoding makes the message malformed (a message that
+    crashed the decoder would otherwise crash every worker that takes it, and never leave the queue).
+    """
+    try:
+        return _decode(raw, queue)
+    except MalformedMessage:
+        raise
+    except RecursionError:
+        raise MalformedMessage("undecodable: JSON nested too deep for the decoder") from None
+    except Exception as exc:  # see the docstring
+        raise MalformedMessage(f"undecodable: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _decode(raw: bytes | str, queue: str) -> Message:
     if isinstance(raw, str):
-        raw = raw.encode()
+        raw = raw.encode("utf-8", "surrogatepass")  # a lone surrogate then fails as not UTF-8 below
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -86,8 +112,10 @@ def decode(raw: bytes | str, queue: str = "") -> Message:
     if text[:1] == "{" and '"v"' in text:
         try:
             obj = json.loads(text)
-        except ValueError:
-            obj = None
+        except json.JSONDecodeError:
+            obj = None  # not JSON: a plain string
+        except ValueError as exc:  # valid JSON the decoder refuses (an integer of over 4300 digits)
+            raise MalformedMessage(f"out of range: {exc}") from None
         if isinstance(obj, dict) and "v" in obj and ("id" in obj or "body" in obj):
             return _from_envelope(obj, raw, queue)
     return Message(
@@ -97,19 +125,25 @@ def decode(raw: bytes | str, queue: str = "") -> Message:
 
 def _from_envelope(obj: dict[str, Any], raw: bytes, queue: str) -> Message:
     version = obj.get("v")
-    if version != ENVELOPE_VERSION:
-        raise MalformedMessage(f"wrong shape: unsupported envelope version {version!r}")
+    if type(version) is not int or version != ENVELOPE_VERSION:
+        raise MalformedMessage(f"wrong shape: unsupported envelope version {_short(version)}")
     msg_id = obj.get("id")
     if not isinstance(msg_id, str) or not msg_id:
         raise MalformedMessage("wrong shape: envelope without a string 'id'")
+    if not _encodable(msg_id):
+        raise MalformedMessage("wrong shape: envelope 'id' is not valid Unicode (a lone surrogate)")
     if "body" not in obj:
         raise MalformedMessage("wrong shape: envelope without 'body'")
     attempts = obj.get("a", 0)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-        raise MalformedMessage(f"wrong shape: attempts {attempts!r} is not a non-negative integer")
+        raise MalformedMessage(f"wrong shape: attempts {_short(attempts)} is not a non-negative integer")
+    if attempts > MAX_ENVELOPE_ATTEMPTS:
+        raise MalformedMessage(f"out of range: attempts {_short(attempts)} (at most {MAX_ENVELOPE_ATTEMPTS})")
     ts = obj.get("ts")
     if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
-        raise MalformedMessage(f"wrong shape: timestamp {ts!r} is not a number")
+        raise MalformedMessage(f"wrong shape: timestamp {_short(ts)} is not a number")
+    if ts is not None and not (abs(ts) < MAX_TIME):  # NaN compares false too
+        raise MalformedMessage(f"out of range: timestamp {_short(ts)} is not a finite time")
     headers = obj.get("h") or {}
     if not isinstance(headers, dict):
         raise MalformedMessage("wrong shape: headers 'h' must be an object")
@@ -123,6 +157,22 @@ def _from_envelope(obj: dict[str, Any], raw: bytes, queue: str) -> Message:
         enveloped=True,
         headers=headers,
     )
+
+
+def _short(value: Any) -> str:
+    """A value for a reason text: bounded (a corrupt field may be huge), never raising."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def message_id_of(raw: bytes) -> str:

@@ -4,9 +4,60 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+def _fields(cls: type[R], data: bytes | str) -> R:
+    """A record from its JSON, or ValueError: whatever is stored under a record's key (a foreign value,
+    JSON nested past the decoder's limit, a field of the wrong type) makes no tool reading it crash."""
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise ValueError("record JSON nested too deep") from None
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"record is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("record is not a JSON object")
+    known: dict[str, Any] = {}
+    for name, f in cls.__dataclass_fields__.items():  # type: ignore[attr-defined]
+        if name not in obj:
+            continue
+        value = obj[name]
+        if f.type == "str" and not isinstance(value, str):
+            raise ValueError(f"record field {name!r} is not a string")
+        if f.type in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"record field {name!r} is not a finite number")
+            if f.type == "int":
+                if value != int(value):
+                    raise ValueError(f"record field {name!r} is not an integer")
+                value = int(value)  # Lua's cjson writes some integers as floats
+        known[name] = value
+    try:
+        return cls(**known)
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f"record incomplete: {exc}") from None
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate (say, in a handler's Reject reason): escaped instead
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates escaped, so it can be written to Redis (UTF-8) and logs."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def raw_to_text(raw: bytes) -> tuple[str, str]:
@@ -51,13 +102,12 @@ class DeadLetter:
         return text_to_raw(self.message, self.encoding)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+        return _dumps(asdict(self))
 
     @classmethod
     def decode(cls, data: bytes | str) -> DeadLetter:
-        obj = json.loads(data)
-        known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
-        return cls(**known)
+        """The record, or ValueError when ``data`` is not one."""
+        return _fields(cls, data)
 
 
 @dataclass
@@ -86,6 +136,5 @@ class Heartbeat:
 
     @classmethod
     def decode(cls, data: bytes | str) -> Heartbeat:
-        obj = json.loads(data)
-        known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
-        return cls(**known)
+        """The record, or ValueError when ``data`` is not one."""
+        return _fields(cls, data)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import os
 import queue as queue_mod
 import random
@@ -38,7 +39,7 @@ from tide_worker.connection import AUTH_ERRORS, RedisSettings, async_client, ref
 from tide_worker.errors import Reject, RetryAfter
 from tide_worker.handler import Handler
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
-from tide_worker.records import DeadLetter, Heartbeat
+from tide_worker.records import DeadLetter, Heartbeat, clean_text
 from tide_worker.source import Delivery, Source
 
 T = TypeVar("T")
@@ -49,6 +50,8 @@ EXIT_REFUSED = 3  # Redis refused the credentials or an ACL permission: fix the 
 RATE_WINDOW = 30.0
 TRACEBACK_FRAMES = 8
 TRACEBACK_CHARS = 4000
+# Stuck sync handler threads replaced before the worker reports itself not live: max(this, concurrency).
+SPARE_THREADS_MIN = 4
 
 
 class HandlerTimeout(Exception):
@@ -69,39 +72,97 @@ def traceback_summary(exc: BaseException) -> str:
     return text[-TRACEBACK_CHARS:]
 
 
-class DaemonPool:
-    """A fixed set of daemon threads: an abandoned (stuck) handler thread never blocks process exit."""
+class PoolTask:
+    """One call handed to the pool; ``state`` (under the pool's lock) says whether it was abandoned."""
 
-    def __init__(self, size: int) -> None:
-        self._q: queue_mod.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None] = (
-            queue_mod.SimpleQueue()
-        )
-        self._threads = [
-            threading.Thread(target=self._work, name=f"tide-handler-{i}", daemon=True) for i in range(size)
-        ]
-        for t in self._threads:
-            t.start()
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.state = "queued"  # queued/running -> abandoned -> done, or running -> done
+
+
+class DaemonPool:
+    """Daemon threads (an abandoned, stuck handler thread never blocks process exit) that replace the
+    threads they lose, within a bound.
+
+    ``size`` threads serve. A thread stuck in a handler past its timeout cannot be killed: when the
+    watchdog abandons it, another thread starts in its place, while at most ``spare`` are stuck at
+    once. Past that the pool runs short of threads and ``healthy()`` turns False (the worker then fails
+    its liveness probe, to be restarted). A stuck thread that returns at last serves again, or ends if
+    the pool already has its threads.
+    """
+
+    def __init__(self, size: int, spare: int) -> None:
+        self.size = size
+        self.spare = spare
+        self.stuck = 0  # abandoned threads still running their handler
+        self._q: queue_mod.SimpleQueue[PoolTask | None] = queue_mod.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._serial = 0
+        with self._lock:
+            for _ in range(size):
+                self._start()
+
+    def _start(self) -> None:  # with the lock held
+        self._threads += 1
+        self._serial += 1
+        threading.Thread(target=self._work, name=f"tide-handler-{self._serial}", daemon=True).start()
 
     def _work(self) -> None:
         while True:
-            item = self._q.get()
-            if item is None:
+            task = self._q.get()
+            if task is None:
                 return
-            fut, fn = item
-            if not fut.set_running_or_notify_cancel():
+            if not task.fut.set_running_or_notify_cancel():
                 continue
+            with self._lock:
+                if task.state == "queued":
+                    task.state = "running"
+            result: Any = None
+            error: BaseException | None = None
             try:
-                fut.set_result(fn())
+                result = task.fn()
             except BaseException as exc:
-                fut.set_exception(exc)
+                error = exc
+            surplus = False
+            with self._lock:
+                if task.state == "abandoned":
+                    self.stuck -= 1
+                    surplus = self._threads > self.size + min(self.stuck, self.spare)
+                    if surplus:
+                        self._threads -= 1
+                task.state = "done"
+            if error is None:
+                task.fut.set_result(result)
+            else:
+                task.fut.set_exception(error)
+            if surplus:
+                return
 
-    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._q.put((fut, fn))
-        return fut
+    def submit(self, fn: Callable[[], Any]) -> PoolTask:
+        task = PoolTask(fn)
+        self._q.put(task)
+        return task
+
+    def abandon(self, task: PoolTask) -> None:
+        """The watchdog gave up on ``task``: its thread counts as stuck; replace it within the bound."""
+        with self._lock:
+            if task.state == "done":
+                return  # it returned meanwhile: nothing is stuck
+            task.state = "abandoned"
+            self.stuck += 1
+            if self.stuck <= self.spare:
+                self._start()
+
+    def healthy(self) -> bool:
+        """False once more threads are stuck than can be replaced: fewer than ``size`` serve."""
+        return self.stuck <= self.spare
 
     def shutdown(self) -> None:
-        for _ in self._threads:
+        with self._lock:
+            n = self._threads
+        for _ in range(n):
             self._q.put(None)
 
 
@@ -116,6 +177,8 @@ class ChunkRun:
     outcomes: list[tuple[Delivery, BaseException | None, float]] = field(default_factory=list)
     abandoned: bool = False  # the watchdog gave up on the thread: discard what it does next
     halted: bool = False  # shutting down: start nothing new
+    loop: asyncio.AbstractEventLoop | None = None  # awaits what a sync handler returns
+    waiting: concurrent.futures.Future[Any] | None = None  # that await, cancelled on abandonment
 
 
 class RateMeter:
@@ -181,11 +244,13 @@ class Worker:
         self.held: dict[int, Delivery] = {}  # fetched and not yet settled (acked, retried, dead, requeued)
         self.fetch_lost = False
         self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
-        self.abandoned_threads = 0
+        self.abandoned_threads = 0  # stuck sync handler threads (the pool's count, mirrored for the gauge)
         # Sync handlers run in threads, except with no timeout, when they run inline (no thread hop per
         # chunk; a handler that blocks long then delays heartbeats, so keep those short).
         threaded = not handler.is_async and cfg.handler_timeout > 0
-        self.pool = DaemonPool(cfg.concurrency * 2) if threaded else None
+        spare = max(SPARE_THREADS_MIN, cfg.concurrency)
+        self.pool = DaemonPool(cfg.concurrency, spare) if threaded else None
+        self._unhealthy_logged = False
         self._backoff_logged = logs.RateLimited(30.0)
         # Each lane takes up to this many ready messages at once: one thread hop and one ack batch for all.
         self.chunk_size = max(1, cfg.batch_size // cfg.concurrency)
@@ -261,7 +326,8 @@ class Worker:
         self.stop_event.set()
 
     def live(self) -> bool:
-        return self.watch.alive()
+        # Too many stuck handler threads: restarting the pod frees them, and its messages come back.
+        return self.watch.alive() and (self.pool is None or self.pool.healthy())
 
     def is_ready(self) -> bool:
         return self.connected and not self.stopping
@@ -515,9 +581,8 @@ class Worker:
                 if d.msg is None:
                     bad.append((d, "malformed", d.error))
                 elif self._attempts(d) >= self.cfg.max_attempts:
-                    # Only a crash on the last attempt gets here (a stream's delivery count says so).
-                    error = f"delivered {d.deliveries} times, past max attempts {self.cfg.max_attempts}"
-                    bad.append((d, "poison", error))
+                    # A stream's delivery count (a crash on the last attempt), or an envelope's count.
+                    bad.append((d, *self._exhausted(d)))
                 else:
                     self.ready.put_nowait(d)
             if self.fetch_lost:
@@ -614,10 +679,20 @@ class Worker:
                         async with asyncio.timeout(timeout):
                             await func(d.msg)  # type: ignore[arg-type]
                     else:
-                        func(d.msg)  # type: ignore[arg-type]
+                        result = func(d.msg)  # type: ignore[arg-type]
+                        if inspect.isawaitable(result):
+                            # A sync function may hand back an awaitable (say, it wraps a coroutine
+                            # function): the work is only done once that is awaited.
+                            async with asyncio.timeout(timeout):
+                                await result
                 except TimeoutError:
                     exc = HandlerTimeout(f"handler ran past its timeout of {self.cfg.handler_timeout:g} s")
-                except Exception as e:
+                except asyncio.CancelledError as e:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # ours (the grace period is over): the message stays in custody
+                    exc = e  # the handler's own
+                except BaseException as e:  # KeyboardInterrupt, SystemExit: a failed run
                     exc = e
                 outcomes.append((d, exc, time.perf_counter() - start))
                 if not is_async and index % 64 == 63:
@@ -644,8 +719,10 @@ class Worker:
             start = time.perf_counter()
             exc: BaseException | None = None
             try:
-                func(d.msg)  # type: ignore[arg-type]
-            except Exception as e:
+                result = func(d.msg)  # type: ignore[arg-type]
+                if inspect.isawaitable(result):
+                    self._await_from_thread(run, result)
+            except BaseException as e:  # KeyboardInterrupt, SystemExit: a failed run
                 exc = e
             elapsed = time.perf_counter() - start
             with run.lock:
@@ -654,9 +731,28 @@ class Worker:
                 run.outcomes.append((d, exc, elapsed))
                 run.started_at = None
 
+    @staticmethod
+    def _await_from_thread(run: ChunkRun, awaitable: Awaitable[Any]) -> None:
+        """Await what a sync handler returned, on the event loop, from its thread (which waits)."""
+        assert run.loop is not None
+
+        async def awaited() -> Any:
+            return await awaitable
+
+        waiting = asyncio.run_coroutine_threadsafe(awaited(), run.loop)
+        with run.lock:
+            if run.abandoned:
+                waiting.cancel()
+            run.waiting = waiting
+        try:
+            waiting.result()
+        finally:
+            with run.lock:
+                run.waiting = None
+
     async def _run_sync_chunk(self, chunk: list[Delivery]) -> None:
         assert self.pool is not None
-        run = ChunkRun(chunk)
+        run = ChunkRun(chunk, loop=asyncio.get_running_loop())
         if self.stopping:
             run.halted = True
         self.runs.add(run)
@@ -667,8 +763,8 @@ class Worker:
         self.metrics.in_flight.inc(n)
         timed_out: Delivery | None = None
         leftovers: list[Delivery] = []
-        fut = self.pool.submit(lambda: self._chunk_body(run))
-        afut = asyncio.wrap_future(fut)
+        task = self.pool.submit(lambda: self._chunk_body(run))
+        afut = asyncio.wrap_future(task.fut)
         limit = self.cfg.handler_timeout
         try:
             while not afut.done():
@@ -677,22 +773,37 @@ class Worker:
                     with run.lock:
                         started = run.started_at
                     wait = limit if started is None else max(0.0, started + limit - time.monotonic())
+                    if run.halted:  # stopping: wake up to see whether the thread is between messages
+                        wait = min(wait, 0.2)
                 await asyncio.wait({afut}, timeout=wait)
                 if afut.done() or not limit:
                     continue
                 with run.lock:
+                    if run.halted and run.started_at is None:
+                        # Stopping, and nothing of the chunk runs (perhaps it never got a thread, all
+                        # of them stuck): the thread starts nothing more, its outcomes are final.
+                        break
                     if run.started_at is not None and time.monotonic() - run.started_at >= limit:
                         run.abandoned = True
                         timed_out = run.deliveries[run.next_index - 1]
                         leftovers = run.deliveries[run.next_index :]
+                        if run.waiting is not None:  # awaiting a returned coroutine: cancel it
+                            run.waiting.cancel()
                 if timed_out is not None:
-                    self.abandoned_threads += 1
-                    self.metrics.abandoned.set(self.abandoned_threads)
-                    fut.add_done_callback(lambda _f: self._thread_returned())
+                    self.pool.abandon(task)
+                    self._thread_returned()
+                    task.fut.add_done_callback(lambda _f: self._thread_returned())
                     self.log.warning(
                         "sync handler past its timeout: abandoning its thread",
                         extra=logs.kv(message_id=timed_out.message_id, timeout=limit),
                     )
+                    if not self.pool.healthy() and not self._unhealthy_logged:
+                        self._unhealthy_logged = True
+                        self.log.error(
+                            "too many sync handler threads stuck past their timeout: failing the"
+                            " liveness probe (/healthz) so the worker is restarted",
+                            extra=logs.kv(stuck=self.pool.stuck, bound=self.pool.spare),
+                        )
                     break
             if timed_out is None:
                 with run.lock:
@@ -717,8 +828,9 @@ class Worker:
                 await self._run_sync_chunk(leftovers)
 
     def _thread_returned(self) -> None:
-        # Called from the handler thread: only touch plain ints and the thread-safe gauge.
-        self.abandoned_threads -= 1
+        # Also called from a handler thread: only copy a plain int and set the thread-safe gauge.
+        assert self.pool is not None
+        self.abandoned_threads = self.pool.stuck
         self.metrics.abandoned.set(self.abandoned_threads)
 
     # ---- settling outcomes ---------------------------------------------------------------------
@@ -747,6 +859,13 @@ class Worker:
             delay = exc.seconds
         else:
             delay = backoff_delay(attempt - 1, self.cfg.backoff_base, self.cfg.backoff_cap)
+        if self.source.kind == "list":
+            try:
+                msg.retried()  # the retry writes the message again: it must encode
+            except Exception as enc:  # e.g. a body nested too deep to encode here
+                error = f"cannot be encoded for a retry ({enc!r}) after {exc!r}"
+                await self._dead_letter(d, "malformed", error, traceback_summary(exc), attempt)
+                return
         self.log.info(
             "handler failed: retrying",
             extra=logs.kv(message_id=msg.id, attempt=attempt, delay=round(delay, 3), error=repr(exc)),
@@ -759,7 +878,16 @@ class Worker:
         assert d.msg is not None
         return max(d.msg.attempts, d.deliveries - 1)
 
+    def _exhausted(self, d: Delivery) -> tuple[str, str]:
+        """(reason, error) for a fetched message whose attempts are used up before it runs."""
+        assert d.msg is not None
+        most = self.cfg.max_attempts
+        if d.deliveries - 1 >= most:  # a stream entry delivered again and again, never settled
+            return "poison", f"delivered {d.deliveries} times without finishing, past max attempts {most}"
+        return "failed", f"its envelope counts {d.msg.attempts} attempts already, max attempts {most}"
+
     async def _dead_letter(self, d: Delivery, reason: str, error: str, tb: str, attempts: int) -> None:
+        error, tb = clean_text(error), clean_text(tb)  # a handler's text may hold lone surrogates
         record = DeadLetter.for_raw(
             d.raw,
             reason=reason,

@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         handler = handler_mod.load(cfg.handler)
-    except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        logs.get().error("cannot load the handler", extra=logs.kv(handler=cfg.handler, error=repr(exc)))
+    except handler_mod.HandlerLoadError as exc:
+        logs.get().error("cannot load the handler", extra=logs.kv(handler=cfg.handler, error=str(exc)))
         return 2
     return run_worker(cfg, handler)
 
