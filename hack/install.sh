@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent setup: redis-server from Debian's packages, then .venv with the project installed editable.
+# Idempotent setup: redis-server from Debian's packages, then .venv with the project and the local stack
+# (hack/pyproject.toml) installed editable.
 # pip's cache stays in ~/.cache/pip, so a clean clone reinstalls from warm wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +19,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//,/_}"
+stamp=".venv/.installed-$(cat pyproject.toml hack/pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
   echo "==> installing tide[$EXTRAS] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  # the product, and apart from it the local test stack (hack/pyproject.toml)
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]" -e hack/
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
