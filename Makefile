@@ -13,6 +13,7 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy worker-image/tide_worker operator/tide_operator hack/tide_local
+	$(VENV)/bin/lint-imports
 
 # Everything, slow chaos/soak/e2e runs included: what CI runs.
 test: install lint
