@@ -410,7 +410,10 @@ class Consumer:
                 return False  # the kind itself is unknown: not found
             base, _, rest = path.partition("/namespaces/")
             plural = rest.split("/")[1]
-            doc = await k.request("GET", base, resource="discovery")
+            try:
+                doc = await k.request("GET", base, resource="discovery")
+            except KubeError:
+                return False  # cannot tell: report what the /scale read said
             names = {r.get("name") for r in doc.get("resources") or []}
             self.scalable[target] = f"{plural}/scale" in names
         return not self.scalable[target]
