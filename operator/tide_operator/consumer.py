@@ -10,23 +10,38 @@ status. Status writes: immediately when a replica count, rule, condition status 
 changes of the informational fields alone (backlog, messages, last decision) at most every
 ``STATUS_MIN_INTERVAL`` seconds; ``lastActiveTime`` alone never triggers a write (a resource with a
 steady non-zero backlog stays quiet). 1,000 idle resources write nothing.
+
+Every failure of a poll ends in a condition (``Ready=False`` with a reason, or a condition of its own) and
+a Warning event, and the loop goes on with backoff. An event is posted when a failure starts or its
+message changes, and again only after ``EVENT_REPEAT_SECONDS`` while it lasts: a persistent failure never
+posts an event per poll. URLs in any event, condition, status or log line lose their userinfo
+(``tide_worker.connection.redact``).
+
+A ``worker:`` section's Deployment is applied when the spec changes, retried with backoff until the API
+server takes it (its message goes in ``Ready=False``/``DeploymentFailed`` and an event), and applied
+again when a read of it says 404 (deleted by hand). It is read, instead of its ``/scale``, on the same
+slow timer (and a few times after it is applied or scaled up), so its ``ReplicaFailure`` condition (pods
+refused by admission, e.g. Pod Security) shows as ``PodsCreatable=False`` at no extra cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import logging
 import math
 import random
 import time
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import kopf
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
+from tide_worker.connection import redact
 
 from tide_operator import metrics
 from tide_operator.policy import Backlog, Decision, PolicyState, decide
@@ -42,6 +57,22 @@ SCALE_REREAD_SECONDS = 30.0
 SCALE_REREAD_JITTER = 0.25
 SECRET_TTL = 60.0
 MAX_BACKOFF = 10.0
+# A failure that lasts is posted again this often (Kubernetes keeps events for an hour by default).
+EVENT_REPEAT_SECONDS = 600.0
+# Re-applying a Deployment the API server refused: doubling from the polling interval up to this.
+DEPLOY_MAX_BACKOFF = 60.0
+# Reads of an owned Deployment this long after it is applied or scaled up, on top of the slow timer:
+# the ReplicaSet controller reports pods it cannot create within a few seconds.
+SETTLE_READS = (2.0, 5.0, 12.0)
+# What parsing a spec the schema let through can raise (spec.py trusts shapes: ``podTemplate: "x"``
+# is a ValueError of dict(), a missing key a KeyError).
+PARSE_ERRORS = (SpecError, KeyError, TypeError, ValueError, AttributeError, IndexError)
+# What building a Redis client and reading through it can raise besides RedisError/OSError: a URL
+# redis-py cannot parse (ValueError: port 99999), ``cluster: true`` against a standalone server
+# (RedisClusterException, not a RedisError), a CA that is no PEM (ValueError/TypeError from ssl).
+READ_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError, ValueError, TypeError)
+# The API server could not be reached or answered oddly: reported, retried.
+API_ERRORS = (KubeError, aiohttp.ClientError, TimeoutError)
 
 log = logging.getLogger("tide_operator")
 
@@ -165,6 +196,16 @@ class Consumer:
         self.last_info: tuple[Any, ...] | None = None
         self.last_info_write_at = -math.inf
         self.target_failures = 0
+        # key -> (message, monotonic time) of the Warning events of failures still going on
+        self.failing: dict[str, tuple[str, float]] = {}
+        self.poll_failures = 0
+        # the owned Deployment: the spec key it was last applied for (None: apply), retry backoff
+        self.deploy_key: Any = None
+        self.deploy_failures = 0
+        self.deploy_retry_at = 0.0
+        self.deploy_error = ""
+        self.settle_reads: collections.deque[float] = collections.deque()
+        self.scalable: dict[TargetRef, bool] = {}  # kinds checked for a /scale subresource
         labels = (self.ns, self.name)
         # labelled children looked up once: a poll sets them without the registry's label lookups
         self.m_desired = metrics.DESIRED.labels(*labels)
@@ -179,23 +220,45 @@ class Consumer:
     # --- events and conditions -----------------------------------------------------------------------
 
     def event(self, kind: str, reason: str, message: str) -> None:
+        message = redact(message)
         kopf.event(self.body, type=kind, reason=reason, message=message)
         # the module logger, not kopf's per-object one, which would post the line as a second Event
         (log.warning if kind == "Warning" else log.info)(f"[{self.ns}/{self.name}] {reason}: {message}")
+
+    def warn(self, key: str, reason: str, message: str) -> bool:
+        """A Warning event for the failure ``key``: when it starts or its message changes, then only every
+        ``EVENT_REPEAT_SECONDS`` while it lasts. True when posted."""
+        now = time.monotonic()
+        last = self.failing.get(key)
+        if last is not None and last[0] == message and now - last[1] < EVENT_REPEAT_SECONDS:
+            return False
+        self.failing[key] = (message, now)
+        self.event("Warning", reason, message)
+        return True
+
+    def resolve(self, key: str) -> bool:
+        """The failure ``key`` is over; True when it had been reported (a recovery is worth an event)."""
+        return self.failing.pop(key, None) is not None
 
     def condition(self, ctype: str, ok: bool, reason: str, message: str) -> bool:
         """Set a condition; True when its status changed."""
         status = "True" if ok else "False"
         old = self.conditions.get(ctype)
-        self.conditions[ctype] = (status, reason, message)
+        self.conditions[ctype] = (status, reason, redact(message))
         if old is None or old[0] != status:
             self.transitions[ctype] = _iso(time.time()) or ""
             return old is not None or not ok
         return False
 
+    async def fail(self, key: str, reason: str, message: str, ctype: str = "Ready") -> None:
+        """A failure that stops this poll: ``ctype=False`` with ``reason``, an event (once), the status."""
+        self.condition(ctype, False, reason, message)
+        self.warn(key, reason, message)
+        await self.patch_status(force=True)
+
     # --- one poll ------------------------------------------------------------------------------------
 
-    async def refresh_spec(self) -> QueueConsumerSpec:
+    def refresh_spec(self) -> QueueConsumerSpec:
         raw = self.body.get("spec") or {}
         # the API server bumps generation on every spec change (status is a subresource)
         generation = self.body.metadata.get("generation")
@@ -205,10 +268,40 @@ class Consumer:
             self.spec_key, self.spec = key, spec
             self.reader = None
             self.creds = None
-            if spec.worker is not None:
-                manifest = build_deployment(self.body, spec)
-                await self.shared.k8s().apply_deployment(self.ns, manifest)
+            self.scalable.clear()
+            if spec.worker is not None:  # a new spec is applied at once, whatever the backoff of the last
+                self.deploy_key, self.deploy_failures, self.deploy_retry_at = None, 0, 0.0
         return self.spec
+
+    async def ensure_deployment(self, spec: QueueConsumerSpec, interval: float) -> bool:
+        """Apply the owned Deployment unless it is up to date; False while the API server refuses it (the
+        condition and event say why; the next attempt waits out a backoff)."""
+        if spec.worker is None or self.deploy_key == self.spec_key:
+            return True
+        now = time.monotonic()
+        if now < self.deploy_retry_at:
+            return False
+        manifest = build_deployment(self.body, spec)  # SpecError: the caller reports InvalidSpec
+        name = manifest["metadata"]["name"]
+        try:
+            await self.shared.k8s().apply_deployment(self.ns, manifest)
+        except KubeError as exc:
+            self.deploy_failures += 1
+            self.deploy_retry_at = now + min(DEPLOY_MAX_BACKOFF, interval * 2.0**self.deploy_failures)
+            self.deploy_error = f"Deployment {name} (HTTP {exc.status}): {exc.message}"
+            await self.fail("deployment", "DeploymentFailed", self.deploy_error)
+            return False
+        self.deploy_key, self.deploy_failures, self.deploy_error = self.spec_key, 0, ""
+        self.current = None  # read it back: its replicas, and whether its pods can be created
+        self.settle()
+        if self.resolve("deployment"):
+            self.event("Normal", "DeploymentApplied", f"Deployment {name} applied")
+        return True
+
+    def settle(self) -> None:
+        """Read the owned Deployment a few more times soon: pods it cannot create show within seconds."""
+        now = time.monotonic()
+        self.settle_reads = collections.deque(now + d for d in SETTLE_READS)
 
     async def credentials(self, spec: QueueConsumerSpec) -> Credentials:
         if self.creds is None or time.monotonic() - self.creds_at > SECRET_TTL:
@@ -237,40 +330,133 @@ class Consumer:
             return await self.reader.read(time.time()), ""
         except KubeError as exc:
             return None, f"reading the Redis credentials: {exc}"
-        except (RedisError, OSError, TimeoutError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"
+        except UnicodeDecodeError as exc:  # a Secret's value that is not UTF-8 (a ValueError too)
+            return None, f"reading the Redis credentials: a Secret value is not UTF-8 text: {exc}"
+        except READ_ERRORS as exc:
+            hint = ""
+            if isinstance(exc, RedisClusterException) and spec.redis.cluster:
+                hint = " (spec.redis.cluster is true: is the server a Redis Cluster?)"
+            return None, f"{type(exc).__name__}: {exc}{hint}"
 
-    async def current_replicas(self, target: TargetRef) -> int:
-        if self.current is None or time.monotonic() - self.current_read_at > self.reread_after:
-            self.current = await self.shared.k8s().get_replicas(self.ns, target)
+    async def current_replicas(self, spec: QueueConsumerSpec, target: TargetRef) -> int:
+        now = time.monotonic()
+        settling = bool(self.settle_reads) and self.settle_reads[0] <= now
+        if self.current is None or now - self.current_read_at > self.reread_after or settling:
+            while self.settle_reads and self.settle_reads[0] <= now:
+                self.settle_reads.popleft()
+            k = self.shared.k8s()
+            if spec.worker is not None:
+                # the Deployment itself instead of its /scale: the same replicas, plus its conditions
+                path = f"/apis/apps/v1/namespaces/{self.ns}/deployments/{target.name}"
+                deployment = await k.request("GET", path, resource="deployments")
+                self.current = int((deployment.get("spec") or {}).get("replicas") or 0)
+                self.observe_pods(target, deployment)
+            else:
+                self.current = await k.get_replicas(self.ns, target)
             self.current_read_at = time.monotonic()
         return self.current
+
+    def observe_pods(self, target: TargetRef, deployment: dict[str, Any]) -> None:
+        """``PodsCreatable`` from the Deployment's ``ReplicaFailure`` condition, which the Deployment
+        controller copies from its ReplicaSet when pods are refused (Pod Security admission, quota)."""
+        status = deployment.get("status") or {}
+        failure = next(
+            (
+                c
+                for c in status.get("conditions") or []
+                if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+            ),
+            None,
+        )
+        if failure is not None:
+            reason = str(failure.get("reason") or "FailedCreate")
+            message = f"Deployment {target.name}: {failure.get('message') or reason}"
+            self.condition("PodsCreatable", False, reason, message)
+            self.warn("pods", "PodsNotCreatable", message)
+        elif self.current or "PodsCreatable" in self.conditions:
+            self.condition(
+                "PodsCreatable",
+                True,
+                "NoFailure",
+                f"Deployment {target.name} reports no pod creation failure",
+            )
+            if self.resolve("pods"):
+                self.event("Normal", "PodsCreatable", f"Deployment {target.name} creates its pods again")
+
+    async def target_failure(self, spec: QueueConsumerSpec, target: TargetRef, exc: KubeError) -> None:
+        """Why the target's replicas cannot be read: missing, of a kind without /scale, or refused."""
+        message = f"{target.kind} {target.name}: {exc.message}"
+        if exc.status != 404:
+            reason = "TargetUnreadable"
+        elif await self.has_no_scale(target):
+            reason = "TargetNotScalable"
+            message = (
+                f"{target.api_version} {target.kind} has no /scale subresource, so {target.kind} "
+                f"{target.name} cannot be scaled: scaleTargetRef must name a kind with one (Deployment, "
+                "StatefulSet, ReplicaSet, or a custom resource that declares subresources.scale)"
+            )
+        else:
+            reason = "TargetNotFound"
+        await self.fail("target", reason, message)
+
+    async def has_no_scale(self, target: TargetRef) -> bool:
+        """True when discovery lists the target's kind without a ``/scale`` subresource (one discovery GET
+        per kind and spec; only after a 404)."""
+        if target not in self.scalable:
+            k = self.shared.k8s()
+            try:
+                path = await k.scale_path(self.ns, target)  # .../namespaces/<ns>/<plural>/<name>/scale
+            except KubeError:
+                return False  # the kind itself is unknown: not found
+            base, _, rest = path.partition("/namespaces/")
+            plural = rest.split("/")[1]
+            try:
+                doc = await k.request("GET", base, resource="discovery")
+            except KubeError:
+                return False  # cannot tell: report what the /scale read said
+            names = {r.get("name") for r in doc.get("resources") or []}
+            self.scalable[target] = f"{plural}/scale" in names
+        return not self.scalable[target]
+
+    async def deployment_missing(self, target: TargetRef) -> None:
+        """The owned Deployment answered 404: deleted by hand, or never created. Apply it at once."""
+        self.deploy_key, self.deploy_retry_at, self.current = None, 0.0, None
+        await self.fail(
+            "deployment", "DeploymentMissing", f"Deployment {target.name} was not found; creating it again"
+        )
 
     async def poll(self) -> float:
         """One round; returns how long to wait before the next."""
         try:
-            spec = await self.refresh_spec()
-        except SpecError as exc:
-            self.condition("Ready", False, "InvalidSpec", str(exc))
-            await self.patch_status(force=True)
+            spec = self.refresh_spec()
+            interval = spec.scaling.polling_interval_seconds
+            if not await self.ensure_deployment(spec, interval):
+                return max(interval, self.deploy_retry_at - time.monotonic())
+        except PARSE_ERRORS as exc:
+            message = (
+                str(exc)
+                if isinstance(exc, SpecError)
+                else f"spec cannot be used: {type(exc).__name__}: {exc}"
+            )
+            await self.fail("spec", "InvalidSpec", message)
             return MAX_BACKOFF
-        interval = spec.scaling.polling_interval_seconds
+        self.resolve("spec")
         target = spec.target or target_for(self.name)
         started = time.perf_counter()
         # read first: the daemons of one tick queue their reads together, before any API call
         reading, error = await self.read(spec)
         try:
-            current = await self.current_replicas(target)
+            current = await self.current_replicas(spec, target)
         except KubeError as exc:
             self.target_failures += 1
-            found = exc.status != 404
-            reason = "TargetNotFound" if not found else "TargetUnreadable"
-            message = f"{target.kind} {target.name}: {exc.message}"
-            if self.condition("Ready", False, reason, message) or self.target_failures == 1:
-                self.event("Warning", reason, message)
-            await self.patch_status(force=True)
+            if spec.worker is not None and exc.status == 404:
+                await self.deployment_missing(target)
+                return interval
+            self.observe_redis(spec, reading, error)  # what the read found still counts
+            await self.target_failure(spec, target, exc)
             return min(MAX_BACKOFF, interval * 2.0**self.target_failures)
         self.target_failures = 0
+        self.resolve("target")
 
         paused = is_paused(self.body.metadata.annotations)
         decision = decide(
@@ -294,7 +480,10 @@ class Consumer:
             try:
                 self.current = await self.shared.k8s().set_replicas(self.ns, target, decision.desired)
                 self.current_read_at = time.monotonic()
+                if spec.worker is not None and decision.desired > current:
+                    self.settle()
                 metrics.SCALE_CHANGES.labels(self.ns, self.name, decision.rule).inc()
+                self.resolve("scale")
                 self.event(
                     "Normal",
                     "Scaled",
@@ -302,7 +491,10 @@ class Consumer:
                 )
             except KubeError as exc:
                 self.current = None  # re-read next time
-                self.event("Warning", "ScaleFailed", f"{target.kind} {target.name}: {exc.message}")
+                if spec.worker is not None and exc.status == 404:
+                    await self.deployment_missing(target)
+                    return interval
+                self.warn("scale", "ScaleFailed", f"{target.kind} {target.name}: {exc.message}")
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         self.observe(spec, reading, error, decision, paused)
         await self.patch_status(force=changed)
@@ -310,6 +502,22 @@ class Consumer:
             metrics.READ_ERRORS.labels(self.ns, self.name).inc()
             return min(MAX_BACKOFF, interval * 2.0 ** max(0, self.state.failures - 1))
         return interval
+
+    def observe_redis(self, spec: QueueConsumerSpec, reading: Reading | None, error: str) -> None:
+        reachable_changed = self.condition(
+            "RedisReachable",
+            reading is not None,
+            "ReadFailed" if reading is None else "Read",
+            error or "backlog read",
+        )
+        if reading is None:
+            self.warn(
+                "redis",
+                "RedisUnreachable",
+                f"{redact(spec.redis.url)}: {error}; holding replicas, will retry",
+            )
+        elif self.resolve("redis") or reachable_changed:
+            self.event("Normal", "RedisReachable", f"{redact(spec.redis.url)} readable again")
 
     def observe(
         self, spec: QueueConsumerSpec, reading: Reading | None, error: str, decision: Decision, paused: bool
@@ -319,22 +527,16 @@ class Consumer:
             self.m_desired.set(gauges[0])
             self.m_current.set(gauges[1])
             self.last_gauges = gauges
-        reachable_changed = self.condition(
-            "RedisReachable",
-            reading is not None,
-            "ReadFailed" if reading is None else "Read",
-            error or "backlog read",
-        )
-        if reachable_changed and reading is None:
-            self.event(
-                "Warning", "RedisUnreachable", f"{spec.redis.url}: {error}; holding replicas, will retry"
-            )
-        elif reachable_changed:
-            self.event("Normal", "RedisReachable", f"{spec.redis.url} readable again")
+        self.observe_redis(spec, reading, error)
+        # True only while a fallback replica count is applied; a failed read without one holds the count
         fb = decision.fallback
-        fb_changed = self.condition(
-            "Fallback", fb, "Fallback" if fb else "Reading", decision.reason if fb else "reads succeed"
-        )
+        if fb:
+            fb_reason, fb_message = "Fallback", decision.reason
+        elif reading is None:
+            fb_reason, fb_message = "Holding", decision.reason
+        else:
+            fb_reason, fb_message = "Reading", "reads succeed"
+        fb_changed = self.condition("Fallback", fb, fb_reason, fb_message)
         if fb_changed and fb:
             self.event("Warning", "Fallback", decision.reason)
         self.condition(
@@ -397,7 +599,7 @@ class Consumer:
             status["lastRule"] = decision.rule
             status["lastScaleTime"] = _iso(self.state.last_scale_time)
             status["lastActiveTime"] = _iso(self.state.last_active_time)
-            status["lastDecision"] = decision.reason[:1000]
+            status["lastDecision"] = redact(decision.reason)[:1000]
         if self.last_backlog is not None:
             status["backlog"] = self.last_backlog
         return {k: v for k, v in status.items() if v is not None}
@@ -426,12 +628,32 @@ class Consumer:
             await self.shared.k8s().patch_status(self.ns, self.name, self.status())
             self.last_significant, self.last_info = significant, info
         except KubeError as exc:
-            if exc.status != 404:  # 404: the resource is being deleted
-                self.logger.warning(f"status patch failed: {exc}")
+            # 404: the resource is being deleted. The module logger: kopf's per-object one posts each
+            # line as an event, and a status the API server refuses would be refused every poll.
+            if exc.status != 404 and self.failing.get("status", ("",))[0] != str(exc):
+                self.failing["status"] = (str(exc), time.monotonic())
+                log.warning(f"[{self.ns}/{self.name}] status patch failed: {redact(str(exc))}")
 
     @property
     def interval(self) -> float:
         return self.spec.scaling.polling_interval_seconds if self.spec is not None else 1.0
+
+    async def poll_failed(self, exc: Exception) -> float:
+        """A poll raised what no step handles: ``Ready=False`` with a reason, a Warning event (once per
+        message), a traceback in the log (once per message); the next poll after a backoff."""
+        self.poll_failures += 1
+        # the API server blinked (or refused a call no step expects), or a bug of ours
+        reason = "ApiServerError" if isinstance(exc, API_ERRORS) else "InternalError"
+        message = f"poll failed: {type(exc).__name__}: {exc}"
+        self.condition("Ready", False, reason, message)
+        if self.warn("poll", reason, message) and reason == "InternalError":
+            trace = "".join(traceback.format_exception(exc))
+            log.error(f"[{self.ns}/{self.name}] {redact(trace)}")
+        try:
+            await self.patch_status(force=True)
+        except Exception as err:  # the API server is down as well: the log has the first failure
+            log.debug(f"[{self.ns}/{self.name}] status patch failed: {redact(repr(err))}")
+        return min(MAX_BACKOFF, self.interval * 2.0**self.poll_failures)
 
     async def run(self, stopped: Any) -> None:
         """Poll until ``stopped`` (kopf's DaemonStopped) turns true."""
@@ -440,9 +662,11 @@ class Consumer:
             while not stopped:
                 try:
                     delay = await self.poll()
-                except (KubeError, aiohttp.ClientError, TimeoutError) as exc:  # the API server blinked
-                    self.logger.warning(f"poll failed: {type(exc).__name__}: {exc}")
-                    delay = 2.0
+                    self.poll_failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the last resort: no error ends the loop without a word
+                    delay = await self.poll_failed(exc)
                 await self.shared.ticker.wait(delay, self.interval, self.phase)
         finally:
             self.shared.daemons -= 1

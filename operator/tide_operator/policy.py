@@ -77,7 +77,7 @@ class Decision:
     rule: str
     reason: str
     state: PolicyState
-    fallback: bool = False
+    fallback: bool = False  # a fallback replica count is applied
 
     def changes(self, current: int) -> bool:
         return self.desired != current
@@ -141,7 +141,9 @@ def decide(
             )
             return Decision(desired, "fallback", reason, _record(st, current, desired, now), fallback=True)
         reason = f"Redis read failed ({failures} in a row): holding {current} replicas"
-        return Decision(current, "read-failed", reason, st, fallback=over)
+        if over:  # no fallback count applies: say so, and do not claim a fallback
+            reason += f" (threshold {fb.failure_threshold} reached; no fallback.replicas set)"
+        return Decision(current, "read-failed", reason, st)
 
     total = reading.total
     target = scaling.target_backlog_per_replica

@@ -3,6 +3,13 @@
 Owned by the QueueConsumer (controller ownerReference), so deleting the resource garbage-collects it.
 Redis credentials reach the pod as ``secretKeyRef`` env vars and the CA as a mounted Secret, never as
 plaintext in the pod spec.
+
+The pods pass Pod Security "restricted" as generated: non-root, no privilege escalation, every capability
+dropped, the runtime's default seccomp profile, a read-only root with an ``emptyDir`` on ``/tmp``, no
+ServiceAccount token (the worker never calls the API server). They have default resources and probes on
+the worker's ``/healthz`` and ``/readyz``. ``podTemplate`` can override any of it; a ``podTemplate`` whose
+shape cannot be merged (a string where the template has an object, a container without a name) is a
+``SpecError``, never a crash.
 """
 
 from __future__ import annotations
@@ -11,9 +18,26 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from tide_operator.spec import GROUP, KIND, VERSION, QueueConsumerSpec, TargetRef
+from tide_operator.spec import GROUP, KIND, VERSION, QueueConsumerSpec, SpecError, TargetRef
 
 CA_MOUNT = "/etc/tide/redis-ca"
+# The worker's /metrics, /healthz and /readyz port (tide worker --metrics-port, env TIDE_METRICS_PORT).
+METRICS_PORT = 9100
+# What one worker process needs at rest (about 60 MiB resident); the memory limit leaves room for handlers.
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+# Pod Security "restricted": https://kubernetes.io/docs/concepts/security/pod-security-standards/
+POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+TEMPLATE_PATH = "spec.worker.podTemplate"
 
 
 def deployment_name(qc_name: str) -> str:
@@ -41,6 +65,76 @@ def merge(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def _named(items: Any) -> bool:
+    return isinstance(items, list) and all(isinstance(x, Mapping) and "name" in x for x in items)
+
+
+def check_mergeable(base: Any, override: Any, path: str) -> None:
+    """Raise ``SpecError`` where ``merge(base, override)`` would put a value of the wrong shape over the
+    generated template: an object replaced by a scalar (``metadata: "x"``), a list of named items
+    (containers, env, volumes) by a non-list, or an item of such a list without a string name (which
+    would make the whole list replace the generated one, the worker container with it). Everything else
+    is for the API server to judge."""
+    if isinstance(base, Mapping):
+        if not isinstance(override, Mapping):
+            raise SpecError(f"{path} must be an object, not {_kind(override)}")
+        for key, value in override.items():
+            if key in base:
+                check_mergeable(base[key], value, f"{path}.{key}")
+        return
+    if base and _named(base):
+        if not isinstance(override, list):
+            raise SpecError(f"{path} must be a list, not {_kind(override)}")
+        by_name = {x["name"]: x for x in base}
+        for i, item in enumerate(override):
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
+                raise SpecError(f"{path}[{i}] must be an object with a name")
+            if item["name"] in by_name:
+                check_mergeable(by_name[item["name"]], item, f"{path}[{i}]")
+
+
+def metrics_port(env: list[dict[str, Any]], command: tuple[str, ...]) -> int | None:
+    """The port the worker serves /healthz on, or None when it cannot be known from the pod spec (set on
+    the command line, from a ``valueFrom``, 0 for any port, -1 for off): then the pod gets no probes."""
+    if any(arg == "--metrics-port" or str(arg).startswith("--metrics-port=") for arg in command):
+        return None
+    for e in env:
+        if e.get("name") == "TIDE_METRICS_PORT":
+            try:
+                port = int(str(e.get("value")))
+            except ValueError:
+                return None
+            return port if 0 < port < 65536 and "valueFrom" not in e else None
+    return METRICS_PORT
+
+
+def _probes(port: int) -> dict[str, Any]:
+    # /healthz fails only when the worker's event loop stalls; /readyz while Redis is unreachable or the
+    # worker is stopping (no Service routes to workers, so readiness only shows in kubectl and rollouts)
+    return {
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+    }
+
+
 def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
     r, s = spec.redis, spec.source
     assert spec.worker is not None
@@ -50,6 +144,8 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
         {"name": "TIDE_HANDLER", "value": spec.worker.handler},
         {"name": "TIDE_CONCURRENCY", "value": str(spec.worker.concurrency)},
         {"name": "TIDE_MAX_ATTEMPTS", "value": str(spec.worker.max_attempts)},
+        # explicit, so the probes' port is the one the worker serves whatever the image's default
+        {"name": "TIDE_METRICS_PORT", "value": str(METRICS_PORT)},
     ]
     if s.kind == "list":
         env += [{"name": "TIDE_QUEUE", "value": s.key}, {"name": "TIDE_SIDE", "value": s.side}]
@@ -64,12 +160,21 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
         env.append({"name": "TIDE_REDIS_CA_FILE", "value": f"{CA_MOUNT}/{r.ca_secret.key}"})
     if r.tls_insecure:
         env.append({"name": "TIDE_REDIS_TLS_INSECURE", "value": "true"})
-    return merge(env, [dict(e) for e in spec.worker.env])  # type: ignore[no-any-return]
+    user = list(spec.worker.env)
+    check_mergeable(env, user, "spec.worker.env")
+    # an entry replaces the generated one of its name whole: merged, a user's valueFrom would sit beside
+    # the generated value, which the API server refuses
+    merged = {e["name"]: e for e in env}
+    for e in user:
+        merged[e["name"]] = copy.deepcopy(dict(e))
+    return list(merged.values())
 
 
 def build_deployment(qc: Mapping[str, Any], spec: QueueConsumerSpec) -> dict[str, Any]:
-    """The Deployment manifest for a QueueConsumer with a ``worker:`` section."""
+    """The Deployment manifest for a QueueConsumer with a ``worker:`` section; ``SpecError`` when the
+    section cannot be turned into one."""
     assert spec.worker is not None
+    w = spec.worker
     meta = qc["metadata"]
     name = deployment_name(meta["name"])
     labels = {
@@ -77,24 +182,39 @@ def build_deployment(qc: Mapping[str, Any], spec: QueueConsumerSpec) -> dict[str
         "app.kubernetes.io/managed-by": "tide-operator",
         "tide.dev/queueconsumer": meta["name"],
     }
+    if not isinstance(w.resources, Mapping):
+        raise SpecError(f"spec.worker.resources must be an object, not {_kind(w.resources)}")
+    if not isinstance(w.pod_template, Mapping):
+        raise SpecError(f"{TEMPLATE_PATH} must be an object, not {_kind(w.pod_template)}")
+    if not all(isinstance(arg, str) for arg in w.command):
+        raise SpecError("spec.worker.command must be a list of strings")
+    env = _env(spec)
     container: dict[str, Any] = {
         "name": "worker",
-        "image": spec.worker.image,
-        "command": list(spec.worker.command),
-        "env": _env(spec),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-        },
+        "image": w.image,
+        "command": list(w.command),
+        "env": env,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        "resources": copy.deepcopy(dict(w.resources) or DEFAULT_RESOURCES),
+        # the root filesystem is read-only; Python and handlers may still want a scratch directory
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    if spec.worker.resources:
-        container["resources"] = spec.worker.resources
-    pod_spec: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": 30}
+    port = metrics_port(env, w.command)
+    if port is not None:
+        container.update(_probes(port))
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": 30,
+        "automountServiceAccountToken": False,  # the worker talks to Redis only
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+    }
     if spec.redis.ca_secret is not None:
-        container["volumeMounts"] = [{"name": "redis-ca", "mountPath": CA_MOUNT, "readOnly": True}]
-        pod_spec["volumes"] = [{"name": "redis-ca", "secret": {"secretName": spec.redis.ca_secret.name}}]
-    template = merge({"metadata": {"labels": labels}, "spec": pod_spec}, spec.worker.pod_template)
+        container["volumeMounts"].append({"name": "redis-ca", "mountPath": CA_MOUNT, "readOnly": True})
+        pod_spec["volumes"].append({"name": "redis-ca", "secret": {"secretName": spec.redis.ca_secret.name}})
+    base = {"metadata": {"labels": labels}, "spec": pod_spec}
+    check_mergeable(base, w.pod_template, TEMPLATE_PATH)
+    template = merge(base, w.pod_template)
     template["metadata"]["labels"].update(labels)  # the selector must keep matching
     return {
         "apiVersion": "apps/v1",

@@ -8,6 +8,7 @@ and ``TIDE_REDIS_PASSWORD`` (which the operator fills from a Secret). ``rediss:/
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -29,6 +30,20 @@ SOCKET_TIMEOUT_MARGIN = 5.0
 # Refusals, not outages: a wrong password or a missing ACL permission stays wrong however often it is
 # retried. redis-py derives the first two from ConnectionError, so retry loops must test these first.
 AUTH_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, AuthorizationError, NoPermissionError)
+
+
+# ``scheme://`` then everything up to the last ``@`` of the same word: the userinfo as urlparse sees it
+# (a password may hold an unescaped ``@``), wherever a URL sits in a longer text.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)\S*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the userinfo (user and password) of every URL in it replaced by ``***``.
+
+    The one redaction of Tide: every log line, event, condition or status that shows a Redis URL (or an
+    error message that may quote one) goes through it. Over-redacting is harmless; a word with ``://``
+    before an ``@`` loses what lies between."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def refusal_hint(exc: BaseException) -> str:
@@ -118,12 +133,21 @@ def _cluster_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def _from_url(factory: Any, url: str, kw: dict[str, Any]) -> Any:
+    """``factory(url, **kw)``; a URL redis-py cannot parse (port 99999, unknown scheme) raises a ValueError
+    that names the URL, redacted (the original is dropped: its message or a traceback could quote it)."""
+    try:
+        return factory(url, **kw)
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {redact(url)}: {redact(str(exc))}") from None
+
+
 def sync_client(settings: RedisSettings) -> redis.Redis | RedisCluster:
     """A synchronous client (CLI, producer, operator reads): a lost connection is retried 3 times."""
     kw = {"retry": _Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **settings.client_kwargs()}
     if settings.cluster:
-        return RedisCluster.from_url(settings.url, **_cluster_kwargs(kw))
-    return redis.Redis.from_url(settings.url, **kw)
+        return _from_url(RedisCluster.from_url, settings.url, _cluster_kwargs(kw))  # type: ignore[no-any-return]
+    return _from_url(redis.Redis.from_url, settings.url, kw)  # type: ignore[no-any-return]
 
 
 def async_client(settings: RedisSettings) -> aredis.Redis | AsyncRedisCluster:
@@ -132,8 +156,8 @@ def async_client(settings: RedisSettings) -> aredis.Redis | AsyncRedisCluster:
     if settings.cluster:
         # The Cluster client's own loop: up to 3 more attempts, each after refreshing the slot map.
         kw = {"retry": AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **kw}
-        return AsyncRedisCluster.from_url(settings.url, **_cluster_kwargs(kw))
+        return _from_url(AsyncRedisCluster.from_url, settings.url, _cluster_kwargs(kw))  # type: ignore[no-any-return]
     # No retry inside redis-py: callers retry with their own backoff, and a call on a dead connection
     # then fails after one socket timeout instead of four.
     kw = {"retry": AsyncRetry(NoBackoff(), retries=0), **kw}
-    return aredis.Redis.from_url(settings.url, **kw)
+    return _from_url(aredis.Redis.from_url, settings.url, kw)  # type: ignore[no-any-return]
