@@ -205,7 +205,6 @@ class Consumer:
         self.deploy_retry_at = 0.0
         self.deploy_error = ""
         self.settle_reads: collections.deque[float] = collections.deque()
-        self.scalable: dict[TargetRef, bool] = {}  # kinds checked for a /scale subresource
         labels = (self.ns, self.name)
         # labelled children looked up once: a poll sets them without the registry's label lookups
         self.m_desired = metrics.DESIRED.labels(*labels)
@@ -268,7 +267,6 @@ class Consumer:
             self.spec_key, self.spec = key, spec
             self.reader = None
             self.creds = None
-            self.scalable.clear()
             if spec.worker is not None:  # a new spec is applied at once, whatever the backoff of the last
                 self.deploy_key, self.deploy_failures, self.deploy_retry_at = None, 0, 0.0
         return self.spec
@@ -347,8 +345,7 @@ class Consumer:
             k = self.shared.k8s()
             if spec.worker is not None:
                 # the Deployment itself instead of its /scale: the same replicas, plus its conditions
-                path = f"/apis/apps/v1/namespaces/{self.ns}/deployments/{target.name}"
-                deployment = await k.request("GET", path, resource="deployments")
+                deployment = await k.get_deployment(self.ns, target.name)
                 self.current = int((deployment.get("spec") or {}).get("replicas") or 0)
                 self.observe_pods(target, deployment)
             else:
@@ -400,23 +397,12 @@ class Consumer:
         await self.fail("target", reason, message)
 
     async def has_no_scale(self, target: TargetRef) -> bool:
-        """True when discovery lists the target's kind without a ``/scale`` subresource (one discovery GET
-        per kind and spec; only after a 404)."""
-        if target not in self.scalable:
-            k = self.shared.k8s()
-            try:
-                path = await k.scale_path(self.ns, target)  # .../namespaces/<ns>/<plural>/<name>/scale
-            except KubeError:
-                return False  # the kind itself is unknown: not found
-            base, _, rest = path.partition("/namespaces/")
-            plural = rest.split("/")[1]
-            try:
-                doc = await k.request("GET", base, resource="discovery")
-            except KubeError:
-                return False  # cannot tell: report what the /scale read said
-            names = {r.get("name") for r in doc.get("resources") or []}
-            self.scalable[target] = f"{plural}/scale" in names
-        return not self.scalable[target]
+        """True when discovery lists the target's kind without a ``/scale`` subresource (only after a 404;
+        the client keeps one discovery answer per kind)."""
+        try:
+            return not await self.shared.k8s().has_scale(target)
+        except KubeError:
+            return False  # the kind is unknown, or discovery was refused: report what /scale said
 
     async def deployment_missing(self, target: TargetRef) -> None:
         """The owned Deployment answered 404: deleted by hand, or never created. Apply it at once."""

@@ -90,6 +90,7 @@ class Kube:
         self._token_read = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
         self._plurals: dict[tuple[str, str], str] = {}
+        self._scalable: dict[tuple[str, str], bool] = {}
         self._discovery = asyncio.Lock()  # a thousand daemons starting at once need one discovery GET
 
     def _headers(self) -> dict[str, str]:
@@ -149,13 +150,20 @@ class Kube:
                 doc = await self.request(
                     "GET", api_path(*group_version_path(target.api_version)), resource="discovery"
                 )
+                names = {res.get("name", "") for res in doc.get("resources", [])}
                 for res in doc.get("resources", []):
                     if res.get("kind") == target.kind and "/" not in res.get("name", ""):
                         self._plurals[key] = res["name"]
+                        self._scalable[key] = f"{res['name']}/scale" in names
                         break
                 else:
                     raise KubeError(404, f"{target.api_version} has no kind {target.kind}")
         return self._plurals[key]
+
+    async def has_scale(self, target: TargetRef) -> bool:
+        """Whether discovery lists a ``/scale`` subresource for the target's kind (KubeError: no such kind)."""
+        await self._plural(target)
+        return self._scalable[(target.api_version, target.kind)]
 
     async def scale_path(self, namespace: str, target: TargetRef) -> ApiPath:
         plural = await self._plural(target)
@@ -170,6 +178,10 @@ class Kube:
         path = await self.scale_path(namespace, target)
         scale = await self.request("PATCH", path, {"spec": {"replicas": replicas}}, resource="scale")
         return int(scale.get("spec", {}).get("replicas") or 0)
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        path = api_path("apis", "apps", "v1", "namespaces", namespace, "deployments", name)
+        return await self.request("GET", path, resource="deployments")
 
     # --- the QueueConsumer ----------------------------------------------------------------------------
 
