@@ -1,9 +1,9 @@
 """The loop of one QueueConsumer: spec, credentials, read, decide, scale, conditions, status.
 
-Redis reading is ``redis_reader``, deciding is the pure ``policy``, Kubernetes writes are ``scaler`` and
+Redis reading is ``redis_reader``, deciding is the pure ``policy``, the Kubernetes client is ``kube`` and
 the owned Deployment is ``workload``; this module only sequences them. kopf appears only to post Events.
 
-Every daemon polls on a shared grid (``Ticker``): the resources of one polling interval wake in ten
+Every daemon polls on a shared grid (``redis_reader.Ticker``, beside the read batcher it feeds): the resources of one polling interval wake in ten
 groups, each group in one event-loop iteration, so a group's reads of one Redis server go out as one
 pipeline (the ``ReadBatcher``). A poll reads first, then patches ``/scale`` at once if the decision changed, then the
 status. Status writes: immediately when a replica count, rule, condition status or reason changes;
@@ -28,26 +28,35 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
 import logging
 import math
 import random
 import time
 import traceback
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 import kopf
 from redis.exceptions import RedisClusterException, RedisError
+from tide_worker.backlog import Backlog
 from tide_worker.connection import redact
 
 from tide_operator import metrics
-from tide_operator.policy import Backlog, Decision, PolicyState, decide
-from tide_operator.redis_reader import ClientPool, Credentials, ListReader, Reading, StreamReader, make_reader
-from tide_operator.scaler import Kube, KubeError
+from tide_operator.conditions import Condition, Reason
+from tide_operator.kube import Kube, KubeError, NotFound
+from tide_operator.policy import Decision, PolicyState, decide
+from tide_operator.redis_reader import (
+    ClientPool,
+    Credentials,
+    ListReader,
+    Reading,
+    StreamReader,
+    Ticker,
+    make_reader,
+)
 from tide_operator.spec import QueueConsumerSpec, SpecError, TargetRef, is_paused, parse_spec
+from tide_operator.status import backlog_status, build_status, iso, parse_iso
 from tide_operator.workload import build_deployment, target_for
 
 STATUS_MIN_INTERVAL = 2.0
@@ -77,49 +86,6 @@ API_ERRORS = (KubeError, aiohttp.ClientError, TimeoutError)
 log = logging.getLogger("tide_operator")
 
 
-class Ticker:
-    """Wakes every waiter of the same grid point together.
-
-    A poll waits until the next point of its grid: multiples of its interval on the event loop's clock,
-    shifted by the resource's phase. A resource's phase is one of ``SLOTS`` per interval, so 1,000
-    resources polling every second wake in 10 groups of about 100, 100 ms apart: each group's reads of one
-    server coalesce into one pipeline, and a burst is handled by the next group's poll without waiting
-    behind the CPU work of all 1,000 polls at once. A slow poll skips a grid point instead of drifting;
-    a backoff ``delay`` is honoured to within one interval."""
-
-    SLOTS = 10
-
-    def __init__(self) -> None:
-        self._ticks: dict[tuple[float, float, int], asyncio.Future[None]] = {}
-
-    @classmethod
-    def phase(cls, key: str) -> float:
-        """The phase of a resource, as a fraction of the interval: a hash of its name, so it is stable
-        across restarts and uncorrelated with naming patterns (every tenth queue is not one group)."""
-        return (zlib.crc32(key.encode()) % cls.SLOTS) / cls.SLOTS
-
-    async def wait(self, delay: float, interval: float, phase: float = 0.0) -> None:
-        loop = asyncio.get_running_loop()
-        interval = max(interval, 0.01)
-        offset = phase * interval
-        now = loop.time()
-        n = math.ceil((now - offset + max(0.0, delay - interval)) / interval)
-        if n * interval + offset <= now:
-            n += 1
-        key = (interval, offset, n)
-        tick = self._ticks.get(key)
-        if tick is None:
-            tick = self._ticks[key] = loop.create_future()
-            loop.call_at(n * interval + offset, self._fire, key)
-        # shielded: a cancelled daemon must not cancel the tick the others wait for
-        await asyncio.shield(tick)
-
-    def _fire(self, key: tuple[float, float, int]) -> None:
-        tick = self._ticks.pop(key, None)
-        if tick is not None and not tick.done():
-            tick.set_result(None)
-
-
 @dataclass
 class Shared:
     """What every resource's loop shares: Redis clients (and their batchers) and the API client."""
@@ -140,25 +106,6 @@ class Shared:
             await self.kube.close()
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_iso(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        return (
-            datetime.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ")
-            .replace(tzinfo=datetime.UTC)
-            .timestamp()
-        )
-    except ValueError:
-        return None
-
-
 class Consumer:
     """The loop state of one QueueConsumer."""
 
@@ -171,10 +118,10 @@ class Consumer:
         status = body.get("status") or {}
         busy = ((status.get("backlog") or {}).get("total") or 0) > 0
         self.state = PolicyState(
-            last_scale_time=_parse_iso(status.get("lastScaleTime")),
+            last_scale_time=parse_iso(status.get("lastScaleTime")),
             # lastActiveTime is not rewritten while a backlog stays busy: when the last status said busy,
             # count the resource as active now, so a restart never shortens the cooldown
-            last_active_time=None if busy else _parse_iso(status.get("lastActiveTime")),
+            last_active_time=None if busy else parse_iso(status.get("lastActiveTime")),
         )
         self.spec_key: Any = None
         self.spec: QueueConsumerSpec | None = None
@@ -245,11 +192,11 @@ class Consumer:
         old = self.conditions.get(ctype)
         self.conditions[ctype] = (status, reason, redact(message))
         if old is None or old[0] != status:
-            self.transitions[ctype] = _iso(time.time()) or ""
+            self.transitions[ctype] = iso(time.time()) or ""
             return old is not None or not ok
         return False
 
-    async def fail(self, key: str, reason: str, message: str, ctype: str = "Ready") -> None:
+    async def fail(self, key: str, reason: str, message: str, ctype: str = Condition.READY) -> None:
         """A failure that stops this poll: ``ctype=False`` with ``reason``, an event (once), the status."""
         self.condition(ctype, False, reason, message)
         self.warn(key, reason, message)
@@ -287,13 +234,13 @@ class Consumer:
             self.deploy_failures += 1
             self.deploy_retry_at = now + min(DEPLOY_MAX_BACKOFF, interval * 2.0**self.deploy_failures)
             self.deploy_error = f"Deployment {name} (HTTP {exc.status}): {exc.message}"
-            await self.fail("deployment", "DeploymentFailed", self.deploy_error)
+            await self.fail("deployment", Reason.DEPLOYMENT_FAILED, self.deploy_error)
             return False
         self.deploy_key, self.deploy_failures, self.deploy_error = self.spec_key, 0, ""
         self.current = None  # read it back: its replicas, and whether its pods can be created
         self.settle()
         if self.resolve("deployment"):
-            self.event("Normal", "DeploymentApplied", f"Deployment {name} applied")
+            self.event("Normal", Reason.DEPLOYMENT_APPLIED, f"Deployment {name} applied")
         return True
 
     def settle(self) -> None:
@@ -368,32 +315,34 @@ class Consumer:
         if failure is not None:
             reason = str(failure.get("reason") or "FailedCreate")
             message = f"Deployment {target.name}: {failure.get('message') or reason}"
-            self.condition("PodsCreatable", False, reason, message)
-            self.warn("pods", "PodsNotCreatable", message)
-        elif self.current or "PodsCreatable" in self.conditions:
+            self.condition(Condition.PODS_CREATABLE, False, reason, message)
+            self.warn("pods", Reason.PODS_NOT_CREATABLE, message)
+        elif self.current or Condition.PODS_CREATABLE in self.conditions:
             self.condition(
-                "PodsCreatable",
+                Condition.PODS_CREATABLE,
                 True,
-                "NoFailure",
+                Reason.NO_FAILURE,
                 f"Deployment {target.name} reports no pod creation failure",
             )
             if self.resolve("pods"):
-                self.event("Normal", "PodsCreatable", f"Deployment {target.name} creates its pods again")
+                self.event(
+                    "Normal", Reason.PODS_CREATABLE, f"Deployment {target.name} creates its pods again"
+                )
 
     async def target_failure(self, spec: QueueConsumerSpec, target: TargetRef, exc: KubeError) -> None:
         """Why the target's replicas cannot be read: missing, of a kind without /scale, or refused."""
         message = f"{target.kind} {target.name}: {exc.message}"
-        if exc.status != 404:
-            reason = "TargetUnreadable"
+        if not isinstance(exc, NotFound):
+            reason = Reason.TARGET_UNREADABLE
         elif await self.has_no_scale(target):
-            reason = "TargetNotScalable"
+            reason = Reason.TARGET_NOT_SCALABLE
             message = (
                 f"{target.api_version} {target.kind} has no /scale subresource, so {target.kind} "
                 f"{target.name} cannot be scaled: scaleTargetRef must name a kind with one (Deployment, "
                 "StatefulSet, ReplicaSet, or a custom resource that declares subresources.scale)"
             )
         else:
-            reason = "TargetNotFound"
+            reason = Reason.TARGET_NOT_FOUND
         await self.fail("target", reason, message)
 
     async def has_no_scale(self, target: TargetRef) -> bool:
@@ -408,7 +357,9 @@ class Consumer:
         """The owned Deployment answered 404: deleted by hand, or never created. Apply it at once."""
         self.deploy_key, self.deploy_retry_at, self.current = None, 0.0, None
         await self.fail(
-            "deployment", "DeploymentMissing", f"Deployment {target.name} was not found; creating it again"
+            "deployment",
+            Reason.DEPLOYMENT_MISSING,
+            f"Deployment {target.name} was not found; creating it again",
         )
 
     async def poll(self) -> float:
@@ -424,7 +375,7 @@ class Consumer:
                 if isinstance(exc, SpecError)
                 else f"spec cannot be used: {type(exc).__name__}: {exc}"
             )
-            await self.fail("spec", "InvalidSpec", message)
+            await self.fail("spec", Reason.INVALID_SPEC, message)
             return MAX_BACKOFF
         self.resolve("spec")
         target = spec.target or target_for(self.name)
@@ -435,7 +386,7 @@ class Consumer:
             current = await self.current_replicas(spec, target)
         except KubeError as exc:
             self.target_failures += 1
-            if spec.worker is not None and exc.status == 404:
+            if spec.worker is not None and isinstance(exc, NotFound):
                 await self.deployment_missing(target)
                 return interval
             self.observe_redis(spec, reading, error)  # what the read found still counts
@@ -472,15 +423,15 @@ class Consumer:
                 self.resolve("scale")
                 self.event(
                     "Normal",
-                    "Scaled",
+                    Reason.SCALED,
                     f"{target.kind} {target.name} {current} -> {decision.desired}: {decision.reason}",
                 )
             except KubeError as exc:
                 self.current = None  # re-read next time
-                if spec.worker is not None and exc.status == 404:
+                if spec.worker is not None and isinstance(exc, NotFound):
                     await self.deployment_missing(target)
                     return interval
-                self.warn("scale", "ScaleFailed", f"{target.kind} {target.name}: {exc.message}")
+                self.warn("scale", Reason.SCALE_FAILED, f"{target.kind} {target.name}: {exc.message}")
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         self.observe(spec, reading, error, decision, paused)
         await self.patch_status(force=changed)
@@ -491,19 +442,19 @@ class Consumer:
 
     def observe_redis(self, spec: QueueConsumerSpec, reading: Reading | None, error: str) -> None:
         reachable_changed = self.condition(
-            "RedisReachable",
+            Condition.REDIS_REACHABLE,
             reading is not None,
-            "ReadFailed" if reading is None else "Read",
+            Reason.READ_FAILED if reading is None else Reason.READ,
             error or "backlog read",
         )
         if reading is None:
             self.warn(
                 "redis",
-                "RedisUnreachable",
+                Reason.REDIS_UNREACHABLE,
                 f"{redact(spec.redis.url)}: {error}; holding replicas, will retry",
             )
         elif self.resolve("redis") or reachable_changed:
-            self.event("Normal", "RedisReachable", f"{redact(spec.redis.url)} readable again")
+            self.event("Normal", Reason.REDIS_REACHABLE, f"{redact(spec.redis.url)} readable again")
 
     def observe(
         self, spec: QueueConsumerSpec, reading: Reading | None, error: str, decision: Decision, paused: bool
@@ -517,29 +468,34 @@ class Consumer:
         # True only while a fallback replica count is applied; a failed read without one holds the count
         fb = decision.fallback
         if fb:
-            fb_reason, fb_message = "Fallback", decision.reason
+            fb_reason, fb_message = Reason.FALLBACK, decision.reason
         elif reading is None:
-            fb_reason, fb_message = "Holding", decision.reason
+            fb_reason, fb_message = Reason.HOLDING, decision.reason
         else:
-            fb_reason, fb_message = "Reading", "reads succeed"
-        fb_changed = self.condition("Fallback", fb, fb_reason, fb_message)
+            fb_reason, fb_message = Reason.READING, "reads succeed"
+        fb_changed = self.condition(Condition.FALLBACK, fb, fb_reason, fb_message)
         if fb_changed and fb:
-            self.event("Warning", "Fallback", decision.reason)
+            self.event("Warning", Reason.FALLBACK, decision.reason)
         self.condition(
-            "Paused",
+            Condition.PAUSED,
             paused,
-            "Annotation" if paused else "NotPaused",
+            Reason.ANNOTATION if paused else Reason.NOT_PAUSED,
             "tide.dev/paused is true" if paused else "scaling",
         )
         self.condition(
-            "Ready",
+            Condition.READY,
             reading is not None,
-            "Serving" if reading is not None else "RedisUnreachable",
+            Reason.SERVING if reading is not None else Reason.REDIS_UNREACHABLE,
             decision.reason,
         )
         if reading is not None:
             b = reading.backlog
-            self.condition("Active", b.total > 0, "Backlog" if b.total else "Idle", f"backlog {b.total}")
+            self.condition(
+                Condition.ACTIVE,
+                b.total > 0,
+                Reason.BACKLOG if b.total else Reason.IDLE,
+                f"backlog {b.total}",
+            )
             if b != self.last_backlog_metric:
                 m = self.m_backlog
                 m["ready"].set(b.ready)
@@ -549,46 +505,23 @@ class Consumer:
                 m["stream_pending"].set(b.stream_pending)
                 m["total"].set(b.total)
                 self.last_backlog_metric = b
-            self.last_backlog = {
-                "total": b.total,
-                "ready": b.ready,
-                "inFlight": b.inflight,
-                "retriesDue": b.retries_due,
-                "retriesWaiting": b.retries_waiting,
-                "streamLag": b.stream_lag,
-                "streamPending": b.stream_pending,
-                "lagEstimated": b.lag_estimated,
-            }
+            self.last_backlog = backlog_status(b)
         self.decision = decision
         self.queue_label = spec.source.label
 
     def status(self) -> dict[str, Any]:
-        now = time.time()
-        status: dict[str, Any] = {
-            "queue": self.queue_label,
-            "observedGeneration": self.body.metadata.get("generation"),
-            "currentReplicas": self.current,
-            "conditions": [
-                {
-                    "type": t,
-                    "status": s,
-                    "reason": r,
-                    "message": m[:1000],
-                    "lastTransitionTime": self.transitions.get(t) or _iso(now),
-                }
-                for t, (s, r, m) in sorted(self.conditions.items())
-            ],
-        }
-        decision = self.decision
-        if decision is not None:
-            status["desiredReplicas"] = decision.desired
-            status["lastRule"] = decision.rule
-            status["lastScaleTime"] = _iso(self.state.last_scale_time)
-            status["lastActiveTime"] = _iso(self.state.last_active_time)
-            status["lastDecision"] = redact(decision.reason)[:1000]
-        if self.last_backlog is not None:
-            status["backlog"] = self.last_backlog
-        return {k: v for k, v in status.items() if v is not None}
+        d = self.decision
+        return build_status(
+            queue=self.queue_label,
+            generation=self.body.metadata.get("generation"),
+            current=self.current,
+            conditions=self.conditions,
+            transitions=self.transitions,
+            decision=None if d is None else replace(d, reason=redact(d.reason)),
+            state=self.state,
+            backlog=self.last_backlog,
+            now=time.time(),
+        )
 
     async def patch_status(self, force: bool = False) -> None:
         # compared as small tuples first: the status document is built only when it is written
@@ -616,7 +549,7 @@ class Consumer:
         except KubeError as exc:
             # 404: the resource is being deleted. The module logger: kopf's per-object one posts each
             # line as an event, and a status the API server refuses would be refused every poll.
-            if exc.status != 404 and self.failing.get("status", ("",))[0] != str(exc):
+            if not isinstance(exc, NotFound) and self.failing.get("status", ("",))[0] != str(exc):
                 self.failing["status"] = (str(exc), time.monotonic())
                 log.warning(f"[{self.ns}/{self.name}] status patch failed: {redact(str(exc))}")
 
@@ -629,10 +562,10 @@ class Consumer:
         message), a traceback in the log (once per message); the next poll after a backoff."""
         self.poll_failures += 1
         # the API server blinked (or refused a call no step expects), or a bug of ours
-        reason = "ApiServerError" if isinstance(exc, API_ERRORS) else "InternalError"
+        reason = Reason.API_SERVER_ERROR if isinstance(exc, API_ERRORS) else Reason.INTERNAL_ERROR
         message = f"poll failed: {type(exc).__name__}: {exc}"
-        self.condition("Ready", False, reason, message)
-        if self.warn("poll", reason, message) and reason == "InternalError":
+        self.condition(Condition.READY, False, reason, message)
+        if self.warn("poll", reason, message) and reason == Reason.INTERNAL_ERROR:
             trace = "".join(traceback.format_exception(exc))
             log.error(f"[{self.ns}/{self.name}] {redact(trace)}")
         try:

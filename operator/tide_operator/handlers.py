@@ -1,6 +1,8 @@
 """kopf wiring only: startup settings, cleanup, probes, and a daemon per QueueConsumer that runs its loop.
 
-The loop itself (read -> decide -> scale -> status) is ``tide_operator.consumer``.
+The loop itself (read -> decide -> scale -> status) is ``tide_operator.consumer``. What the loops share
+(Redis clients, the API client, the polling grid) is made at startup and kept in kopf's operator-wide
+``memo``, of which each resource's memo is a shallow copy: no module state.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from prometheus_client import start_http_server
 from tide_operator.consumer import Consumer, Shared
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
-SHARED = Shared()
-
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tide.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tide.dev")
     settings.posting.level = logging.INFO
+    # the chart's operator.logLevel (kopf's own --verbose/--debug flags still apply on top)
+    level = os.environ.get("TIDE_OPERATOR_LOG_LEVEL", "").upper()
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        logging.getLogger("tide_operator").setLevel(level)
     # equal priorities make every replica pause; a random one keeps exactly one active
     settings.peering.priority = int(os.environ.get("TIDE_PEERING_PRIORITY", random.randint(1, 1 << 30)))
     # kopf's 60 s default lets a SIGKILLed active replica hold every standby paused for about a minute;
@@ -36,24 +40,25 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     port = os.environ.get("TIDE_OPERATOR_METRICS_PORT", "9090")
     if port not in ("", "off"):
         start_http_server(int(port))
-    SHARED.k8s()
+    memo.shared = Shared()
+    memo.shared.k8s()
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    await SHARED.close()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.shared.close()
 
 
 @kopf.on.probe(id="daemons")
-def probe_daemons(**_: Any) -> int:
-    return SHARED.daemons
+def probe_daemons(memo: kopf.Memo, **_: Any) -> int:
+    return int(memo.shared.daemons)
 
 
 @kopf.on.probe(id="redis_pools")
-def probe_pools(**_: Any) -> int:
-    return len(SHARED.pool)
+def probe_pools(memo: kopf.Memo, **_: Any) -> int:
+    return len(memo.shared.pool)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def serve(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
-    await Consumer(body, logger, SHARED).run(stopped)
+async def serve(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, memo: kopf.Memo, **_: Any) -> None:
+    await Consumer(body, logger, memo.shared).run(stopped)

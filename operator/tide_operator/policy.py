@@ -29,37 +29,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from tide_worker.backlog import Backlog
+
 from tide_operator.spec import Behavior, Scaling
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """One reading of a source. Lists fill the first five fields; streams the last three."""
-
-    ready: int = 0
-    inflight: int = 0
-    retries_due: int = 0
-    retries_waiting: int = 0
-    next_retry_at: float | None = None
-    stream_lag: int = 0
-    stream_pending: int = 0
-    lag_estimated: bool = False
-
-    @property
-    def total(self) -> int:
-        """What workers still have to do: retries not yet due are not work for now."""
-        return self.ready + self.inflight + self.retries_due + self.stream_lag + self.stream_pending
-
-    @property
-    def busy(self) -> int:
-        """Messages held by workers (or orphaned by dead ones): never scale to zero under them."""
-        return self.inflight + self.stream_pending
-
-    def describe(self) -> str:
-        if self.stream_lag or self.stream_pending or self.lag_estimated:
-            est = " estimated" if self.lag_estimated else ""
-            return f"lag {self.stream_lag}{est}, pending {self.stream_pending}"
-        return f"ready {self.ready}, in-flight {self.inflight}, retries due {self.retries_due}"
 
 
 @dataclass(frozen=True)
@@ -78,9 +50,6 @@ class Decision:
     reason: str
     state: PolicyState
     fallback: bool = False  # a fallback replica count is applied
-
-    def changes(self, current: int) -> bool:
-        return self.desired != current
 
 
 def _record(state: PolicyState, current: int, desired: int, now: float) -> PolicyState:
@@ -220,8 +189,6 @@ def decide(
                 desired, rule = int(limit), "rate-limit-down"
                 detail += f"; scale-down limit {desired} per {scaling.scale_down.period_seconds:g}s"
 
-    if desired == current and rule not in {"paused"}:
-        reason = f"{detail}; holding {current}"
-    else:
-        reason = f"{detail}; {current} -> {desired}"
+    change = f"holding {current}" if desired == current else f"{current} -> {desired}"
+    reason = f"{detail}; {change}"
     return Decision(desired, rule, reason, _record(st, current, desired, now))

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tide_operator.consumer import Ticker
-from tide_operator.redis_reader import ClientPool, Credentials, make_reader
+from tide_operator.redis_reader import ClientPool, Credentials, Ticker, make_reader
 from tide_operator.spec import Source
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tide_operator.scaler import api_path
+from tide_operator.kube import api_path
 from tide_operator.spec import SpecError, parse_spec
 
 pytestmark = pytest.mark.cluster

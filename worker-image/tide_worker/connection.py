@@ -143,7 +143,7 @@ def _from_url(factory: Any, url: str, kw: dict[str, Any]) -> Any:
 
 
 def sync_client(settings: RedisSettings) -> redis.Redis | RedisCluster:
-    """A synchronous client (CLI, producer, operator reads): a lost connection is retried 3 times."""
+    """A synchronous client (the CLI and the producer): a lost connection is retried 3 times."""
     kw = {"retry": _Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **settings.client_kwargs()}
     if settings.cluster:
         return _from_url(RedisCluster.from_url, settings.url, _cluster_kwargs(kw))  # type: ignore[no-any-return]

@@ -1,4 +1,5 @@
-"""Kubernetes writes: ``/scale`` of any target, the QueueConsumer's status, Secrets. Separate from Redis.
+"""The operator's whole Kubernetes client: ``/scale`` of any target, the QueueConsumer's status, Secrets,
+the owned Deployment and discovery. Nothing of Redis.
 
 A small asyncio client over aiohttp (kopf's own HTTP stack): one connection pool for every resource the
 operator serves, no thread per call, and explicit patch types. Credentials come from the in-cluster
@@ -52,10 +53,25 @@ def group_version_path(api_version: str) -> tuple[str, ...]:
 
 
 class KubeError(Exception):
+    """The API server refused a request; ``message`` is its own words."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+    @staticmethod
+    def of(status: int, message: str) -> KubeError:
+        kind = {404: NotFound, 409: Conflict}.get(status, KubeError)
+        return kind(status, message)
+
+
+class NotFound(KubeError):
+    """404: the object (or its kind, or the Secret's key) does not exist."""
+
+
+class Conflict(KubeError):
+    """409: it exists already (create), or changed meanwhile (update)."""
 
 
 class Kube:
@@ -130,7 +146,7 @@ class Kube:
                     message = json.loads(text).get("message", text)
                 except ValueError:
                     message = text
-                raise KubeError(resp.status, message)
+                raise KubeError.of(resp.status, message)
             result: dict[str, Any] = json.loads(text) if text else {}
             return result
 
@@ -157,11 +173,11 @@ class Kube:
                         self._scalable[key] = f"{res['name']}/scale" in names
                         break
                 else:
-                    raise KubeError(404, f"{target.api_version} has no kind {target.kind}")
+                    raise NotFound(404, f"{target.api_version} has no kind {target.kind}")
         return self._plurals[key]
 
     async def has_scale(self, target: TargetRef) -> bool:
-        """Whether discovery lists a ``/scale`` subresource for the target's kind (KubeError: no such kind)."""
+        """Whether discovery lists a ``/scale`` subresource for the target's kind (NotFound: no such kind)."""
         await self._plural(target)
         return self._scalable[(target.api_version, target.kind)]
 
@@ -194,7 +210,7 @@ class Kube:
         secret = await self.request("GET", path, resource="secrets")
         data = secret.get("data") or {}
         if ref.key not in data:
-            raise KubeError(404, f"Secret {ref.name} has no key {ref.key}")
+            raise NotFound(404, f"Secret {ref.name} has no key {ref.key}")
         return base64.b64decode(data[ref.key]).decode()
 
     # --- Deployments the operator owns ----------------------------------------------------------------
@@ -211,9 +227,7 @@ class Kube:
                 content_type="application/json",
                 resource="deployments",
             )
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
+        except Conflict:
             patch = {"metadata": manifest["metadata"], "spec": dict(manifest["spec"])}
             patch["spec"].pop("replicas", None)
             await self.request("PATCH", api_path(*collection, name), patch, resource="deployments")

@@ -1,0 +1,88 @@
+"""The QueueConsumer's ``.status`` document, built from plain values: pure, tested without a cluster.
+
+``consumer.py`` keeps the loop's state and decides when to write; this module says what is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from tide_worker.backlog import Backlog
+
+from tide_operator.policy import Decision, PolicyState
+
+MESSAGE_LIMIT = 1000  # the API server stores messages whole; bound what one poll can write
+_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+ConditionValue = tuple[str, str, str]  # (status "True"/"False", reason, message)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime(_FORMAT)
+
+
+def parse_iso(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.strptime(str(value), _FORMAT).replace(tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def backlog_status(b: Backlog) -> dict[str, Any]:
+    """``.status.backlog``: the parts, as ``kubectl get qc`` and dashboards read them."""
+    return {
+        "total": b.total,
+        "ready": b.ready,
+        "inFlight": b.inflight,
+        "retriesDue": b.retries_due,
+        "retriesWaiting": b.retries_waiting,
+        "streamLag": b.stream_lag,
+        "streamPending": b.stream_pending,
+        "lagEstimated": b.lag_estimated,
+    }
+
+
+def build_status(
+    *,
+    queue: str | None,
+    generation: int | None,
+    current: int | None,
+    conditions: Mapping[str, ConditionValue],
+    transitions: Mapping[str, str],
+    decision: Decision | None,
+    state: PolicyState,
+    backlog: Mapping[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The whole status; unset fields are left out (a merge patch leaves what it does not name). Messages
+    arrive redacted (``tide_worker.connection.redact``): this module does no I/O and imports none."""
+    status: dict[str, Any] = {
+        "queue": queue,
+        "observedGeneration": generation,
+        "currentReplicas": current,
+        "conditions": [
+            {
+                "type": ctype,
+                "status": cstatus,
+                "reason": reason,
+                "message": message[:MESSAGE_LIMIT],
+                "lastTransitionTime": transitions.get(ctype) or iso(now),
+            }
+            for ctype, (cstatus, reason, message) in sorted(conditions.items())
+        ],
+    }
+    if decision is not None:
+        status["desiredReplicas"] = decision.desired
+        status["lastRule"] = decision.rule
+        status["lastScaleTime"] = iso(state.last_scale_time)
+        status["lastActiveTime"] = iso(state.last_active_time)
+        status["lastDecision"] = decision.reason[:MESSAGE_LIMIT]
+    if backlog is not None:
+        status["backlog"] = dict(backlog)
+    return {k: v for k, v in status.items() if v is not None}

@@ -1,0 +1,87 @@
+"""The status document, built without a cluster (``tide_operator.status``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tide_operator.policy import Decision, PolicyState
+from tide_operator.status import MESSAGE_LIMIT, backlog_status, build_status, iso, parse_iso
+from tide_worker.backlog import Backlog
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def _build(**overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "queue": "jobs",
+        "generation": 3,
+        "current": 2,
+        "conditions": {},
+        "transitions": {},
+        "decision": None,
+        "state": PolicyState(),
+        "backlog": None,
+        "now": NOW,
+    }
+    args.update(overrides)
+    return build_status(**args)
+
+
+def test_iso_round_trips_whole_seconds() -> None:
+    assert iso(NOW) == "2027-01-15T08:00:00Z"
+    assert parse_iso(iso(NOW)) == NOW
+    assert iso(None) is None
+
+
+@pytest.mark.parametrize("value", [None, "", "yesterday", "2027-01-15 08:00:00", 17])
+def test_parse_iso_of_what_is_not_a_time_is_none(value: Any) -> None:
+    assert parse_iso(value) is None
+
+
+def test_before_the_first_decision_only_what_is_known_is_written() -> None:
+    assert _build(current=None) == {"queue": "jobs", "observedGeneration": 3, "conditions": []}
+
+
+def test_conditions_sorted_with_their_transition_times_and_bounded_messages() -> None:
+    status = _build(
+        conditions={"Ready": ("True", "Serving", "x" * 5000), "Active": ("False", "Idle", "backlog 0")},
+        transitions={"Ready": "2027-01-01T00:00:00Z"},
+    )
+    ready, active = status["conditions"][1], status["conditions"][0]
+    assert [c["type"] for c in status["conditions"]] == ["Active", "Ready"]
+    assert ready == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Serving",
+        "message": "x" * MESSAGE_LIMIT,
+        "lastTransitionTime": "2027-01-01T00:00:00Z",
+    }
+    # a condition with no recorded transition is stamped now
+    assert active["lastTransitionTime"] == iso(NOW)
+
+
+def test_a_decision_brings_its_replicas_rule_and_times() -> None:
+    state = PolicyState(last_scale_time=NOW - 60, last_active_time=None)
+    decision = Decision(desired=5, rule="target", reason="backlog 50 / 10 per replica = 5", state=state)
+    status = _build(decision=decision, state=state)
+    assert status["desiredReplicas"] == 5 and status["currentReplicas"] == 2
+    assert status["lastRule"] == "target" and status["lastDecision"] == "backlog 50 / 10 per replica = 5"
+    assert status["lastScaleTime"] == iso(NOW - 60)
+    assert "lastActiveTime" not in status  # unknown: left out, so a merge patch keeps the stored one
+
+
+def test_backlog_parts_as_kubectl_and_dashboards_read_them() -> None:
+    b = Backlog(ready=5, inflight=2, retries_due=1, retries_waiting=7, stream_lag=0)
+    doc = backlog_status(b)
+    assert doc == {
+        "total": 8,
+        "ready": 5,
+        "inFlight": 2,
+        "retriesDue": 1,
+        "retriesWaiting": 7,
+        "streamLag": 0,
+        "streamPending": 0,
+        "lagEstimated": False,
+    }
+    assert _build(backlog=doc)["backlog"] == doc
