@@ -75,3 +75,12 @@ def retry_after(msg: Message) -> None:
 async def async_sleepy(msg: Message) -> None:
     await asyncio.sleep(float(os.environ.get("TIDE_TEST_SLEEP", "0.5")))
     _record(msg)
+
+
+def pill(msg: Message) -> None:
+    """Bodies starting with 'pill' kill the process (after TIDE_TEST_SLEEP, default 0.3 s: the prefetch
+    lands meanwhile); the others are recorded."""
+    if str(msg.body).startswith("pill"):
+        time.sleep(float(os.environ.get("TIDE_TEST_SLEEP", "0.3")))
+        os._exit(17)
+    _record(msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import secrets
@@ -13,6 +14,54 @@ def default_worker_id() -> str:
     """``<POD_NAME or hostname>-<pid>-<4 hex>``: unique per process, readable in the registry."""
     host = os.environ.get("POD_NAME") or socket.gethostname() or "worker"
     return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+# Bounds of the numeric options. Past them an option is refused (``tide worker`` exits 2 with one line).
+MAX_BATCH = 100_000  # a processing list this long is reaped and requeued by one Lua call each
+MAX_CONCURRENCY = 10_000  # lanes; a sync handler runs 2 threads per lane
+MAX_COUNT = 1_000_000_000  # attempts and interrupts
+MAX_SECONDS = 365 * 24 * 3600
+MIN_TICK = 0.01  # shorter loop periods spin, and Redis reads a timeout under 1 ms as "block forever"
+
+# option -> (low, high, integer?): ints must be ints (bools are not); every number must be finite.
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "concurrency": (1, MAX_CONCURRENCY, True),
+    "batch_size": (1, MAX_BATCH, True),
+    "max_attempts": (1, MAX_COUNT, True),
+    "max_interrupts": (1, MAX_COUNT, True),
+    "dedupe_ttl": (0, MAX_SECONDS, True),
+    "metrics_port": (-1, 65535, True),
+    "backoff_base": (0, MAX_SECONDS, False),
+    "backoff_cap": (0, MAX_SECONDS, False),
+    "handler_timeout": (0, MAX_SECONDS, False),
+    "shutdown_grace": (0, MAX_SECONDS, False),
+    "heartbeat_ttl": (MIN_TICK, MAX_SECONDS, False),
+    "reaper_interval": (MIN_TICK, MAX_SECONDS, False),
+    "claim_idle": (MIN_TICK, MAX_SECONDS, False),
+    "block_timeout": (MIN_TICK, MAX_SECONDS, False),
+    "promote_interval": (MIN_TICK, MAX_SECONDS, False),
+}
+
+
+def flag(name: str) -> str:
+    """The ``tide worker`` option of a WorkerConfig field."""
+    return "--" + name.replace("_", "-")
+
+
+def check_number(name: str, value: object) -> None:
+    """Raise ValueError (one line naming the option) unless ``value`` is within the bounds of ``name``."""
+    low, high, integer = BOUNDS[name]
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        raise ValueError(f"{flag(name)} must be {kind}, not {value!r}")
+    assert isinstance(value, int | float)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{flag(name)} must be {kind} from {_num(low)} to {_num(high)}, not {value!r}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 @dataclass
@@ -52,15 +101,8 @@ class WorkerConfig:
             raise ValueError(f"--side must be right or left, not {self.side!r}")
         if self.fetch_command not in ("auto", "blmove", "brpoplpush"):
             raise ValueError(f"unknown fetch command {self.fetch_command!r}")
-        for name in ("concurrency", "batch_size", "max_attempts", "max_interrupts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in ("backoff_base", "backoff_cap", "handler_timeout", "shutdown_grace", "dedupe_ttl"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        for name in ("heartbeat_ttl", "reaper_interval", "claim_idle", "block_timeout", "promote_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+        for name in BOUNDS:
+            check_number(name, getattr(self, name))
 
     @property
     def source_name(self) -> str:

@@ -64,6 +64,12 @@ class QueueKeys:
             raise ValueError(f"{key!r} is not a processing list of {self.queue!r}")
         return key[len(head) :]
 
+    def unstarted(self, worker_id: str) -> str:
+        """How many of the leftmost entries of the worker's processing list never started (an integer;
+        -1 once a requeue froze it). The reaper counts no interruption for those. Deliberately not under
+        ``:processing:``, whose pattern finds processing lists."""
+        return f"{self.prefix}:unstarted:{worker_id}"
+
     @property
     def workers(self) -> str:
         """Sorted set: worker id -> last heartbeat (unix seconds)."""

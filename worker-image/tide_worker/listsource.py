@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import redis.exceptions as rexc
 
@@ -21,6 +21,17 @@ from tide_worker.source import Delivery
 PROMOTE_LIMIT = 500
 
 
+@runtime_checkable
+class CountsUnstarted(Protocol):
+    """A source that keeps a durable count of held messages no lane started (list queues; streams have
+    delivery counts instead)."""
+
+    async def fetch_counting(
+        self, count: int, acks: Sequence[Delivery], unstarted: int
+    ) -> list[Delivery]: ...
+    async def set_unstarted(self, unstarted: int, thaw: bool = False) -> None: ...
+
+
 class ListSource:
     kind = "list"
     acks_with_fetch = True  # fetch() acknowledges in the same round trip
@@ -32,6 +43,7 @@ class ListSource:
         self.name = cfg.queue
         self.keys = QueueKeys(cfg.queue)
         self.proc = self.keys.processing(cfg.worker_id)
+        self.unstarted_key = self.keys.unstarted(cfg.worker_id)
         self.scripts = Scripts(client)
         # BLMOVE unless forced off; switched off for good on an "unknown command" reply (Redis < 6.2).
         self.use_blmove = cfg.fetch_command != "brpoplpush"
@@ -54,12 +66,27 @@ class ListSource:
         raw = await self._block_one() if block else None
         return [self._delivery(raw)] if raw is not None else []
 
-    async def _ack_fetch(self, count: int, acks: Sequence[Delivery], counter: str = "processed") -> Any:
-        keys = [self.name, self.proc, self.keys.stats]
+    async def fetch_counting(self, count: int, acks: Sequence[Delivery], unstarted: int) -> list[Delivery]:
+        """A non-blocking fetch that also sets the unstarted count: ``unstarted`` + the messages it fetched.
+
+        ``unstarted`` is how many held messages no lane may start before a later count lands (the
+        runtime's ``_until_uncounted``); the reaper counts no interruption for that many leftmost entries.
+        """
+        items = await self._ack_fetch(count, acks, unstarted=str(unstarted))
+        return [self._delivery(raw) for raw in items]
+
+    async def set_unstarted(self, unstarted: int, thaw: bool = False) -> None:
+        """Set the unstarted count alone (max(0, ``unstarted``)); ``thaw``: even when a requeue froze it."""
+        await self._ack_fetch(0, (), unstarted=("!" if thaw else "") + str(unstarted))
+
+    async def _ack_fetch(
+        self, count: int, acks: Sequence[Delivery], counter: str = "processed", unstarted: str = ""
+    ) -> Any:
+        keys = [self.name, self.proc, self.keys.stats, self.unstarted_key]
         ttl = self.cfg.dedupe_ttl
         if ttl:
             keys += [self.keys.dedupe(d.message_id) for d in acks]
-        args = [count, self.cfg.side, ttl, counter, *[d.raw for d in acks]]
+        args = [count, self.cfg.side, ttl, counter, unstarted, *[d.raw for d in acks]]
         return await self.scripts.fetch_batch(keys=keys, args=args)
 
     async def _block_one(self) -> bytes | None:
@@ -93,13 +120,14 @@ class ListSource:
         return bool(removed)
 
     async def dead(self, delivery: Delivery, record: DeadLetter) -> bool:
-        keys = [self.proc, self.keys.dead, self.keys.stats]
+        keys = [self.proc, self.keys.dead, self.keys.stats, self.unstarted_key]
         return bool(await self.scripts.dead(keys=keys, args=[delivery.raw, record.encode()]))
 
     async def _return(self, mode: str, deliveries: list[Delivery]) -> int:
         # One atomic call; the script puts them back in fetch order whatever the order given here.
         args = [self.cfg.side, mode, *[d.raw for d in deliveries]]
-        return int(await self.scripts.requeue_head(keys=[self.proc, self.name], args=args))
+        keys = [self.proc, self.name, self.unstarted_key]  # freezes the unstarted count
+        return int(await self.scripts.requeue_head(keys=keys, args=args))
 
     async def requeue(self, deliveries: list[Delivery]) -> int:
         return await self._return("only", deliveries) if deliveries else 0
@@ -127,7 +155,7 @@ class ListSource:
 
     async def deregister(self) -> bool:
         wid = self.cfg.worker_id
-        keys = [self.proc, self.keys.workers, self.keys.worker(wid)]
+        keys = [self.proc, self.keys.workers, self.keys.worker(wid), self.unstarted_key]
         return bool(await self.scripts.deregister(keys=keys, args=[wid]))
 
     def maintenance_interval(self) -> float:

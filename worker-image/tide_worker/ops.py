@@ -32,6 +32,7 @@ Progress = Callable[[int, int], None]
 
 DEFAULT_BATCH = 500
 SCAN_COUNT = 1000
+MAX_INDEX = 2**63 - 1  # Redis list indexes are signed 64-bit
 
 
 @cache
@@ -252,9 +253,9 @@ def requeue_payload(dl: DeadLetter) -> bytes:
 
 def dlq_list(client: Client, queue: str, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
     """Dead letters of ``queue``, newest first, ``limit`` of them from ``offset``."""
-    if limit <= 0 or offset < 0:
+    if limit <= 0 or offset < 0 or offset > MAX_INDEX:
         return []
-    raws = client.lrange(QueueKeys(queue).dead, offset, offset + limit - 1)
+    raws = client.lrange(QueueKeys(queue).dead, offset, min(offset + limit - 1, MAX_INDEX))
     return [_parse_record(r, queue) or _unreadable(r, queue) for r in raws]
 
 

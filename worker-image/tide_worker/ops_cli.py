@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +28,8 @@ from tide_worker.producer import Producer
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+MAX_SECONDS = 365 * 24 * 3600  # --delay, --watch
+MAX_INT64 = 2**63 - 1  # Redis counts and indexes are signed 64-bit
 PROGRESS_MIN = 1000  # lists shorter than this finish too fast for a bar to help
 
 
@@ -273,10 +276,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError("--maxlen works with --stream only")
     if args.message_id and (len(args.bodies) != 1 or args.file):
         raise UsageError("--id needs exactly one BODY")
-    if args.delay is not None and args.delay < 0:
-        raise UsageError("--delay must be >= 0")
-    if args.maxlen is not None and args.maxlen < 0:
-        raise UsageError("--maxlen must be >= 0")
+    if args.delay is not None and not (math.isfinite(args.delay) and 0 <= args.delay <= MAX_SECONDS):
+        raise UsageError(f"--delay must be from 0 to {MAX_SECONDS} seconds, not {args.delay!r}")
+    if args.maxlen is not None and not 0 <= args.maxlen <= MAX_INT64:
+        raise UsageError(f"--maxlen must be from 0 to {MAX_INT64}, not {args.maxlen}")
     # Parse everything before connecting, so a bad line enqueues nothing.
     bodies = list(_parsed(_bodies(args), args.json))
     client = _client(args)
@@ -349,8 +352,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise UsageError("--stream needs --group")
     if args.queue and args.group:
         raise UsageError("--group works with --stream only")
-    if args.watch is not None and args.watch <= 0:
-        raise UsageError("--watch must be > 0 seconds")
+    if args.watch is not None and not (math.isfinite(args.watch) and 0 < args.watch <= MAX_SECONDS):
+        raise UsageError(f"--watch must be more than 0 and at most {MAX_SECONDS} seconds, not {args.watch!r}")
     client = _client(args)
     try:
         while True:

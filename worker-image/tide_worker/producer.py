@@ -12,6 +12,7 @@ pipeline goes to one node.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
@@ -50,8 +51,8 @@ def _as_body(body: Any) -> Any:
 
 
 def _check_delay(delay: float | None) -> None:
-    if delay is not None and delay < 0:
-        raise ValueError(f"delay must be >= 0 seconds, not {delay}")
+    if delay is not None and not (math.isfinite(delay) and delay >= 0):
+        raise ValueError(f"delay must be a finite number >= 0 seconds, not {delay}")
 
 
 def _prepare(body: Any, message_id: str | None, headers: dict[str, Any] | None) -> tuple[str, bytes]:
@@ -60,8 +61,8 @@ def _prepare(body: Any, message_id: str | None, headers: dict[str, Any] | None) 
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    if size < 1:
-        raise ValueError(f"chunk must be >= 1, not {size}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"chunk must be an integer >= 1, not {size!r}")
     batch: list[Any] = []
     for item in items:
         batch.append(item)

@@ -2,7 +2,8 @@
 
 A worker is dead when its heartbeat key has expired. Candidates are the registry's members and, less
 often, processing lists found by SCAN whose owner is not registered (orphans). The reap script checks
-the heartbeat again, counts an interruption per message and dead-letters poison pills.
+the heartbeat again, counts an interruption per message that had started (the worker's unstarted count
+says how many had not) and dead-letters poison pills.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class ListReaper:
             self.keys.workers,
             self.keys.worker(other),
             self.keys.stats,
+            self.keys.unstarted(other),
         ]
         args = [other, self.cfg.max_interrupts, self.cfg.side, time.time(), self.cfg.queue, INTERRUPTS_TTL]
         requeued, dead = (int(x) for x in await self.scripts.reap(keys=keys, args=args))

@@ -38,6 +38,7 @@ from tide_worker.config import WorkerConfig, backoff_delay
 from tide_worker.connection import AUTH_ERRORS, RedisSettings, async_client, refusal_hint
 from tide_worker.errors import Reject, RetryAfter
 from tide_worker.handler import Handler
+from tide_worker.listsource import CountsUnstarted
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
 from tide_worker.records import DeadLetter, Heartbeat, clean_text
 from tide_worker.source import Delivery, Source
@@ -254,6 +255,17 @@ class Worker:
         self._backoff_logged = logs.RateLimited(30.0)
         # Each lane takes up to this many ready messages at once: one thread hop and one ack batch for all.
         self.chunk_size = max(1, cfg.batch_size // cfg.concurrency)
+        # The unstarted count (list queues; see _until_uncounted). Fetched messages get positions 1, 2, ...
+        # in fetch order; lanes take them in that order. Each count sent carries a cut: positions above it
+        # are counted unstarted, and a lane starts position p only once a count with cut >= p has landed.
+        self.counting = self.source if isinstance(self.source, CountsUnstarted) else None
+        self.positions: dict[int, int] = {}  # ready delivery id() -> its position
+        self.fetched_pos = 0  # positions given so far
+        self.taken_pos = 0  # the highest position a lane has taken
+        self.cut_sent = 0  # cuts only grow: a later count never covers what an earlier one let start
+        self.cut_landed = 0
+        self.count_lock = asyncio.Lock()  # one count in flight at a time, so they land in order
+        self.count_landed = asyncio.Event()  # set and replaced when a count lands or fails
 
     def _make_source(self) -> Source:
         if self.cfg.queue:
@@ -578,6 +590,8 @@ class Worker:
             bad: list[tuple[Delivery, str, str]] = []
             for d in deliveries:  # no await until all are held and queued: a stop sees them all
                 self.held[id(d)] = d
+                self.fetched_pos += 1
+                self.positions[id(d)] = self.fetched_pos
                 if d.msg is None:
                     bad.append((d, "malformed", d.error))
                 elif self._attempts(d) >= self.cfg.max_attempts:
@@ -585,10 +599,20 @@ class Worker:
                     bad.append((d, *self._exhausted(d)))
                 else:
                     self.ready.put_nowait(d)
+                    continue
+                del self.positions[id(d)]  # never taken by a lane (their count is fixed by dead.lua)
             if self.fetch_lost:
                 # A fetch failed mid-call: it may have moved messages whose reply never came.
                 self.fetch_lost = False
-                back = await self._redis("recover", lambda: self.source.recover(list(self.held.values())))
+                async with self.count_lock:  # the requeue froze the count: thaw it, no count in flight
+                    try:
+                        back = await self._redis(
+                            "recover", lambda: self.source.recover(list(self.held.values()))
+                        )
+                        if self.counting is not None:
+                            await self._redis("count", lambda: self._send_count(thaw=True))
+                    finally:
+                        self._count_notify()
                 if back:
                     self.log.warning(
                         "returned messages a lost fetch reply left behind", extra=logs.kv(count=back)
@@ -598,10 +622,62 @@ class Worker:
 
     async def _fetch(self, count: int, acks: list[Delivery], block: bool) -> list[Delivery]:
         try:
-            return await self.source.fetch(count, acks, block)
+            if block or self.counting is None:
+                return await self.source.fetch(count, acks, block)
+            async with self.count_lock:  # a non-blocking fetch also sends the unstarted count
+                return await self._send_count(count, acks)
         except CONNECTION_ERRORS:
             self.fetch_lost = True
             raise
+
+    async def _send_count(
+        self, count: int = 0, acks: list[Delivery] | None = None, thaw: bool = False
+    ) -> list[Delivery]:
+        """Send the unstarted count (with a fetch of ``count`` when > 0); hold ``count_lock`` to call.
+
+        The cut is past every taken position and the chunks idle lanes are about to take, so none of
+        those is counted; the count is the positions above the cut (the newest fetched, the leftmost in
+        the processing list), plus what this call fetches. Redis may so count too few, never too many.
+        """
+        assert self.counting is not None
+        cut = max(self.cut_sent, self.taken_pos + self.idle_lanes * self.chunk_size)
+        self.cut_sent = cut
+        try:
+            if count > 0:
+                got = await self.counting.fetch_counting(count, acks or [], self.fetched_pos - cut)
+            else:
+                await self.counting.set_unstarted(self.fetched_pos - cut, thaw)
+                got = []
+            self.cut_landed = max(self.cut_landed, cut)
+            return got
+        finally:
+            self._count_notify()
+
+    def _count_notify(self) -> None:
+        """Wake the lanes waiting on a count in flight: it landed or failed."""
+        self.count_landed.set()
+        self.count_landed = asyncio.Event()
+
+    async def _until_uncounted(self, chunk: list[Delivery]) -> None:
+        """Start a taken chunk only once Redis no longer counts it unstarted: a count whose cut is past
+        it has landed. Else a crash would let a poison pill go back uncounted and crash-loop forever.
+
+        The fetcher's next non-blocking fetch, which the take wakes, usually carries that count; when
+        none is coming (the fetcher blocks or has no room), the lane sends the count itself.
+        """
+        top = 0
+        for d in chunk:
+            top = max(top, self.positions.pop(id(d), 0))
+        self.taken_pos = max(self.taken_pos, top)
+        while self.counting is not None and self.cut_landed < top and not self.stopping:
+            if self.count_lock.locked():  # a count in flight: if it does not cover us, the next may
+                await self.count_landed.wait()
+                continue
+            await asyncio.sleep(0)  # the fetcher, woken by the take, sends its fetch first
+            if self.count_lock.locked() or self.cut_landed >= top:
+                continue
+            async with self.count_lock:
+                await self._redis("count", self._send_count)
 
     def _settled(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
@@ -631,6 +707,7 @@ class Worker:
             chunk = await self._take_chunk(size)
             if chunk is None:
                 return
+            await self._until_uncounted(chunk)  # before anything starts or leaves the list
             if self.cfg.dedupe_ttl and not self.stopping:
                 chunk = await self._skip_done(chunk)
                 if not chunk:

@@ -66,6 +66,14 @@ OPTIONS: tuple[Opt, ...] = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class BadEnv:
+    """An unreadable ``TIDE_*`` value: refused when ``tide worker`` runs (exit 2, one line), not when any
+    ``tide`` command builds its parser."""
+
+    message: str
+
+
 def _env_default(opt: Opt) -> Any:
     text = os.environ.get(opt.env)
     if text is None or text == "":
@@ -73,7 +81,7 @@ def _env_default(opt: Opt) -> Any:
     try:
         value = opt.type(text)
     except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise SystemExit(f"tide worker: bad {opt.env}={text!r}: {exc}") from None
+        return BadEnv(f"bad {opt.env}={text!r} (for {opt.flag}): {exc}")
     if isinstance(value, str) and opt.choices:
         value = value.lower() if opt.dest == "side" else value.upper() if opt.dest == "log_level" else value
     return value
@@ -113,6 +121,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    for opt in OPTIONS:
+        value = getattr(args, opt.dest, None)
+        if isinstance(value, BadEnv):
+            raise ValueError(value.message)
     if not args.handler:
         raise ValueError("--handler (or TIDE_HANDLER) is required")
     cfg = WorkerConfig(

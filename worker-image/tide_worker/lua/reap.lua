@@ -1,8 +1,12 @@
 -- Return a dead worker's messages to the consumer end of the queue (oldest fetched consumed first),
--- count one interruption per message id, and dead-letter ("poison") a message interrupted more than
--- ARGV[2] times, so crash loops end. Then drop the worker's processing list and registry entry.
+-- count one interruption per message id that had started, and dead-letter ("poison") a message
+-- interrupted more than ARGV[2] times, so crash loops end. Then drop the worker's processing list, its
+-- unstarted count and its registry entry.
+-- The worker's unstarted count U says its U leftmost (newest fetched) entries never started: they go
+-- back uncounted, so the good messages fetched behind a poison pill are not dead-lettered with it. The
+-- worker only ever lets U be too low (then more is counted, never less; see fetch_batch.lua).
 -- KEYS[1] processing list, KEYS[2] queue, KEYS[3] interrupts hash, KEYS[4] dead list, KEYS[5] workers
--- zset, KEYS[6] heartbeat key, KEYS[7] stats hash;
+-- zset, KEYS[6] heartbeat key, KEYS[7] stats hash, KEYS[8] unstarted count (optional);
 -- ARGV[1] worker id, ARGV[2] max interrupts, ARGV[3] side, ARGV[4] now, ARGV[5] queue name,
 -- ARGV[6] interrupts TTL in seconds. Returns {requeued, dead}; {-1, 0} when the worker is alive.
 if redis.call("EXISTS", KEYS[6]) == 1 then return {-1, 0} end
@@ -59,10 +63,18 @@ end
 local max_interrupts = tonumber(ARGV[2])
 local push = (ARGV[3] == "left") and "LPUSH" or "RPUSH"
 local items = redis.call("LRANGE", KEYS[1], 0, -1)
+local unstarted = 0
+if KEYS[8] then
+  unstarted = tonumber(redis.call("GET", KEYS[8]) or "0") or 0  -- -1 (frozen) counts as 0
+end
 local requeued, dead = 0, 0
-for _, raw in ipairs(items) do
-  local id, attempts = message_id(raw)
-  local count = redis.call("HINCRBY", KEYS[3], id, 1)
+for i, raw in ipairs(items) do
+  local count = 0
+  local id, attempts
+  if i > unstarted then
+    id, attempts = message_id(raw)
+    count = redis.call("HINCRBY", KEYS[3], id, 1)
+  end
   if count > max_interrupts then
     local text, encoding = raw, "utf-8"
     if not valid_utf8(raw) then
@@ -88,5 +100,6 @@ if #items > 0 then
   if dead > 0 then redis.call("HINCRBY", KEYS[7], "dead", dead) end
 end
 redis.call("DEL", KEYS[1])
+if KEYS[8] then redis.call("DEL", KEYS[8]) end
 redis.call("ZREM", KEYS[5], ARGV[1])
 return {requeued, dead}

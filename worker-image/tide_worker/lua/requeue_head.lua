@@ -1,7 +1,9 @@
 -- Return messages this worker holds to the consumer end of the queue in one atomic call, so they are
 -- consumed next and in the order they were fetched: the queue's head then reads as it did before the
 -- fetches. The order comes from the processing list (newest fetched at its left), not from ARGV.
--- KEYS[1] processing list, KEYS[2] queue;
+-- KEYS[1] processing list, KEYS[2] queue, KEYS[3] unstarted count (optional: frozen at -1, since
+-- entries leave the list from among the leftmost, and a fetch sent earlier may still land; see
+-- fetch_batch.lua);
 -- ARGV[1] side; ARGV[2] mode: "only" returns the messages named in ARGV[3..], "except" returns every
 -- message of the list but those named (none named: the whole list). Names are a multiset: a raw named
 -- twice matches two identical copies. Returns how many went back.
@@ -10,6 +12,9 @@ local only = ARGV[2] == "only"
 local named = {}
 for i = 3, #ARGV do
   named[ARGV[i]] = (named[ARGV[i]] or 0) + 1
+end
+if KEYS[3] then
+  redis.call("SET", KEYS[3], -1)
 end
 local items = redis.call("LRANGE", KEYS[1], 0, -1)
 -- Identical copies are told apart by position: the started ones are the older, so names match the oldest
