@@ -299,3 +299,41 @@ def test_handler_that_fails_at_import_is_one_line_and_exit_2(spawn, tmp_path: Pa
     assert len(lines) == 1, lines
     entry = json.loads(lines[0])
     assert entry["msg"] == "cannot load the handler" and expected in entry["error"], entry
+
+
+def test_tools_leave_corrupt_records_in_place_and_refuse_deep_json(r, redis_url, spawn):
+    """A dead letter whose base64 message is corrupt, or whose encoding is unknown, and a stream dead
+    letter with a NaN time: listed as unreadable, never requeued, and no tool crashes; ``tide enqueue
+    --json`` of JSON nested past the decoder is refused in one line."""
+    corrupt = DeadLetter.for_raw(b"\xff\xfe", reason="malformed", error="e", queue="q")
+    corrupt.message = "!!! not base64 !!!"
+    unknown = DeadLetter.for_raw(b"x", reason="malformed", error="e", queue="q")
+    unknown.encoding = "rot13"
+    r.lpush(K.dead, corrupt.encode(), unknown.encode())
+    r.xadd("{s}:dead", {"message": "m", "encoding": "utf-8", "reason": "failed", "time": "nan"})
+    runs = [
+        ["dlq", "list", "--queue", "q"],
+        ["dlq", "requeue", "--queue", "q"],
+        ["dlq", "list", "--stream", "s"],
+    ]
+    for argv in runs:
+        p = subprocess.run(
+            [sys.executable, "-c", SCRIPT, *argv, "--redis-url", redis_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (argv, p.stderr[-2000:])
+        if argv[1] == "list":
+            assert "unreadable" in p.stdout, p.stdout
+    assert r.llen(K.dead) == 2 and r.llen("q") == 0  # left in place: we do not know what they held
+    deep = "[" * 20_000 + "]" * 20_000  # past the decoder's recursion limit, within one argument's size limit
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "enqueue", "--queue", "q", "--json", deep, "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "nested too deep" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert r.llen("q") == 0

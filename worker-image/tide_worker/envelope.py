@@ -173,11 +173,3 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def message_id_of(raw: bytes) -> str:
-    """The id a message will be known by, or its byte hash when it cannot be decoded."""
-    try:
-        return decode(raw).id
-    except MalformedMessage:
-        return plain_id(raw)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KEY_VERSION = 1
-
 
 def hash_tag(name: str) -> str | None:
     """The part of ``name`` Redis Cluster hashes, or None when the whole name is hashed."""

@@ -367,7 +367,10 @@ def _stream_record(fields: Mapping[Any, Any] | None, stream: str) -> DeadLetter 
     known.setdefault("reason", "")
     known.setdefault("error", "")
     known.setdefault("queue", stream)
-    return DeadLetter(**known)
+    try:
+        return DeadLetter(**known).checked()
+    except ValueError:
+        return None
 
 
 def _stream_letter(entry_id: Any, fields: Mapping[Any, Any] | None, stream: str) -> StreamDeadLetter:

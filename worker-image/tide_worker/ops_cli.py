@@ -265,6 +265,8 @@ def _parsed(bodies: Iterator[str], as_json: bool) -> Iterator[Any]:
             yield json.loads(body)
         except json.JSONDecodeError as exc:
             raise UsageError(f"message {n} is not valid JSON ({exc.msg}): {body[:60]!r}") from None
+        except RecursionError:
+            raise UsageError(f"message {n} is JSON nested too deep to decode: {body[:60]!r}") from None
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""Records workers write and tools read: dead letters and heartbeats (JSON, versioned by their keys)."""
+"""Records workers write and tools read: dead letters and heartbeats (JSON objects; a reader takes the
+fields it knows and refuses a value of the wrong type, so fields can be added without breaking readers)."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 import time
@@ -69,7 +71,7 @@ def raw_to_text(raw: bytes) -> tuple[str, str]:
 
 
 def text_to_raw(text: str, encoding: str) -> bytes:
-    return base64.b64decode(text) if encoding == "base64" else text.encode("utf-8")
+    return base64.b64decode(text, validate=True) if encoding == "base64" else text.encode("utf-8")
 
 
 @dataclass
@@ -107,7 +109,20 @@ class DeadLetter:
     @classmethod
     def decode(cls, data: bytes | str) -> DeadLetter:
         """The record, or ValueError when ``data`` is not one."""
-        return _fields(cls, data)
+        return _fields(cls, data).checked()
+
+    def checked(self) -> DeadLetter:
+        """``self`` when its message can be turned back into bytes, else ValueError: a record with a
+        corrupt payload is shown as unreadable and left in place, never requeued as something else."""
+        if self.encoding not in ("utf-8", "base64"):
+            raise ValueError(f"record encoding {self.encoding!r} is neither utf-8 nor base64")
+        if not math.isfinite(self.time):
+            raise ValueError("record time is not a finite number")
+        try:
+            self.raw  # noqa: B018 (decoded for the check only)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise ValueError(f"record message cannot be decoded as {self.encoding}: {exc}") from None
+        return self
 
 
 @dataclass

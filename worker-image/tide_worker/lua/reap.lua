@@ -47,7 +47,7 @@ local function valid_utf8(s)
   return true
 end
 
--- The id exactly as envelope.message_id_of computes it: the envelope id, else the sha1 of the bytes.
+-- The id the worker knows the message by (Delivery.message_id): the envelope id, else the sha1 of the bytes.
 local function message_id(raw)
   if string.sub(raw, 1, 1) == "{" then
     local ok, obj = pcall(cjson.decode, raw)
