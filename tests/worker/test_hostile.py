@@ -91,6 +91,12 @@ def test_deeply_nested_message_is_dead_lettered_and_the_queue_moves_on(r, spawn,
     assert w.wait(20) == 0
 
 
+def _tool(redis_url: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One `tide` ops command as its own process."""
+    cmd = [sys.executable, "-c", SCRIPT, *argv, "--redis-url", redis_url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
 def test_tools_read_deeply_nested_records_without_crashing(r, redis_url, spawn):
     """`tide dlq list/requeue` and `tide stats` over a foreign, deeply nested dead letter and heartbeat."""
     r.lpush(K.dead, b"[" * 5000 + b"]" * 5000)  # not a record at all
@@ -105,12 +111,7 @@ def test_tools_read_deeply_nested_records_without_crashing(r, redis_url, spawn):
         ["dlq", "requeue", "--queue", "q"],
     ]
     for argv in runs:
-        p = subprocess.run(
-            [sys.executable, "-c", SCRIPT, *argv, "--redis-url", redis_url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        p = _tool(redis_url, *argv)
         assert p.returncode == 0 and "Traceback" not in p.stderr, (argv, p.stderr[-2000:])
         if argv[:2] == ["dlq", "list"]:
             assert "unreadable" in p.stdout
@@ -317,23 +318,13 @@ def test_tools_leave_corrupt_records_in_place_and_refuse_deep_json(r, redis_url,
         ["dlq", "list", "--stream", "s"],
     ]
     for argv in runs:
-        p = subprocess.run(
-            [sys.executable, "-c", SCRIPT, *argv, "--redis-url", redis_url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        p = _tool(redis_url, *argv)
         assert p.returncode == 0 and "Traceback" not in p.stderr, (argv, p.stderr[-2000:])
         if argv[1] == "list":
             assert "unreadable" in p.stdout, p.stdout
     assert r.llen(K.dead) == 2 and r.llen("q") == 0  # left in place: we do not know what they held
     deep = "[" * 20_000 + "]" * 20_000  # past the decoder's recursion limit, within one argument's size limit
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "enqueue", "--queue", "q", "--json", deep, "--redis-url", redis_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = _tool(redis_url, "enqueue", "--queue", "q", "--json", deep)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "nested too deep" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert r.llen("q") == 0
