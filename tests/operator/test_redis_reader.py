@@ -110,15 +110,18 @@ def test_list_registry_change_and_dead_worker(r, redis_url):
         register(r, k, "w2", 4, 2.0)
         r.delete(k.worker("w1"))  # w1 died: heartbeat gone, its processing list still counts
         b = await reader.read(time.time())
-        r.zrem(k.workers, "w2")
+        r.zrem(k.workers, "w2")  # out of the registry, still holding 4: an orphan, as `tide stats` says
         c = await reader.read(time.time())
+        r.delete(k.processing("w2"))  # the reaper handed them back
+        d = await reader.read(time.time())
         await pool.close()
-        return a, b, c
+        return a, b, c, d
 
-    a, b, c = run(go())
+    a, b, c, d = run(go())
     assert a.backlog.inflight == 1
     assert b.backlog.inflight == 5 and b.rates == (2.0,)
-    assert c.backlog.inflight == 1 and c.workers == 1
+    assert c.backlog.inflight == 5 and c.workers == 1
+    assert d.backlog.inflight == 1 and d.workers == 1
 
 
 def test_list_empty(redis_url):

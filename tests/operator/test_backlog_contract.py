@@ -1,0 +1,158 @@
+"""One backlog contract: `tide stats` (tide_worker.ops) and the operator's readers, put in front of the same
+real Redis state, report the same backlog, an orphaned processing list and estimated lags included."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+from tide_operator.redis_reader import ClientPool, Credentials, ListReader, Reading, StreamReader, make_reader
+from tide_operator.spec import Source
+from tide_worker import ops
+from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
+from tide_worker.keys import QueueKeys
+from tide_worker.producer import Producer
+
+from tests.ops.conftest import seed_worker
+
+
+async def _read(url: str, sources: list[Source], rounds: int = 1) -> list[Reading]:
+    """The operator's readings of ``sources``, batched as the operator reads (one shared batcher)."""
+    pool = ClientPool()
+    try:
+        client = pool.get(url, False, Credentials())
+        batcher = pool.batcher(client)
+        readers = [make_reader(client, s, batcher) for s in sources]
+        out: list[Reading] = []
+        for _ in range(rounds):  # a second round reads with the registries cached (the steady state)
+            out = list(await asyncio.gather(*(x.read(time.time()) for x in readers)))
+        return out
+    finally:
+        await pool.close()
+
+
+def _list_backlog(s: dict[str, Any]) -> Backlog:
+    """The backlog `tide stats` shows for a list queue, in the operator's terms."""
+    return Backlog(
+        ready=s["ready"],
+        inflight=s["in_flight"],
+        retries_due=s["delayed_due"],
+        retries_waiting=s["delayed"] - s["delayed_due"],
+    )
+
+
+def _stream_backlog(s: dict[str, Any]) -> Backlog:
+    return Backlog(stream_lag=s["lag"], stream_pending=s["pending"], lag_estimated=s["lag_estimated"])
+
+
+def test_tide_stats_and_the_operator_read_the_same_backlog(r: redis.Redis, redis_url: str) -> None:
+    t = time.time()
+    k = QueueKeys("orders")
+    Producer(r).enqueue_many("orders", range(7))
+    seed_worker(r, "orders", "w1", held=3, rate=10.5, now=t)
+    seed_worker(r, "orders", "dead-w", alive=False, held=2, now=t)  # registered, heartbeat expired
+    r.lpush(k.processing("orphan"), b"x", b"y")  # never registered: only SCAN finds it
+    r.zadd(k.delayed, {b"due1": t - 5, b"due2": t - 1, b"later": t + 60})
+    # a stream whose group does not exist yet: the whole stream, an estimate
+    Producer(r).xadd_many("fresh", range(5))
+    # a stream whose group's lag Redis reports as nil (a deletion past the group's position)
+    ids = Producer(r).xadd_many("ev", range(10))
+    r.xgroup_create("ev", "g", id="0")
+    r.xreadgroup("g", "c1", {"ev": ">"}, count=3)
+    r.xdel("ev", ids[6])
+    assert r.xinfo_groups("ev")[0]["lag"] is None
+    # a stream whose group knows its lag
+    Producer(r).xadd_many("plain", range(6))
+    r.xgroup_create("plain", "g", id="0")
+    r.xreadgroup("g", "c1", {"plain": ">"}, count=2)
+
+    sources = [Source("list", "orders"), Source("stream", "fresh", "g")]
+    sources += [Source("stream", "ev", "g"), Source("stream", "plain", "g"), Source("stream", "none", "g")]
+    first, steady = asyncio.run(_read(redis_url, sources)), asyncio.run(_read(redis_url, sources, rounds=2))
+    stats = [ops.queue_stats(r, "orders", now=t)]
+    stats += [ops.stream_stats(r, s.key, s.group or "") for s in sources[1:]]
+
+    for readings in (first, steady):
+        got = [x.backlog for x in readings]
+        lst = got[0]
+        assert lst.next_retry_at is not None and abs(lst.next_retry_at - (t + 60)) < 1e-3
+        got[0] = Backlog(**{**vars(lst), "next_retry_at": None})
+        want = [_list_backlog(stats[0])] + [_stream_backlog(s) for s in stats[1:]]
+        assert got == want
+        assert [b.total for b in got] == [s["backlog"] for s in stats]
+    # the cases themselves: the orphan counts, both estimated lags are flagged
+    assert first[0].backlog.inflight == 3 + 2 + 2
+    assert (first[1].backlog.stream_lag, first[1].backlog.lag_estimated) == (5, True)
+    assert (first[2].backlog.stream_lag, first[2].backlog.lag_estimated) == (7, True)
+    assert first[4].backlog == Backlog()
+    # registered workers and their rates agree too
+    assert first[0].workers == sum(w["registered"] for w in stats[0]["workers"])
+    assert sum(first[0].rates) == stats[0]["rate"]
+
+
+def test_a_list_orphaned_after_the_first_reading_counts_after_the_next_scan(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """Between SCAN walks the reader reads the orphans it knows in its one script call; a list orphaned
+    since is found by the next walk (in the background: the reading after it counts it)."""
+    k = QueueKeys("jobs")
+    r.lpush(k.ready, 1)
+
+    async def go() -> tuple[int, int, int]:
+        pool = ClientPool()
+        try:
+            client = pool.get(redis_url, False, Credentials())
+            batcher = pool.batcher(client)
+            reader = make_reader(client, Source("list", "jobs"), batcher)
+            assert isinstance(reader, ListReader) and not isinstance(reader, StreamReader)
+            a = (await reader.read(time.time())).backlog.inflight
+            r.lpush(k.processing("late"), b"m1", b"m2", b"m3")
+            batcher.scan.every = 0.0  # the walk is due now
+            await reader.read(time.time())  # starts it
+            while batcher.scan.generation < 2:
+                await asyncio.sleep(0.01)
+            c = (await reader.read(time.time())).backlog.inflight
+            return a, c, ops.queue_stats(r, "jobs")["in_flight"]
+        finally:
+            await pool.close()
+
+    before, after, stats = asyncio.run(go())
+    assert before == 0 and after == stats == 3
+
+
+# --- the rules themselves (pure) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "added", "read", "last_generated", "last_delivered", "lag"),
+    [
+        (9, 10, 3, "10-0", "3-0", 7),  # entries added - entries read
+        (4, 10, 3, "10-0", "3-0", 4),  # capped by the length (entries trimmed)
+        (9, None, 3, "10-0", "3-0", 9),  # a counter unknown: the whole length
+        (9, 10, 10, "10-0", "9-0", 1),  # the counters say 0, yet entries exist past the group: never 0
+        (9, 10, 3, "10-0", "10-0", 0),  # the group delivered the last entry ever generated
+        (0, 10, 3, "10-0", "3-0", 0),  # nothing left in the stream
+    ],
+)
+def test_estimated_lag_rules(
+    length: int, added: int | None, read: int | None, last_generated: str, last_delivered: str, lag: int
+) -> None:
+    group = GroupInfo(pending=2, lag=None, entries_read=read, last_delivered_id=last_delivered)
+    b = stream_backlog(length, group, entries_added=added, last_generated_id=last_generated)
+    assert (b.stream_lag, b.stream_pending, b.lag_estimated) == (lag, 2, True)
+
+
+def test_missing_group_and_known_lag() -> None:
+    assert stream_backlog(5, None) == Backlog(stream_lag=5, lag_estimated=True)
+    assert stream_backlog(0, None) == Backlog()
+    known = GroupInfo(pending=1, lag=3, entries_read=None, last_delivered_id=None)
+    assert stream_backlog(9, known) == Backlog(stream_lag=3, stream_pending=1)
+
+
+def test_list_backlog_counts_every_processing_list() -> None:
+    b = list_backlog(7, [3, 2, 1], retries_total=3, retries_due=2, next_retry_at=5.0)
+    assert b == Backlog(ready=7, inflight=6, retries_due=2, retries_waiting=1, next_retry_at=5.0)
+    assert b.total == 15
