@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import json
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from redis.retry import Retry
 from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
 from tide_worker.connection import RedisSettings, async_client
 from tide_worker.keys import QueueKeys, StreamKeys, hash_tag
+from tide_worker.records import Heartbeat
 
 from tide_operator import metrics
 from tide_operator.spec import Source
@@ -343,12 +343,13 @@ class ReadBatcher:
 
 
 def _rate(raw: Any) -> float | None:
+    """The rate of a heartbeat, read by ``Heartbeat`` (lua/list_backlog.lua applies the same rule)."""
     if raw is None:
         return None
     try:
-        return float(json.loads(raw).get("rate", 0.0))
-    except (ValueError, TypeError, AttributeError):
-        return None  # a malformed heartbeat says nothing about throughput
+        return Heartbeat.decode(raw).rate
+    except ValueError:
+        return None  # not a heartbeat: it says nothing about throughput
 
 
 def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:

@@ -4,17 +4,27 @@ real Redis state, report the same backlog, an orphaned processing list and estim
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 import redis
-from tide_operator.redis_reader import ClientPool, Credentials, ListReader, Reading, StreamReader, make_reader
+from tide_operator.redis_reader import (
+    LIST_BACKLOG_LUA,
+    ClientPool,
+    Credentials,
+    ListReader,
+    Reading,
+    StreamReader,
+    make_reader,
+)
 from tide_operator.spec import Source
 from tide_worker import ops
 from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
 from tide_worker.keys import QueueKeys
 from tide_worker.producer import Producer
+from tide_worker.records import Heartbeat
 
 from tests.ops.conftest import seed_worker
 
@@ -156,3 +166,60 @@ def test_list_backlog_counts_every_processing_list() -> None:
     b = list_backlog(7, [3, 2, 1], retries_total=3, retries_due=2, next_retry_at=5.0)
     assert b == Backlog(ready=7, inflight=6, retries_due=2, retries_waiting=1, next_retry_at=5.0)
     assert b.total == 15
+
+
+# --- heartbeats: list_backlog.lua reads the record Heartbeat writes, by Heartbeat's rules ---------------
+
+HB = Heartbeat(
+    id="w1", host="h", pid=7, started=1.5, ts=2.5, concurrency=4, inflight=1, processed=9, failed=1,
+    rate=0.1 + 0.2, rate_window=10.0, version="1.2",
+)  # fmt: skip
+
+
+def _heartbeat_variants() -> list[bytes]:
+    """Heartbeats as Python writes them, then each field missing, of a wrong type, or not finite."""
+    doc = json.loads(HB.encode())
+    out = [HB.encode(), Heartbeat(id="w", host="h", pid=1, started=0, ts=0, concurrency=1).encode()]
+    for name, value in doc.items():
+        out.append(json.dumps({k: v for k, v in doc.items() if k != name}).encode())
+        wrong: list[Any] = [True, None, [1], {"a": 1}]
+        wrong += [1, 2.5] if isinstance(value, str) else ["3", 1.5, 1e400]
+        out += [json.dumps({**doc, name: w}).encode() for w in wrong]
+    return [*out, b"garbage", b"[]", b"{}", b"null", b'"text"', b"3"]
+
+
+def _python_rate(raw: bytes) -> float | None:
+    try:
+        return Heartbeat.decode(raw).rate
+    except ValueError:
+        return None
+
+
+def test_list_script_reads_heartbeats_as_heartbeat_does(r: redis.Redis) -> None:
+    k = QueueKeys("hb")
+    variants = _heartbeat_variants()
+    wids = [f"w{i}" for i in range(len(variants))]
+    for wid, raw in zip(wids, variants, strict=True):
+        r.set(k.worker(wid), raw)
+    keys = [k.ready, k.workers, k.delayed] + [x for w in wids for x in (k.processing(w), k.worker(w))]
+    res = r.eval(LIST_BACKLOG_LUA, len(keys), *keys, repr(time.time()), str(len(wids)))
+    lua = [None if x is None else float(x) for x in res[6::2]]
+    want = [_python_rate(raw) for raw in variants]
+    assert lua == want
+    assert want[0] == 0.1 + 0.2 and want[1] == 0.0  # every digit of the rate; none written reads as 0
+    assert sum(x is None for x in want) > len(variants) // 2  # the broken ones are refused by both
+
+
+def test_reader_reads_heartbeats_alike_in_python_and_in_the_script(r: redis.Redis, redis_url: str) -> None:
+    """A worker new to the reader is read by Python (``_rate``), a known one by the script: same rates."""
+    k = QueueKeys("hb")
+    variants = _heartbeat_variants()
+    for i, raw in enumerate(variants):
+        r.zadd(k.workers, {f"w{i}": i})
+        r.set(k.worker(f"w{i}"), raw)
+    by_python, by_lua = (
+        asyncio.run(_read(redis_url, [Source("list", "hb")])),
+        asyncio.run(_read(redis_url, [Source("list", "hb")], rounds=2)),
+    )
+    want = tuple(x for x in map(_python_rate, variants) if x is not None)
+    assert by_python[0].rates == by_lua[0].rates == want
