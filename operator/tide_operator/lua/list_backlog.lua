@@ -2,7 +2,7 @@
 -- KEYS: ready list, worker registry, retry set, then per registered worker (as the operator last saw the
 -- registry): its processing list and its heartbeat key, then the processing lists of orphans (owners not
 -- in that registry, found by the reader's occasional SCAN); all under the queue's hash tag.
--- ARGV[1]: now (seconds); ARGV[2]: how many registered workers KEYS names.
+-- ARGV[1]: now (seconds); ARGV[2]: how many registered workers KEYS names (default: all past the third).
 -- Returns ready, registry, retries due, retries total, next retry (with score), then per worker:
 -- processing length and its heartbeat's rate (a string) or false, then per orphan: processing length.
 -- The fields of a heartbeat (tide_worker.records.Heartbeat): name, type, required. A heartbeat that
@@ -40,7 +40,8 @@ local out = {
   redis.call('ZCARD', KEYS[3]),
   redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1),
 }
-local last = 3 + 2 * tonumber(ARGV[2])
+-- without ARGV[2], every key past the third is a worker's pair (no orphans)
+local last = 3 + 2 * (tonumber(ARGV[2]) or math.floor((#KEYS - 3) / 2))
 for i = 4, last, 2 do
   out[#out + 1] = redis.call('LLEN', KEYS[i])
   -- false when the heartbeat expired or is not one
