@@ -8,8 +8,9 @@ import json
 from importlib import resources
 
 import redis
+from tide_worker import ops
 from tide_worker.envelope import MalformedMessage, decode, encode_envelope
-from tide_worker.keys import QueueKeys
+from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.records import DeadLetter
 from tide_worker.source import Delivery
 
@@ -103,3 +104,27 @@ def test_reap_writes_the_dead_letter_python_builds(r: redis.Redis) -> None:
         assert {n: type(v) for n, v in obj.items()} == {
             n: type(v) for n, v in json.loads(expected.encode()).items()
         }
+
+
+STREAM_DEAD_LUA = (
+    resources.files("tide_worker").joinpath("lua", "stream_dead.lua").read_text(encoding="utf-8")
+)
+
+
+def test_stream_dead_letter_reads_back_as_written(r: redis.Redis) -> None:
+    """A stream's dead letter goes out as ``DeadLetter.stream_fields`` (the worker's stream_dead.lua) and
+    ``tide dlq list`` reads it back with ``DeadLetter.from_stream_fields``: the same record, every type."""
+    s = StreamKeys("ev", "g")
+    records = [
+        DeadLetter.for_raw(raw, reason="failed", error="E: x", queue="ev", message_id=f"m{i}", attempts=i + 1,
+                           worker="w1", time=1732912345.123456 + i, traceback="tb")
+        for i, raw in enumerate([encode_envelope("x"), b"\xff\xfe not UTF-8", "ünï \u2603".encode()])
+    ]  # fmt: skip
+    r.xgroup_create(s.stream, s.group, id="0", mkstream=True)
+    for rec in records:
+        eid = r.xadd(s.stream, {"data": rec.raw})
+        r.xreadgroup(s.group, "c1", {s.stream: ">"}, count=1)
+        fields = [*rec.stream_fields(), "stream_id", eid]
+        assert r.eval(STREAM_DEAD_LUA, 3, s.stream, s.dead, s.stats, s.group, eid, *fields) == 1
+    letters = [x.letter for x in reversed(ops.stream_dlq_list(r, "ev"))]
+    assert letters == records

@@ -361,21 +361,8 @@ class StreamDeadLetter:
 
 
 def _stream_record(fields: Mapping[Any, Any] | None, stream: str) -> DeadLetter | None:
-    obj = {_text(f): _text(v) for f, v in (fields or {}).items()}
-    if "message" not in obj:
-        return None
-    known: dict[str, Any] = {f: obj[f] for f in DeadLetter.__dataclass_fields__ if f in obj}
     try:
-        known["attempts"] = int(known.get("attempts", 0) or 0)
-        known["time"] = float(known.get("time", 0) or 0)
-    except ValueError:
-        return None
-    known.setdefault("encoding", "utf-8")
-    known.setdefault("reason", "")
-    known.setdefault("error", "")
-    known.setdefault("queue", stream)
-    try:
-        return DeadLetter(**known).checked()
+        return DeadLetter.from_stream_fields(fields or {}, stream)
     except ValueError:
         return None
 
