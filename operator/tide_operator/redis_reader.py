@@ -26,7 +26,6 @@ import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
@@ -38,6 +37,7 @@ from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
 from tide_worker.connection import RedisSettings, async_client
 from tide_worker.keys import QueueKeys, StreamKeys, hash_tag
 from tide_worker.records import Heartbeat
+from tide_worker.scripts import script
 
 from tide_operator import metrics
 from tide_operator.spec import Source
@@ -63,9 +63,9 @@ PROCESSING_LISTS = "*:processing:*"  # every queue's processing lists (QueueKeys
 # One command per list reading instead of 5 + 2 per worker: Python's cost per pipelined command (building,
 # packing, a timer per reply) is what 1,000 resources spend their CPU on, so the reads run server-side.
 # Every key is in KEYS (the worker keys of the registry as cached), all under the queue's hash tag;
-# the script is lua/list_backlog.lua, read once at import.
-LIST_BACKLOG_LUA = (resources.files("tide_operator") / "lua" / "list_backlog.lua").read_text()
-LIST_BACKLOG_SHA = hashlib.sha1(LIST_BACKLOG_LUA.encode()).hexdigest()
+# the script is lua/list_backlog.lua, read once at import by the worker's loader.
+LIST_BACKLOG_LUA = script("list_backlog", "tide_operator").text
+LIST_BACKLOG_SHA = script("list_backlog", "tide_operator").sha
 
 
 @dataclass(frozen=True)

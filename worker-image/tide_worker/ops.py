@@ -15,8 +15,6 @@ import json
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
@@ -27,6 +25,7 @@ from tide_worker.envelope import MalformedMessage, decode, encode_envelope
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.producer import STREAM_FIELD, push_command
 from tide_worker.records import DeadLetter, Heartbeat
+from tide_worker.scripts import source
 
 Client = redis.Redis | RedisCluster
 Progress = Callable[[int, int], None]
@@ -34,11 +33,6 @@ Progress = Callable[[int, int], None]
 DEFAULT_BATCH = 500
 SCAN_COUNT = 1000
 MAX_INDEX = 2**63 - 1  # Redis list indexes are signed 64-bit
-
-
-@cache
-def _lua(name: str) -> str:
-    return resources.files("tide_worker").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 def _text(value: Any) -> str:
@@ -288,7 +282,7 @@ def dlq_requeue(
     report = progress or _noop_progress
     k = QueueKeys(queue)
     push = push_command(side)
-    script = client.register_script(_lua("dlq_requeue.lua"))
+    script = client.register_script(source("dlq_requeue"))
     wanted = set(ids) if ids is not None else None
     total = int(client.llen(k.dead))
     limit = count if count is not None else total
@@ -415,7 +409,7 @@ def stream_dlq_requeue(
         raise ValueError(f"batch must be >= 1, not {batch}")
     report = progress or _noop_progress
     dead = StreamKeys(stream, "").dead
-    script = client.register_script(_lua("dlq_requeue_stream.lua"))
+    script = client.register_script(source("dlq_requeue_stream"))
     wanted = set(ids) if ids is not None else None
     total = int(client.xlen(dead))
     limit = count if count is not None else total
