@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from tide_operator.redis_reader import (
     LIST_BACKLOG_LUA,
     ClientPool,
@@ -20,6 +22,7 @@ from tide_operator.redis_reader import (
     make_reader,
 )
 from tide_operator.spec import Source
+from tide_operator.status import backlog_status
 from tide_worker import ops
 from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
 from tide_worker.keys import QueueKeys
@@ -93,6 +96,11 @@ def test_tide_stats_and_the_operator_read_the_same_backlog(r: redis.Redis, redis
         want = [_list_backlog(stats[0])] + [_stream_backlog(s) for s in stats[1:]]
         assert got == want
         assert [b.total for b in got] == [s["backlog"] for s in stats]
+        # what `kubectl get qc` shows (.status.backlog, the columns read from it) is `tide stats`'s backlog
+        shown = [backlog_status(b) for b in got]
+        assert [x["total"] for x in shown] == [s["backlog"] for s in stats]
+        assert [x["lagEstimated"] for x in shown[1:]] == [s["lag_estimated"] for s in stats[1:]]
+        assert shown[0]["inFlight"] == stats[0]["in_flight"] and shown[0]["ready"] == stats[0]["ready"]
     # the cases themselves: the orphan counts, both estimated lags are flagged
     assert first[0].backlog.inflight == 3 + 2 + 2
     assert (first[1].backlog.stream_lag, first[1].backlog.lag_estimated) == (5, True)
@@ -223,3 +231,96 @@ def test_reader_reads_heartbeats_alike_in_python_and_in_the_script(r: redis.Redi
     )
     want = tuple(x for x in map(_python_rate, variants) if x is not None)
     assert by_python[0].rates == by_lua[0].rates == want
+
+
+# --- generated states: the two readings agree on any list queue and any stream --------------------------
+
+IDS = ["a", "b", "c", "d", "e"]
+worker_st = st.tuples(st.booleans(), st.booleans(), st.integers(0, 4))  # registered, alive, held
+
+
+@st.composite
+def list_states(draw: st.DrawFn) -> dict[str, Any]:
+    ids = draw(st.lists(st.sampled_from(IDS), unique=True, max_size=4))
+    return {
+        "ready": draw(st.integers(0, 5)),
+        "workers": {w: draw(worker_st) for w in ids},
+        "retries": draw(st.lists(st.integers(-30, 30).filter(bool), max_size=4)),
+    }
+
+
+def _seed_list(r: redis.Redis, k: QueueKeys, state: dict[str, Any], t: float) -> None:
+    r.delete(k.ready, k.delayed, k.workers, *[k.processing(w) for w in IDS], *[k.worker(w) for w in IDS])
+    if state["ready"]:
+        r.lpush(k.ready, *range(state["ready"]))
+    for w, (registered, alive, held) in state["workers"].items():
+        if registered:
+            seed_worker(r, k.queue, w, alive=alive, held=held, rate=1.5, now=t)
+        elif held:
+            r.lpush(k.processing(w), *range(held))  # an orphan
+    for i, off in enumerate(state["retries"]):
+        r.zadd(k.delayed, {f"r{i}": t + off})
+
+
+@pytest.mark.fuzz
+@given(before=list_states(), after=list_states())
+def test_generated_list_states_read_alike(r: redis.Redis, redis_url: str, before: Any, after: Any) -> None:
+    """Any state, then any other in which no list appears for an owner the reader has never seen (that one
+    waits for the next SCAN walk): the operator's readings equal `tide stats` both times."""
+    # owners the reader knows after the first reading: registered, or found by its SCAN (a list exists)
+    known = {w for w, (registered, _, held) in before["workers"].items() if registered or held}
+    after = {
+        **after,
+        "workers": {
+            w: (reg, alive, held if reg or w in known else 0)
+            for w, (reg, alive, held) in after["workers"].items()
+        },
+    }
+    r.flushall()
+    k = QueueKeys("gen")
+    t = time.time()
+
+    async def go() -> list[tuple[Backlog, dict[str, Any]]]:
+        pool = ClientPool()
+        try:
+            client = pool.get(redis_url, False, Credentials())
+            reader = make_reader(client, Source("list", "gen"), pool.batcher(client))
+            out = []
+            for state in (before, after):
+                _seed_list(r, k, state, t)
+                reading = await reader.read(t)
+                out.append((reading.backlog, ops.queue_stats(r, "gen", now=t)))
+            return out
+        finally:
+            await pool.close()
+
+    for backlog, stats in asyncio.run(go()):
+        assert Backlog(**{**vars(backlog), "next_retry_at": None}) == _list_backlog(stats)
+        assert backlog.total == stats["backlog"]
+
+
+@pytest.mark.fuzz
+@given(
+    n=st.integers(0, 8),
+    group=st.none() | st.tuples(st.integers(0, 8), st.integers(0, 8)),  # entries read, acked
+    deleted=st.sets(st.integers(0, 7), max_size=4),
+)
+def test_generated_streams_read_alike(
+    r: redis.Redis, redis_url: str, n: int, group: tuple[int, int] | None, deleted: set[int]
+) -> None:
+    r.flushall()
+    ids = [r.xadd("gs", {"n": i}) for i in range(n)]
+    if group is not None:
+        r.xgroup_create("gs", "g", id="0", mkstream=True)
+        read, acked = group
+        got: Any = r.xreadgroup("g", "c1", {"gs": ">"}, count=read) if read else []
+        entries = got[0][1] if got else []
+        for eid, _ in entries[:acked]:
+            r.xack("gs", "g", eid)
+    for i in deleted:
+        if i < n:
+            r.xdel("gs", ids[i])
+    [reading] = asyncio.run(_read(redis_url, [Source("stream", "gs", "g")]))
+    stats = ops.stream_stats(r, "gs", "g")
+    assert reading.backlog == _stream_backlog(stats)
+    assert reading.backlog.total == stats["backlog"]
