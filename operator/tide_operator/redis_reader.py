@@ -202,6 +202,7 @@ class ProcessingScan:
         self.pattern = pattern
         self.every = ORPHAN_SCAN_SECONDS
         self.generation = 0  # completed walks: readers recompute their orphans when it moves
+        self.refused: str | None = None  # why Redis refused the last walk (then orphans are not counted)
         self._by_tag: dict[str, tuple[str, ...]] | None = None
         self._started = -math.inf
         self._task: asyncio.Task[None] | None = None
@@ -228,11 +229,20 @@ class ProcessingScan:
 
     async def _walk(self) -> None:
         found: dict[str, list[str]] = {}
-        async for key in self.client.scan_iter(match=self.pattern, count=SCAN_COUNT):
-            name = _text(key)
-            tag = hash_tag(name)
-            if tag is not None:
-                found.setdefault(tag, []).append(name)
+        try:
+            async for key in self.client.scan_iter(match=self.pattern, count=SCAN_COUNT):
+                name = _text(key)
+                tag = hash_tag(name)
+                if tag is not None:
+                    found.setdefault(tag, []).append(name)
+        except ResponseError as exc:
+            # refused (an ACL user without SCAN): readings go on without orphans rather than fail; an
+            # outage (a connection error) fails the first reading like any read
+            self.refused = str(exc)
+            if self._by_tag is not None:
+                return
+        else:
+            self.refused = None
         self._by_tag = {tag: tuple(keys) for tag, keys in found.items()}
         self.generation += 1
 

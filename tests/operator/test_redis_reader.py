@@ -360,3 +360,18 @@ def test_batcher_on_cluster_reads_every_slot(redis_cluster):
         assert trips == 1
     finally:
         c.close()
+
+
+def test_a_user_refused_scan_still_reads_without_orphans(r, redis_url):
+    """Orphans are found with SCAN; an ACL user refused it reads everything else, as before orphans counted."""
+    k = QueueKeys("jobs")
+    r.lpush(k.ready, 1, 2)
+    register(r, k, "w1", 2, 1.0)
+    r.lpush(k.processing("orphan"), "x")
+    r.acl_setuser("noscan", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-scan"])
+    try:
+        (reading,), reader = run(read_list(redis_url, "jobs", username="noscan", password="pw"))
+    finally:
+        r.acl_deluser("noscan")
+    assert (reading.backlog.ready, reading.backlog.inflight) == (2, 2)
+    assert reader.batcher is None and "scan" in (reader._scan.refused or "").lower()
