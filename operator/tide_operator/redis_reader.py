@@ -7,10 +7,14 @@ reply stays in its slice, so one bad key fails only its resource). A thousand re
 one round trip per tick instead of a thousand. On Redis Cluster, redis-py splits the pipeline by node.
 
 A list reading is ``LLEN Q``, the registry ``{Q}:workers``, the due and waiting retries of ``{Q}:delayed``,
-and, for every worker the registry named last time, its processing list and heartbeat. The registry is
-cached, so the steady state is one round trip; a second one is spent only when workers joined. A stream
+for every worker the registry named last time its processing list and heartbeat, and the processing lists
+of orphans (owners not registered). The registry is cached, so the steady state is one round trip; a
+second one is spent only when workers joined. Orphans are found by SCAN, which walks the whole keyspace:
+one walk per server serves every queue on it, at most every ``ORPHAN_SCAN_SECONDS`` and in the background
+(only a server's first reading waits for it), as the worker's reaper scans only every 15th pass. A stream
 reading is ``XINFO GROUPS``, ``XINFO STREAM`` (length, last id, entries added), the registry and the
-heartbeats. Key names come from ``tide_worker.keys`` only.
+heartbeats. Key names come from ``tide_worker.keys`` only; the backlog is computed from the raw counts by
+``tide_worker.backlog``, as ``tide stats`` computes it.
 """
 
 from __future__ import annotations
@@ -18,12 +22,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import json
 import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
@@ -31,9 +33,11 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
-from tide_worker.backlog import Backlog
+from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
 from tide_worker.connection import RedisSettings, async_client
-from tide_worker.keys import QueueKeys, StreamKeys
+from tide_worker.keys import QueueKeys, StreamKeys, hash_tag
+from tide_worker.records import Heartbeat
+from tide_worker.scripts import script
 
 from tide_operator import metrics
 from tide_operator.spec import Source
@@ -50,12 +54,18 @@ MAX_CONNECTIONS = 8
 
 Stage = Callable[[Any], None]  # adds one reader's commands to a pipeline
 
+# Orphaned processing lists (a worker died before registering, or its registry entry was removed) are
+# found by SCAN and cached: a list orphaned since the last walk is counted within this many seconds.
+ORPHAN_SCAN_SECONDS = 15.0
+SCAN_COUNT = 1000
+PROCESSING_LISTS = "*:processing:*"  # every queue's processing lists (QueueKeys.processing)
+
 # One command per list reading instead of 5 + 2 per worker: Python's cost per pipelined command (building,
 # packing, a timer per reply) is what 1,000 resources spend their CPU on, so the reads run server-side.
 # Every key is in KEYS (the worker keys of the registry as cached), all under the queue's hash tag;
-# the script is lua/list_backlog.lua, read once at import.
-LIST_BACKLOG_LUA = (resources.files("tide_operator") / "lua" / "list_backlog.lua").read_text()
-LIST_BACKLOG_SHA = hashlib.sha1(LIST_BACKLOG_LUA.encode()).hexdigest()
+# the script is lua/list_backlog.lua, read once at import by the worker's loader.
+LIST_BACKLOG_LUA = script("list_backlog", "tide_operator").text
+LIST_BACKLOG_SHA = script("list_backlog", "tide_operator").sha
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,75 @@ class Ticker:
             tick.set_result(None)
 
 
+class ProcessingScan:
+    """Processing lists found by SCAN, grouped by hash tag (every queue's keys carry one).
+
+    The batcher of a server holds one matching every queue's lists, so one walk of the keyspace serves all
+    the queues read through it; a reader without a batcher keeps one matching only its own queue. The first
+    ``lists`` call waits for a walk (a reading must not miss what is already orphaned); afterwards a stale
+    cache is refreshed in the background while readers use it.
+    """
+
+    def __init__(self, client: AsyncClient, pattern: str = PROCESSING_LISTS) -> None:
+        self.client = client
+        self.pattern = pattern
+        self.every = ORPHAN_SCAN_SECONDS
+        self.generation = 0  # completed walks: readers recompute their orphans when it moves
+        self.refused: str | None = None  # why Redis refused the last walk (then orphans are not counted)
+        self._by_tag: dict[str, tuple[str, ...]] | None = None
+        self._started = -math.inf
+        self._task: asyncio.Task[None] | None = None
+
+    def due(self) -> bool:
+        """Whether a reader must call ``refresh`` (cheap: it is on the per-poll path of every list)."""
+        return self._by_tag is None or asyncio.get_running_loop().time() - self._started >= self.every
+
+    async def refresh(self) -> None:
+        """Start a walk when one is due and none runs; wait for it only when nothing was ever found."""
+        running = self._task is not None and not self._task.done()
+        now = asyncio.get_running_loop().time()
+        if not running and (self._by_tag is None or now - self._started >= self.every):
+            self._started = now
+            self._task = asyncio.create_task(self._walk())
+            self._task.add_done_callback(_retrieve)
+        if self._by_tag is None:
+            assert self._task is not None
+            await asyncio.shield(self._task)  # a failed first walk fails the reading; the next retries
+
+    def lists(self, tag: str) -> tuple[str, ...]:
+        """The processing-list keys of hash tag ``tag`` as the last complete walk found them."""
+        return self._by_tag.get(tag, ()) if self._by_tag is not None else ()
+
+    async def _walk(self) -> None:
+        found: dict[str, list[str]] = {}
+        try:
+            async for key in self.client.scan_iter(match=self.pattern, count=SCAN_COUNT):
+                name = _text(key)
+                tag = hash_tag(name)
+                if tag is not None:
+                    found.setdefault(tag, []).append(name)
+        except ResponseError as exc:
+            # refused (an ACL user without SCAN): readings go on without orphans rather than fail; an
+            # outage (a connection error) fails the first reading like any read
+            self.refused = str(exc)
+            if self._by_tag is not None:
+                return
+        else:
+            self.refused = None
+        self._by_tag = {tag: tuple(keys) for tag, keys in found.items()}
+        self.generation += 1
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # a failed background walk keeps the previous cache; its error is met by the next reading, not logged
+    if not task.cancelled():
+        task.exception()
+
+
 class ReadBatcher:
     """Coalesces the reads of every resource sharing one client into one pipeline per round trip.
 
@@ -194,6 +273,7 @@ class ReadBatcher:
         self._queue: collections.deque[tuple[Stage, asyncio.Future[list[Any]]]] = collections.deque()
         self._drain: asyncio.Task[None] | None = None
         self._loading: asyncio.Task[Any] | None = None
+        self.scan = ProcessingScan(client)  # orphan processing lists of every queue on this server
         self.round_trips = 0  # pipelines sent
         self.requests = 0  # reads served
 
@@ -264,6 +344,7 @@ class ReadBatcher:
         await self.client.script_load(LIST_BACKLOG_LUA)
 
     async def close(self) -> None:
+        self.scan.close()
         if self._drain is not None and not self._drain.done():
             self._drain.cancel()
         for _, future in self._queue:
@@ -272,12 +353,13 @@ class ReadBatcher:
 
 
 def _rate(raw: Any) -> float | None:
+    """The rate of a heartbeat, read by ``Heartbeat`` (lua/list_backlog.lua applies the same rule)."""
     if raw is None:
         return None
     try:
-        return float(json.loads(raw).get("rate", 0.0))
-    except (ValueError, TypeError, AttributeError):
-        return None  # a malformed heartbeat says nothing about throughput
+        return Heartbeat.decode(raw).rate
+    except ValueError:
+        return None  # not a heartbeat: it says nothing about throughput
 
 
 def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:
@@ -315,21 +397,55 @@ class ListReader(_Reader):
     round_trips: int = 0  # for tests and metrics: how many round trips reads took
     batcher: ReadBatcher | None = None
     _keys: list[str] = field(default_factory=list, repr=False)
-    _keys_for: tuple[str, ...] | None = field(default=None, repr=False)
+    _keys_for: tuple[tuple[str, ...], tuple[str, ...]] | None = field(default=None, repr=False)
+    _scan: ProcessingScan | None = field(default=None, repr=False)
+    _scan_generation: int = field(default=-1, repr=False)
+    _known: set[str] = field(default_factory=set, repr=False)  # owners of processing lists seen
+    _orphans: tuple[str, ...] = field(default=(), repr=False)
+    _orphans_for: tuple[str, ...] | None = field(default=None, repr=False)
+
+    async def _orphan_candidates(self) -> tuple[str, ...]:
+        """Owners of processing lists that the cached registry does not name: what the last SCAN found,
+        plus every worker seen registered since (one that left the registry may still hold messages).
+        A candidate whose list is gone reads as 0 until the next walk drops it."""
+        k = self.keys
+        scan = self._scan
+        if scan is None:
+            scan = self.batcher.scan if self.batcher else ProcessingScan(self.client, k.processing_pattern)
+            self._scan = scan
+        if scan.due():
+            await scan.refresh()
+        if scan.generation != self._scan_generation:
+            self._scan_generation = scan.generation
+            self._known = set()
+            for key in scan.lists(hash_tag(k.prefix) or ""):
+                try:
+                    self._known.add(k.worker_id_from_processing(key))
+                except ValueError:  # another queue under the same hash tag
+                    continue
+            self._known.update(self.workers)
+            self._orphans_for = None
+        if self._orphans_for is not self.workers:  # a new tuple only when the registry changed
+            self._orphans = tuple(sorted(self._known.difference(self.workers)))
+            self._orphans_for = self.workers
+        return self._orphans
 
     async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
-        if self._keys_for != cached:  # key names are rebuilt only when the registry changed
+        orphans = await self._orphan_candidates()
+        if self._keys_for != (cached, orphans):  # key names are rebuilt only when these changed
             keys = [k.ready, k.workers, k.delayed]
             for w in cached:
                 keys += (k.processing(w), k.worker(w))
-            self._keys, self._keys_for = keys, cached
+            keys += (k.processing(w) for w in orphans)
+            self._keys, self._keys_for = keys, (cached, orphans)
         keys = self._keys
+        nworkers = str(len(cached))
 
         def stage(pipe: Any) -> None:
             # execute_command: a cluster pipeline blocks the evalsha method, not the command
-            pipe.execute_command("EVALSHA", LIST_BACKLOG_SHA, len(keys), *keys, repr(now))
+            pipe.execute_command("EVALSHA", LIST_BACKLOG_SHA, len(keys), *keys, repr(now), nworkers)
 
         reply = await self._execute(stage)
         if isinstance(reply[0], NoScriptError):  # a restarted or failed-over server: load, then again
@@ -341,6 +457,8 @@ class ListReader(_Reader):
             w: (res[5 + 2 * i], None if res[6 + 2 * i] is None else float(res[6 + 2 * i]))
             for i, w in enumerate(cached)
         }
+        held: dict[str, int] = {w: int(n) for w, (n, _) in per_worker.items()}
+        held.update(zip(orphans, map(int, res[5 + 2 * len(cached) :]), strict=True))
         registry = tuple(_text(w) for w in registry_raw)
         new = [w for w in registry if w not in per_worker]
         if new:
@@ -353,13 +471,18 @@ class ListReader(_Reader):
             extra = _raise_first(await self._execute(stage_new))
             for i, w in enumerate(new):
                 per_worker[w] = (extra[2 * i], _rate(extra[2 * i + 1]))
-        self.workers = registry
+                held[w] = int(extra[2 * i])
+        if registry != cached:  # else keep the cached tuple: its identity says the orphans are current
+            self.workers = registry
+            self._known.update(registry)
         live = [per_worker[w] for w in registry]
-        backlog = Backlog(
-            ready=int(ready),
-            inflight=sum(int(n) for n, _ in live),
-            retries_due=int(due),
-            retries_waiting=int(delayed) - int(due),
+        # every processing list read, each once: registered workers', orphans', and those of workers that
+        # left the registry since the last reading (they still hold their messages until reaped)
+        backlog = list_backlog(
+            ready,
+            held.values(),
+            retries_total=delayed,
+            retries_due=due,
             next_retry_at=float(nxt[1]) if nxt else None,
         )
         return Reading(backlog, tuple(r for _, r in live if r is not None), len(registry))
@@ -367,11 +490,6 @@ class ListReader(_Reader):
 
 def _field(info: dict[Any, Any], name: str) -> Any:
     return info.get(name, info.get(name.encode()))
-
-
-def _id_tuple(value: Any) -> tuple[int, int]:
-    ms, _, seq = _text(value).partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -413,7 +531,7 @@ class StreamReader(_Reader):
         self.workers = registry
         rates = _rates([heartbeats[w] for w in registry])
         if isinstance(stream_raw, ResponseError):  # no stream yet: nothing to do
-            return Reading(Backlog(), rates, len(registry))
+            return Reading(stream_backlog(0, None), rates, len(registry))
         stream = _pairs(stream_raw)
         length = int(_field(stream, "length") or 0)
         group = None
@@ -423,19 +541,27 @@ class StreamReader(_Reader):
                 group = info
                 break
         if group is None:
-            # workers create the group at id 0: the whole stream is what they will consume
-            return Reading(Backlog(stream_lag=length), rates, len(registry))
-        pending = int(_field(group, "pending") or 0)
-        lag = _field(group, "lag")
-        estimated = False
-        if lag is None:
-            estimated = True
-            lag = _estimate_lag(stream, group, length)
-        return Reading(
-            Backlog(stream_lag=int(lag), stream_pending=pending, lag_estimated=estimated),
-            rates,
-            len(registry),
+            return Reading(stream_backlog(length, None), rates, len(registry))
+        backlog = stream_backlog(
+            length,
+            GroupInfo(
+                pending=int(_field(group, "pending") or 0),
+                lag=_int_or_none(_field(group, "lag")),
+                entries_read=_int_or_none(_field(group, "entries-read")),
+                last_delivered_id=_text_or_none(_field(group, "last-delivered-id")),
+            ),
+            entries_added=_int_or_none(_field(stream, "entries-added")),
+            last_generated_id=_text_or_none(_field(stream, "last-generated-id")),
         )
+        return Reading(backlog, rates, len(registry))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _pairs(raw: Any) -> dict[Any, Any]:
@@ -443,26 +569,6 @@ def _pairs(raw: Any) -> dict[Any, Any]:
     if isinstance(raw, dict):
         return raw
     return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-
-
-def _estimate_lag(stream: dict[Any, Any], group: dict[Any, Any], length: int) -> int:
-    """Redis says nil when deletions or trimming make the lag unknowable. Estimate it from the length and
-    the entries read, and never report zero while entries exist past the group's last delivered id."""
-    added = _field(stream, "entries-added")
-    read = _field(group, "entries-read")
-    estimate = length
-    if added is not None and read is not None:
-        estimate = min(length, max(0, int(added) - int(read)))
-    last_generated = _field(stream, "last-generated-id")
-    last_delivered = _field(group, "last-delivered-id")
-    behind = (
-        last_generated is not None
-        and last_delivered is not None
-        and _id_tuple(last_generated) > _id_tuple(last_delivered)
-    )
-    if behind and length > 0:
-        return max(1, estimate)
-    return estimate if behind else 0
 
 
 def make_reader(

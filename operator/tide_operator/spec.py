@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tide_worker import environment
+
 GROUP = "tide.dev"
 VERSION = "v1alpha1"
 PLURAL = "queueconsumers"
@@ -32,8 +34,8 @@ DEFAULT_DOWN_STABILIZATION = 30.0
 DEFAULT_DOWN_MAX_STEP_PERCENT = 50.0
 DEFAULT_DOWN_PERIOD = 5.0
 DEFAULT_FALLBACK_FAILURES = 3
-DEFAULT_WORKER_CONCURRENCY = 1
-DEFAULT_WORKER_MAX_ATTEMPTS = 5
+DEFAULT_WORKER_CONCURRENCY = environment.DEFAULT_CONCURRENCY  # the worker's own defaults
+DEFAULT_WORKER_MAX_ATTEMPTS = environment.DEFAULT_MAX_ATTEMPTS
 
 
 # What Kubernetes accepts as object names and Secret keys (the CRD's schema holds the same patterns; a

@@ -18,11 +18,13 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from tide_worker import environment as E
+
 from tide_operator.spec import GROUP, KIND, VERSION, QueueConsumerSpec, SpecError, TargetRef
 
 CA_MOUNT = "/etc/tide/redis-ca"
 # The worker's /metrics, /healthz and /readyz port (tide worker --metrics-port, env TIDE_METRICS_PORT).
-METRICS_PORT = 9100
+METRICS_PORT = E.DEFAULT_METRICS_PORT
 # What one worker process needs at rest (about 60 MiB resident); the memory limit leaves room for handlers.
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
@@ -105,7 +107,7 @@ def metrics_port(env: list[dict[str, Any]], command: tuple[str, ...]) -> int | N
     if any(arg == "--metrics-port" or str(arg).startswith("--metrics-port=") for arg in command):
         return None
     for e in env:
-        if e.get("name") == "TIDE_METRICS_PORT":
+        if e.get("name") == E.METRICS_PORT:
             try:
                 port = int(str(e.get("value")))
             except ValueError:
@@ -139,27 +141,27 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
     r, s = spec.redis, spec.source
     assert spec.worker is not None
     env: list[dict[str, Any]] = [
-        {"name": "TIDE_REDIS_URL", "value": r.url},
-        {"name": "TIDE_REDIS_CLUSTER", "value": "true" if r.cluster else "false"},
-        {"name": "TIDE_HANDLER", "value": spec.worker.handler},
-        {"name": "TIDE_CONCURRENCY", "value": str(spec.worker.concurrency)},
-        {"name": "TIDE_MAX_ATTEMPTS", "value": str(spec.worker.max_attempts)},
+        {"name": E.REDIS_URL, "value": r.url},
+        {"name": E.REDIS_CLUSTER, "value": "true" if r.cluster else "false"},
+        {"name": E.HANDLER, "value": spec.worker.handler},
+        {"name": E.CONCURRENCY, "value": str(spec.worker.concurrency)},
+        {"name": E.MAX_ATTEMPTS, "value": str(spec.worker.max_attempts)},
         # explicit, so the probes' port is the one the worker serves whatever the image's default
-        {"name": "TIDE_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": E.METRICS_PORT, "value": str(METRICS_PORT)},
     ]
     if s.kind == "list":
-        env += [{"name": "TIDE_QUEUE", "value": s.key}, {"name": "TIDE_SIDE", "value": s.side}]
+        env += [{"name": E.QUEUE, "value": s.key}, {"name": E.SIDE, "value": s.side}]
     else:
-        env += [{"name": "TIDE_STREAM", "value": s.key}, {"name": "TIDE_GROUP", "value": s.group}]
+        env += [{"name": E.STREAM, "value": s.key}, {"name": E.GROUP, "value": s.group}]
     if r.username:
-        env.append({"name": "TIDE_REDIS_USERNAME", "value": r.username})
-    for var, ref in (("TIDE_REDIS_USERNAME", r.username_secret), ("TIDE_REDIS_PASSWORD", r.password_secret)):
+        env.append({"name": E.REDIS_USERNAME, "value": r.username})
+    for var, ref in ((E.REDIS_USERNAME, r.username_secret), (E.REDIS_PASSWORD, r.password_secret)):
         if ref is not None:
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if r.ca_secret is not None:
-        env.append({"name": "TIDE_REDIS_CA_FILE", "value": f"{CA_MOUNT}/{r.ca_secret.key}"})
+        env.append({"name": E.REDIS_CA_FILE, "value": f"{CA_MOUNT}/{r.ca_secret.key}"})
     if r.tls_insecure:
-        env.append({"name": "TIDE_REDIS_TLS_INSECURE", "value": "true"})
+        env.append({"name": E.REDIS_TLS_INSECURE, "value": "true"})
     user = list(spec.worker.env)
     check_mergeable(env, user, "spec.worker.env")
     # an entry replaces the generated one of its name whole: merged, a user's valueFrom would sit beside

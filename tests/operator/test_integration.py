@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis
+from tide_worker import ops
 from tide_worker.keys import QueueKeys
 
 from tests.operator.operator_harness import (
@@ -115,6 +116,31 @@ def test_in_flight_work_holds_a_replica_until_the_cooldown_after_it_ends(
         )
         last_active = _epoch(st["lastActiveTime"])
         assert _epoch(st["lastScaleTime"]) - last_active >= cooldown - 1  # timestamps are whole seconds
+    r.close()
+
+
+def test_an_orphaned_processing_list_shows_in_kubectl_as_in_tide_stats(
+    crds, namespace, k8s, sa_kubeconfig, redis_url, tmp_path
+):
+    """A processing list whose worker never registered (it died first) holds work: `kubectl get qc`'s
+    status counts it as `tide stats` does, and it wakes a replica (whose reaper hands it back)."""
+    r = redis.Redis.from_url(redis_url)
+    k = QueueKeys("oq")
+    api = Api(k8s, namespace)
+    api.create_deployment(deployment("w", {}))
+    api.create_qc(qc("orphaned", redis_url, {"list": {"key": "oq"}}, {"targetBacklogPerReplica": 10}))
+    r.lpush(k.processing("gone"), *range(3))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path):
+        st = wait_for(
+            "the orphan in status",
+            lambda: (
+                (b := api.get_qc("orphaned").get("status", {}).get("backlog", {})).get("inFlight") == 3 and b
+            ),
+            timeout=30,
+        )
+        stats = ops.queue_stats(r, "oq")
+        assert (st["inFlight"], st["total"]) == (stats["in_flight"], stats["backlog"]) == (3, 3)
+        wait_for("in-flight work wakes one replica", lambda: api.replicas() == 1, timeout=30)
     r.close()
 
 

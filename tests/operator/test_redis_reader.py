@@ -110,15 +110,18 @@ def test_list_registry_change_and_dead_worker(r, redis_url):
         register(r, k, "w2", 4, 2.0)
         r.delete(k.worker("w1"))  # w1 died: heartbeat gone, its processing list still counts
         b = await reader.read(time.time())
-        r.zrem(k.workers, "w2")
+        r.zrem(k.workers, "w2")  # out of the registry, still holding 4: an orphan, as `tide stats` says
         c = await reader.read(time.time())
+        r.delete(k.processing("w2"))  # the reaper handed them back
+        d = await reader.read(time.time())
         await pool.close()
-        return a, b, c
+        return a, b, c, d
 
-    a, b, c = run(go())
+    a, b, c, d = run(go())
     assert a.backlog.inflight == 1
     assert b.backlog.inflight == 5 and b.rates == (2.0,)
-    assert c.backlog.inflight == 1 and c.workers == 1
+    assert c.backlog.inflight == 5 and c.workers == 1
+    assert d.backlog.inflight == 1 and d.workers == 1
 
 
 def test_list_empty(redis_url):
@@ -357,3 +360,18 @@ def test_batcher_on_cluster_reads_every_slot(redis_cluster):
         assert trips == 1
     finally:
         c.close()
+
+
+def test_a_user_refused_scan_still_reads_without_orphans(r, redis_url):
+    """Orphans are found with SCAN; an ACL user refused it reads everything else, as before orphans counted."""
+    k = QueueKeys("jobs")
+    r.lpush(k.ready, 1, 2)
+    register(r, k, "w1", 2, 1.0)
+    r.lpush(k.processing("orphan"), "x")
+    r.acl_setuser("noscan", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-scan"])
+    try:
+        (reading,), reader = run(read_list(redis_url, "jobs", username="noscan", password="pw"))
+    finally:
+        r.acl_deluser("noscan")
+    assert (reading.backlog.ready, reading.backlog.inflight) == (2, 2)
+    assert reader.batcher is None and "scan" in (reader._scan.refused or "").lower()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import redis
-from tide_worker import ops
+from tide_worker import ops, scripts
 from tide_worker.envelope import decode, encode_envelope
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.records import DeadLetter
@@ -73,7 +73,7 @@ def test_requeue_count_and_ids(r: redis.Redis) -> None:
 def test_requeue_skips_a_record_removed_meanwhile(r: redis.Redis) -> None:
     [d0, d1] = seed_dead(r, "q", 2)
     # The script is what makes each move atomic: a record already gone is never pushed.
-    script = r.register_script(ops._lua("dlq_requeue.lua"))
+    script = r.register_script(scripts.source("dlq_requeue"))
     r.lrem(QueueKeys("q").dead, 0, d0.encode())
     flags = script(keys=[QueueKeys("q").dead, "q"], args=["LPUSH", d0.encode(), b"A", d1.encode(), b"B"])
     assert flags == [0, 1] and r.lrange("q", 0, -1) == [b"B"]

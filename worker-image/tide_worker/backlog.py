@@ -2,10 +2,15 @@
 
 A list's backlog is ready + in flight (every processing list) + retries already due; a stream's is the
 consumer group's lag + its pending entries. Retries not yet due are reported but are not work for now.
+
+Pure, no I/O: the readers (``tide stats`` in :mod:`tide_worker.ops`, the operator's
+``tide_operator.redis_reader``) fetch raw counts their own way and build the ``Backlog`` here, so the two
+agree in every case.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -37,3 +42,89 @@ class Backlog:
             est = " estimated" if self.lag_estimated else ""
             return f"lag {self.stream_lag}{est}, pending {self.stream_pending}"
         return f"ready {self.ready}, in-flight {self.inflight}, retries due {self.retries_due}"
+
+
+# --- the computation from raw counts: the one rule set both halves apply ------------------------------
+
+
+def list_backlog(
+    ready: int,
+    processing: Iterable[int],
+    retries_total: int,
+    retries_due: int,
+    next_retry_at: float | None = None,
+) -> Backlog:
+    """A list queue's backlog from its raw counts.
+
+    ``processing`` holds the length of every processing list: of registered workers *and* of orphans
+    (lists whose owner is not registered: it died before registering, or its entry was removed). Their
+    messages are still to be done, by the reaper handing them back, so they count as in flight.
+    """
+    return Backlog(
+        ready=int(ready),
+        inflight=sum(int(n) for n in processing),
+        retries_due=int(retries_due),
+        retries_waiting=max(0, int(retries_total) - int(retries_due)),
+        next_retry_at=next_retry_at,
+    )
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a comparable pair."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def estimate_lag(
+    length: int,
+    entries_added: int | None,
+    entries_read: int | None,
+    last_generated_id: str | None,
+    last_delivered_id: str | None,
+) -> int:
+    """The lag of a group Redis reports as nil (deletions or trimming past its position made it unknowable).
+
+    Entries added minus entries read, capped by the length (the whole length when either is unknown); never
+    0 while entries exist past the group's last delivered id, and 0 when the group has delivered the last
+    entry ever generated.
+    """
+    estimate = length
+    if entries_added is not None and entries_read is not None:
+        estimate = min(length, max(0, int(entries_added) - int(entries_read)))
+    behind = (
+        last_generated_id is not None
+        and last_delivered_id is not None
+        and stream_id(last_generated_id) > stream_id(last_delivered_id)
+    )
+    if not behind:
+        return 0
+    return max(1, estimate) if length > 0 else estimate
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """What ``XINFO GROUPS`` says of one consumer group (``lag`` None when Redis cannot tell)."""
+
+    pending: int
+    lag: int | None
+    entries_read: int | None
+    last_delivered_id: str | None
+
+
+def stream_backlog(
+    length: int,
+    group: GroupInfo | None,
+    entries_added: int | None = None,
+    last_generated_id: str | None = None,
+) -> Backlog:
+    """A stream's backlog for one consumer group.
+
+    A missing group counts the whole stream (workers create it at id 0 and will consume all of it); that
+    lag is an estimate, as is a nil lag (see :func:`estimate_lag`). A missing stream has length 0.
+    """
+    if group is None:
+        return Backlog(stream_lag=int(length), lag_estimated=length > 0)
+    if group.lag is not None:
+        return Backlog(stream_lag=int(group.lag), stream_pending=int(group.pending))
+    lag = estimate_lag(length, entries_added, group.entries_read, last_generated_id, group.last_delivered_id)
+    return Backlog(stream_lag=lag, stream_pending=int(group.pending), lag_estimated=True)

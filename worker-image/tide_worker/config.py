@@ -9,6 +9,8 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
+from tide_worker import environment as E
+
 
 def default_worker_id() -> str:
     """``<POD_NAME or hostname>-<pid>-<4 hex>``: unique per process, readable in the registry."""
@@ -72,25 +74,27 @@ class WorkerConfig:
     group: str | None = None
     redis_url: str | None = None
     cluster: bool | None = None
-    concurrency: int = 1
-    batch_size: int = 1
-    max_attempts: int = 5
-    backoff_base: float = 1.0
-    backoff_cap: float = 300.0
-    handler_timeout: float = 300.0
-    heartbeat_ttl: float = 10.0
-    shutdown_grace: float = 25.0
-    dedupe_ttl: int = 0
-    metrics_port: int = 9100
-    side: str = "right"
-    log_level: str = "INFO"
+    concurrency: int = E.DEFAULT_CONCURRENCY
+    batch_size: int = E.DEFAULT_BATCH_SIZE
+    max_attempts: int = E.DEFAULT_MAX_ATTEMPTS
+    backoff_base: float = E.DEFAULT_BACKOFF_BASE
+    backoff_cap: float = E.DEFAULT_BACKOFF_CAP
+    handler_timeout: float = E.DEFAULT_HANDLER_TIMEOUT
+    heartbeat_ttl: float = E.DEFAULT_HEARTBEAT_TTL
+    shutdown_grace: float = E.DEFAULT_SHUTDOWN_GRACE
+    dedupe_ttl: int = E.DEFAULT_DEDUPE_TTL
+    metrics_port: int = E.DEFAULT_METRICS_PORT
+    side: str = E.DEFAULT_SIDE
+    log_level: str = E.DEFAULT_LOG_LEVEL
     worker_id: str = field(default_factory=default_worker_id)
-    max_interrupts: int = 3
-    reaper_interval: float = 2.0
-    claim_idle: float = 30.0
-    block_timeout: float = 2.0
-    promote_interval: float = 0.5
-    fetch_command: str = "auto"  # auto | blmove | brpoplpush (forcing the fallback, for old servers)
+    max_interrupts: int = E.DEFAULT_MAX_INTERRUPTS
+    reaper_interval: float = E.DEFAULT_REAPER_INTERVAL
+    claim_idle: float = E.DEFAULT_CLAIM_IDLE
+    block_timeout: float = E.DEFAULT_BLOCK_TIMEOUT
+    promote_interval: float = E.DEFAULT_PROMOTE_INTERVAL
+    fetch_command: str = (
+        E.DEFAULT_FETCH_COMMAND
+    )  # auto | blmove | brpoplpush (forcing the fallback, for old servers)
 
     def validate(self) -> None:
         if bool(self.queue) == bool(self.stream):

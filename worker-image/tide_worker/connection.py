@@ -22,6 +22,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 from redis.retry import Retry
 
+from tide_worker import environment as E
+
 # Blocking commands wait up to this long server-side; the socket waits longer so a block never reads
 # as a dead connection, and a dead connection never hangs a worker forever.
 DEFAULT_BLOCK_TIMEOUT = 2.0
@@ -75,7 +77,7 @@ def _truthy(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = E.DEFAULT_REDIS_URL
     cluster: bool = False
     username: str | None = None
     password: str | None = None
@@ -89,12 +91,12 @@ class RedisSettings:
     def from_env(cls, url: str | None = None, cluster: bool | None = None, **overrides: Any) -> RedisSettings:
         env = os.environ
         return cls(
-            url=url or env.get("TIDE_REDIS_URL", cls.url),
-            cluster=_truthy(env.get("TIDE_REDIS_CLUSTER")) if cluster is None else cluster,
-            username=overrides.pop("username", None) or env.get("TIDE_REDIS_USERNAME") or None,
-            password=overrides.pop("password", None) or env.get("TIDE_REDIS_PASSWORD") or None,
-            ca_file=overrides.pop("ca_file", None) or env.get("TIDE_REDIS_CA_FILE") or None,
-            tls_insecure=_truthy(env.get("TIDE_REDIS_TLS_INSECURE")),
+            url=url or env.get(E.REDIS_URL, cls.url),
+            cluster=_truthy(env.get(E.REDIS_CLUSTER)) if cluster is None else cluster,
+            username=overrides.pop("username", None) or env.get(E.REDIS_USERNAME) or None,
+            password=overrides.pop("password", None) or env.get(E.REDIS_PASSWORD) or None,
+            ca_file=overrides.pop("ca_file", None) or env.get(E.REDIS_CA_FILE) or None,
+            tls_insecure=_truthy(env.get(E.REDIS_TLS_INSECURE)),
             **overrides,
         )
 

@@ -15,17 +15,17 @@ import json
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
+from tide_worker.backlog import GroupInfo, list_backlog, stream_backlog
 from tide_worker.envelope import MalformedMessage, decode, encode_envelope
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.producer import STREAM_FIELD, push_command
 from tide_worker.records import DeadLetter, Heartbeat
+from tide_worker.scripts import source
 
 Client = redis.Redis | RedisCluster
 Progress = Callable[[int, int], None]
@@ -33,11 +33,6 @@ Progress = Callable[[int, int], None]
 DEFAULT_BATCH = 500
 SCAN_COUNT = 1000
 MAX_INDEX = 2**63 - 1  # Redis list indexes are signed 64-bit
-
-
-@cache
-def _lua(name: str) -> str:
-    return resources.files("tide_worker").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 def _text(value: Any) -> str:
@@ -98,7 +93,7 @@ def queue_stats(client: Client, queue: str, now: float | None = None) -> dict[st
     In-flight counts every processing list: of registered workers, and orphans found with SCAN (a
     worker that died before registering or after its registry entry was removed still holds messages
     until a reaper moves them back). ``backlog`` is what the operator scales on: ready + in-flight +
-    retries already due.
+    retries already due (:func:`tide_worker.backlog.list_backlog`, which the operator applies too).
     """
     now = time.time() if now is None else now
     k = QueueKeys(queue)
@@ -122,18 +117,18 @@ def queue_stats(client: Client, queue: str, now: float | None = None) -> dict[st
     ready, delayed, due, dead, *held = pipe.execute()
     for w, n in zip(workers, held, strict=True):
         w["processing"] = int(n)
-    in_flight = sum(int(n) for n in held)
+    b = list_backlog(ready, held, retries_total=delayed, retries_due=due)
     alive = [w for w in workers if w["alive"]]
     return {
         "kind": "queue",
         "queue": queue,
         "time": now,
-        "ready": int(ready),
-        "in_flight": in_flight,
+        "ready": b.ready,
+        "in_flight": b.inflight,
         "delayed": int(delayed),
-        "delayed_due": int(due),
+        "delayed_due": b.retries_due,
         "dead": int(dead),
-        "backlog": int(ready) + in_flight + int(due),
+        "backlog": b.total,
         "workers_alive": len(alive),
         "rate": round(sum(float(w["rate"]) for w in alive), 3),
         "workers": sorted(workers, key=lambda w: (not w["alive"], w["id"])),
@@ -157,34 +152,40 @@ def _group_info(client: Client, stream: str, group: str) -> dict[str, Any] | Non
 def stream_stats(client: Client, stream: str, group: str, now: float | None = None) -> dict[str, Any]:
     """Length, lag, pending, consumers, dead letters and workers of ``stream`` for consumer ``group``.
 
-    Redis reports lag as nil when it cannot tell (entries deleted or trimmed past the group's
-    position); then it is estimated from ``entries-added`` and ``entries-read`` (capped by the length),
-    or the whole length when the group has read nothing countable: never read as zero. A missing group
-    counts the whole stream, since workers create it at id 0 and will consume all of it.
+    The lag and backlog follow :func:`tide_worker.backlog.stream_backlog`, as the operator's do: a nil lag
+    (entries deleted or trimmed past the group's position) is estimated from ``entries-added`` and
+    ``entries-read`` (capped by the length), never zero while entries exist past the group's last
+    delivered id; a missing group counts the whole stream (an estimate), since workers create it at id 0
+    and will consume all of it.
     """
     now = time.time() if now is None else now
     k = StreamKeys(stream, group)
     length = int(client.xlen(stream))
     info = _group_info(client, stream, group)
-    lag_estimated = False
     consumers: list[dict[str, Any]] = []
     if info is None:
-        lag, pending, last_id, entries_read = length, 0, None, None
-        lag_estimated = length > 0
+        b = stream_backlog(length, None)
+        last_id, entries_read = None, None
     else:
-        pending = int(info.get("pending") or 0)
         last_id = _text(info.get("last-delivered-id"))
         entries_read = info.get("entries-read")
         raw_lag = info.get("lag")
-        if raw_lag is not None:
-            lag = int(raw_lag)
-        else:
-            lag_estimated = True
-            added = client.xinfo_stream(stream).get("entries-added")
-            if entries_read is not None and added is not None:
-                lag = max(0, min(length, int(added) - int(entries_read)))
-            else:
-                lag = length
+        g = GroupInfo(
+            pending=int(info.get("pending") or 0),
+            lag=None if raw_lag is None else int(raw_lag),
+            entries_read=None if entries_read is None else int(entries_read),
+            last_delivered_id=last_id,
+        )
+        added, last_generated = None, None
+        if raw_lag is None:  # only an estimate needs the stream's counters
+            sinfo = client.xinfo_stream(stream)
+            added, last_generated = sinfo.get("entries-added"), sinfo.get("last-generated-id")
+        b = stream_backlog(
+            length,
+            g,
+            entries_added=None if added is None else int(added),
+            last_generated_id=None if last_generated is None else _text(last_generated),
+        )
         for c in client.xinfo_consumers(stream, group):
             consumers.append(
                 {
@@ -204,12 +205,12 @@ def stream_stats(client: Client, stream: str, group: str, now: float | None = No
         "time": now,
         "group_exists": info is not None,
         "length": length,
-        "lag": lag,
-        "lag_estimated": lag_estimated,
-        "pending": pending,
+        "lag": b.stream_lag,
+        "lag_estimated": b.lag_estimated,
+        "pending": b.stream_pending,
         "last_delivered_id": last_id,
         "entries_read": entries_read,
-        "backlog": lag + pending,
+        "backlog": b.total,
         "dead": int(client.xlen(k.dead)),
         "consumers": consumers,
         "workers_alive": len(alive),
@@ -281,7 +282,7 @@ def dlq_requeue(
     report = progress or _noop_progress
     k = QueueKeys(queue)
     push = push_command(side)
-    script = client.register_script(_lua("dlq_requeue.lua"))
+    script = client.register_script(source("dlq_requeue"))
     wanted = set(ids) if ids is not None else None
     total = int(client.llen(k.dead))
     limit = count if count is not None else total
@@ -354,21 +355,8 @@ class StreamDeadLetter:
 
 
 def _stream_record(fields: Mapping[Any, Any] | None, stream: str) -> DeadLetter | None:
-    obj = {_text(f): _text(v) for f, v in (fields or {}).items()}
-    if "message" not in obj:
-        return None
-    known: dict[str, Any] = {f: obj[f] for f in DeadLetter.__dataclass_fields__ if f in obj}
     try:
-        known["attempts"] = int(known.get("attempts", 0) or 0)
-        known["time"] = float(known.get("time", 0) or 0)
-    except ValueError:
-        return None
-    known.setdefault("encoding", "utf-8")
-    known.setdefault("reason", "")
-    known.setdefault("error", "")
-    known.setdefault("queue", stream)
-    try:
-        return DeadLetter(**known).checked()
+        return DeadLetter.from_stream_fields(fields or {}, stream)
     except ValueError:
         return None
 
@@ -421,7 +409,7 @@ def stream_dlq_requeue(
         raise ValueError(f"batch must be >= 1, not {batch}")
     report = progress or _noop_progress
     dead = StreamKeys(stream, "").dead
-    script = client.register_script(_lua("dlq_requeue_stream.lua"))
+    script = client.register_script(source("dlq_requeue_stream"))
     wanted = set(ids) if ids is not None else None
     total = int(client.xlen(dead))
     limit = count if count is not None else total

@@ -8,6 +8,7 @@ import binascii
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +45,10 @@ def _fields(cls: type[R], data: bytes | str) -> R:
         return cls(**known)
     except TypeError as exc:  # a required field is missing
         raise ValueError(f"record incomplete: {exc}") from None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -105,6 +110,29 @@ class DeadLetter:
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
+
+    def stream_fields(self) -> list[str | int | float]:
+        """The record as field/value pairs of a dead-letter stream entry (``XADD``), one per field."""
+        out: list[str | int | float] = []
+        for name, value in asdict(self).items():
+            out += [name, value if isinstance(value, str | int | float) else str(value)]
+        return out
+
+    @classmethod
+    def from_stream_fields(cls, fields: Mapping[Any, Any], stream: str) -> DeadLetter:
+        """The record of a dead-letter stream entry (its values come back as text), or ValueError. A
+        field missing but ``message`` takes its default (``queue``: the stream)."""
+        obj = {_text(f): _text(v) for f, v in fields.items()}
+        if "message" not in obj:
+            raise ValueError("stream entry without a 'message' field")
+        known: dict[str, Any] = {f: obj[f] for f in cls.__dataclass_fields__ if f in obj}
+        known["attempts"] = int(known.get("attempts", 0) or 0)
+        known["time"] = float(known.get("time", 0) or 0)
+        known.setdefault("encoding", "utf-8")
+        known.setdefault("reason", "")
+        known.setdefault("error", "")
+        known.setdefault("queue", stream)
+        return cls(**known).checked()
 
     @classmethod
     def decode(cls, data: bytes | str) -> DeadLetter:

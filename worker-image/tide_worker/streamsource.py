@@ -14,7 +14,6 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import redis.exceptions as rexc
@@ -123,10 +122,7 @@ class StreamSource:
         return bool(claimed)
 
     async def dead(self, delivery: Delivery, record: DeadLetter) -> bool:
-        fields: list[Any] = []
-        for k, v in asdict(record).items():
-            fields += [k, v if isinstance(v, str | int | float) else str(v)]
-        fields += ["stream_id", delivery.entry_id]
+        fields: list[Any] = [*record.stream_fields(), "stream_id", delivery.entry_id]
         keys = [self.name, self.keys.dead, self.keys.stats]
         return bool(await self.scripts.stream_dead(keys=keys, args=[self.group, delivery.entry_id, *fields]))
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tide_worker import environment as E
 from tide_worker.config import WorkerConfig
 
 
@@ -39,30 +40,30 @@ class Opt:
 
 
 OPTIONS: tuple[Opt, ...] = (
-    Opt("--redis-url", "TIDE_REDIS_URL", str, "redis://127.0.0.1:6379/0", "Redis URL (rediss:// for TLS)"),
-    Opt("--redis-cluster", "TIDE_REDIS_CLUSTER", _bool, False, "connect to a Redis Cluster"),
-    Opt("--queue", "TIDE_QUEUE", str, None, "list queue to consume"),
-    Opt("--stream", "TIDE_STREAM", str, None, "stream to consume (with --group)"),
-    Opt("--group", "TIDE_GROUP", str, None, "consumer group of --stream (created if missing)"),
-    Opt("--handler", "TIDE_HANDLER", str, None, "handler as module:function (sync or async)"),
-    Opt("--concurrency", "TIDE_CONCURRENCY", int, 1, "handlers running at once"),
-    Opt("--batch-size", "TIDE_BATCH_SIZE", int, 1, "messages fetched (and acked) per Redis call"),
-    Opt("--max-attempts", "TIDE_MAX_ATTEMPTS", int, 5, "handler runs before a message is dead-lettered"),
-    Opt("--backoff-base", "TIDE_BACKOFF_BASE", float, 1.0, "retry delay base, seconds (full jitter)"),
-    Opt("--backoff-cap", "TIDE_BACKOFF_CAP", float, 300.0, "retry delay cap, seconds"),
-    Opt("--handler-timeout", "TIDE_HANDLER_TIMEOUT", float, 300.0, "seconds per handler run; 0 = no limit"),
-    Opt("--heartbeat-ttl", "TIDE_HEARTBEAT_TTL", float, 10.0, "heartbeat key TTL, seconds (refreshed at TTL/3)"),
-    Opt("--shutdown-grace", "TIDE_SHUTDOWN_GRACE", float, 25.0, "seconds in-flight work gets after SIGTERM"),
-    Opt("--dedupe-ttl", "TIDE_DEDUPE_TTL", int, 0, "skip message ids that succeeded within N seconds; 0 = off"),
-    Opt("--metrics-port", "TIDE_METRICS_PORT", int, 9100, "/metrics, /healthz, /readyz port; 0 = any, -1 = off"),
-    Opt("--side", "TIDE_SIDE", str, "right", "end taken from: right for LPUSH producers, left for RPUSH", ("right", "left")),
-    Opt("--log-level", "TIDE_LOG_LEVEL", str, "INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
-    Opt("--worker-id", "TIDE_WORKER_ID", str, None, "worker id (default <POD_NAME or host>-<pid>-<hex>)"),
-    Opt("--max-interrupts", "TIDE_MAX_INTERRUPTS", int, 3, "worker deaths a message survives before dead letter"),
-    Opt("--reaper-interval", "TIDE_REAPER_INTERVAL", float, 2.0, "seconds between reaper passes"),
-    Opt("--claim-idle", "TIDE_CLAIM_IDLE", float, 30.0, "streams: claim entries idle this long, seconds"),
-    Opt("--block-timeout", "TIDE_BLOCK_TIMEOUT", float, 2.0, "seconds a blocking fetch waits server-side"),
-    Opt("--fetch-command", "TIDE_FETCH_COMMAND", str, "auto", "blocking fetch: auto, blmove or brpoplpush", ("auto", "blmove", "brpoplpush")),
+    Opt("--redis-url", E.REDIS_URL, str, E.DEFAULT_REDIS_URL, "Redis URL (rediss:// for TLS)"),
+    Opt("--redis-cluster", E.REDIS_CLUSTER, _bool, False, "connect to a Redis Cluster"),
+    Opt("--queue", E.QUEUE, str, None, "list queue to consume"),
+    Opt("--stream", E.STREAM, str, None, "stream to consume (with --group)"),
+    Opt("--group", E.GROUP, str, None, "consumer group of --stream (created if missing)"),
+    Opt("--handler", E.HANDLER, str, None, "handler as module:function (sync or async)"),
+    Opt("--concurrency", E.CONCURRENCY, int, E.DEFAULT_CONCURRENCY, "handlers running at once"),
+    Opt("--batch-size", E.BATCH_SIZE, int, E.DEFAULT_BATCH_SIZE, "messages fetched (and acked) per Redis call"),
+    Opt("--max-attempts", E.MAX_ATTEMPTS, int, E.DEFAULT_MAX_ATTEMPTS, "handler runs before a message is dead-lettered"),
+    Opt("--backoff-base", E.BACKOFF_BASE, float, E.DEFAULT_BACKOFF_BASE, "retry delay base, seconds (full jitter)"),
+    Opt("--backoff-cap", E.BACKOFF_CAP, float, E.DEFAULT_BACKOFF_CAP, "retry delay cap, seconds"),
+    Opt("--handler-timeout", E.HANDLER_TIMEOUT, float, E.DEFAULT_HANDLER_TIMEOUT, "seconds per handler run; 0 = no limit"),
+    Opt("--heartbeat-ttl", E.HEARTBEAT_TTL, float, E.DEFAULT_HEARTBEAT_TTL, "heartbeat key TTL, seconds (refreshed at TTL/3)"),
+    Opt("--shutdown-grace", E.SHUTDOWN_GRACE, float, E.DEFAULT_SHUTDOWN_GRACE, "seconds in-flight work gets after SIGTERM"),
+    Opt("--dedupe-ttl", E.DEDUPE_TTL, int, E.DEFAULT_DEDUPE_TTL, "skip message ids that succeeded within N seconds; 0 = off"),
+    Opt("--metrics-port", E.METRICS_PORT, int, E.DEFAULT_METRICS_PORT, "/metrics, /healthz, /readyz port; 0 = any, -1 = off"),
+    Opt("--side", E.SIDE, str, E.DEFAULT_SIDE, "end taken from: right for LPUSH producers, left for RPUSH", ("right", "left")),
+    Opt("--log-level", E.LOG_LEVEL, str, E.DEFAULT_LOG_LEVEL, "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Opt("--worker-id", E.WORKER_ID, str, None, "worker id (default <POD_NAME or host>-<pid>-<hex>)"),
+    Opt("--max-interrupts", E.MAX_INTERRUPTS, int, E.DEFAULT_MAX_INTERRUPTS, "worker deaths a message survives before dead letter"),
+    Opt("--reaper-interval", E.REAPER_INTERVAL, float, E.DEFAULT_REAPER_INTERVAL, "seconds between reaper passes"),
+    Opt("--claim-idle", E.CLAIM_IDLE, float, E.DEFAULT_CLAIM_IDLE, "streams: claim entries idle this long, seconds"),
+    Opt("--block-timeout", E.BLOCK_TIMEOUT, float, E.DEFAULT_BLOCK_TIMEOUT, "seconds a blocking fetch waits server-side"),
+    Opt("--fetch-command", E.FETCH_COMMAND, str, E.DEFAULT_FETCH_COMMAND, "blocking fetch: auto, blmove or brpoplpush", ("auto", "blmove", "brpoplpush")),
 )  # fmt: skip
 
 
@@ -126,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         if isinstance(value, BadEnv):
             raise ValueError(value.message)
     if not args.handler:
-        raise ValueError("--handler (or TIDE_HANDLER) is required")
+        raise ValueError(f"--handler (or {E.HANDLER}) is required")
     cfg = WorkerConfig(
         handler=args.handler,
         queue=args.queue or None,

@@ -27,40 +27,69 @@ local function base64(data)
   return table.concat(out)
 end
 
+-- Whether s is UTF-8 as Python's strict decoder reads it (no overlong forms, surrogates or code points past
+-- U+10FFFF): the record says "utf-8" exactly when DeadLetter.for_raw would.
 local function valid_utf8(s)
   local i, n = 1, #s
   while i <= n do
     local c = string.byte(s, i)
-    local len
+    local len, lo, hi = 1, 0x80, 0xBF  -- the range of the second byte
     if c < 0x80 then len = 1
     elseif c >= 0xC2 and c <= 0xDF then len = 2
-    elseif c >= 0xE0 and c <= 0xEF then len = 3
-    elseif c >= 0xF0 and c <= 0xF4 then len = 4
+    elseif c == 0xE0 then len, lo = 3, 0xA0
+    elseif c == 0xED then len, hi = 3, 0x9F
+    elseif c >= 0xE1 and c <= 0xEF then len = 3
+    elseif c == 0xF0 then len, lo = 4, 0x90
+    elseif c == 0xF4 then len, hi = 4, 0x8F
+    elseif c >= 0xF1 and c <= 0xF3 then len = 4
     else return false end
     if i + len - 1 > n then return false end
     for k = i + 1, i + len - 1 do
       local cc = string.byte(s, k)
-      if cc < 0x80 or cc > 0xBF then return false end
+      if k == i + 1 then
+        if cc < lo or cc > hi then return false end
+      elseif cc < 0x80 or cc > 0xBF then return false end
     end
     i = i + len
   end
   return true
 end
 
--- The id the worker knows the message by (Delivery.message_id): the envelope id, else the sha1 of the bytes.
+local function is_int(x, max)
+  return type(x) == "number" and math.floor(x) == x and x >= 0 and x <= max
+end
+
+-- The id and attempts the worker knows the message by (Delivery.message_id, Message.attempts), by the
+-- rules of envelope.decode: a valid envelope's id and attempts; else (plain text, JSON that is not an
+-- envelope, a malformed envelope, bytes that are not UTF-8) the sha1 of the bytes and 0.
+-- (cjson reads 1.0 as 1, so "v": 1.0 or "a": 2.0, which Python refuses, pass here; no producer writes them.)
 local function message_id(raw)
-  if string.sub(raw, 1, 1) == "{" then
-    local ok, obj = pcall(cjson.decode, raw)
-    if ok and type(obj) == "table" and obj["v"] ~= nil and type(obj["id"]) == "string" and obj["id"] ~= "" then
-      local attempts = obj["a"]
-      if type(attempts) ~= "number" then attempts = 0 end
-      return obj["id"], attempts
-    end
+  local plain = "sha1:" .. redis.sha1hex(raw)
+  if not valid_utf8(raw) or string.sub(raw, 1, 1) ~= "{" or not string.find(raw, '"v"', 1, true) then
+    return plain, 0
   end
-  return "sha1:" .. redis.sha1hex(raw), 0
+  local ok, obj = pcall(cjson.decode, raw)
+  if not ok or type(obj) ~= "table" or obj["v"] == nil or (obj["id"] == nil and obj["body"] == nil) then
+    return plain, 0  -- not an envelope: consumed as a plain body
+  end
+  local id, attempts, ts, h = obj["id"], obj["a"], obj["ts"], obj["h"]
+  if attempts == nil then attempts = 0 end
+  if obj["v"] ~= 1 or type(id) ~= "string" or id == "" or not valid_utf8(id) or obj["body"] == nil
+    or not is_int(attempts, 2147483647)
+    or (ts ~= nil and ts ~= cjson.null and not (type(ts) == "number" and math.abs(ts) < 1e15))
+    or (h ~= nil and h ~= cjson.null and h ~= false and h ~= 0 and h ~= ""
+        and not (type(h) == "table" and type(next(h)) ~= "number")) then
+    return plain, 0  -- a malformed envelope
+  end
+  return id, attempts
 end
 
 local max_interrupts = tonumber(ARGV[2])
+local now_json = ARGV[4]  -- as Python's repr wrote it: every digit (else printed with 17)
+if not (string.find(now_json, "^%-?%d+$") or string.find(now_json, "^%-?%d+%.%d+$")
+    or string.find(now_json, "^%-?%d+%.?%d*[eE][-+]?%d+$")) then
+  now_json = string.format("%.17g", tonumber(now_json) or 0)
+end
 local push = (ARGV[3] == "left") and "LPUSH" or "RPUSH"
 local items = redis.call("LRANGE", KEYS[1], 0, -1)
 local unstarted = 0
@@ -80,12 +109,15 @@ for i, raw in ipairs(items) do
     if not valid_utf8(raw) then
       text, encoding = base64(raw), "base64"
     end
+    -- the fields of a DeadLetter (tide_worker.records); cjson writes numbers with 14 digits, so the time
+    -- goes in as the caller wrote it (a JSON number) in place of a placeholder only the key can match
     local record = cjson.encode({
       message = text, encoding = encoding, reason = "poison",
       error = "interrupted " .. count .. " times by worker deaths (max " .. max_interrupts .. ")",
       queue = ARGV[5], message_id = id, attempts = attempts, worker = ARGV[1],
-      time = tonumber(ARGV[4]), traceback = ""
+      time = -1, traceback = ""
     })
+    record = string.gsub(record, '"time":%-1', '"time":' .. now_json, 1)
     redis.call("LPUSH", KEYS[4], record)
     redis.call("HDEL", KEYS[3], id)
     dead = dead + 1

@@ -1,0 +1,62 @@
+"""How a worker process is configured: the ``TIDE_*`` environment names and the worker's defaults.
+
+The one place both halves read them: ``tide worker`` (worker_cli.py: each option reads its variable and
+falls back to its default; config.py: ``WorkerConfig``'s defaults; connection.py: the Redis variables)
+and the operator (workload.py writes these variables into the Deployment it generates; spec.py's worker
+defaults). Pure constants: no I/O, importable by the operator's pure modules.
+"""
+
+from __future__ import annotations
+
+# --- the environment ---------------------------------------------------------------------------------
+
+REDIS_URL = "TIDE_REDIS_URL"
+REDIS_CLUSTER = "TIDE_REDIS_CLUSTER"
+REDIS_USERNAME = "TIDE_REDIS_USERNAME"
+REDIS_PASSWORD = "TIDE_REDIS_PASSWORD"
+REDIS_CA_FILE = "TIDE_REDIS_CA_FILE"
+REDIS_TLS_INSECURE = "TIDE_REDIS_TLS_INSECURE"
+QUEUE = "TIDE_QUEUE"
+STREAM = "TIDE_STREAM"
+GROUP = "TIDE_GROUP"
+HANDLER = "TIDE_HANDLER"
+CONCURRENCY = "TIDE_CONCURRENCY"
+BATCH_SIZE = "TIDE_BATCH_SIZE"
+MAX_ATTEMPTS = "TIDE_MAX_ATTEMPTS"
+BACKOFF_BASE = "TIDE_BACKOFF_BASE"
+BACKOFF_CAP = "TIDE_BACKOFF_CAP"
+HANDLER_TIMEOUT = "TIDE_HANDLER_TIMEOUT"
+HEARTBEAT_TTL = "TIDE_HEARTBEAT_TTL"
+SHUTDOWN_GRACE = "TIDE_SHUTDOWN_GRACE"
+DEDUPE_TTL = "TIDE_DEDUPE_TTL"
+METRICS_PORT = "TIDE_METRICS_PORT"
+SIDE = "TIDE_SIDE"
+LOG_LEVEL = "TIDE_LOG_LEVEL"
+WORKER_ID = "TIDE_WORKER_ID"
+MAX_INTERRUPTS = "TIDE_MAX_INTERRUPTS"
+REAPER_INTERVAL = "TIDE_REAPER_INTERVAL"
+CLAIM_IDLE = "TIDE_CLAIM_IDLE"
+BLOCK_TIMEOUT = "TIDE_BLOCK_TIMEOUT"
+FETCH_COMMAND = "TIDE_FETCH_COMMAND"
+
+# --- the worker's defaults ---------------------------------------------------------------------------
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CONCURRENCY = 1
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_BACKOFF_BASE = 1.0
+DEFAULT_BACKOFF_CAP = 300.0
+DEFAULT_HANDLER_TIMEOUT = 300.0
+DEFAULT_HEARTBEAT_TTL = 10.0
+DEFAULT_SHUTDOWN_GRACE = 25.0
+DEFAULT_DEDUPE_TTL = 0
+DEFAULT_METRICS_PORT = 9100  # /metrics, /healthz and /readyz
+DEFAULT_SIDE = "right"
+DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_MAX_INTERRUPTS = 3
+DEFAULT_REAPER_INTERVAL = 2.0
+DEFAULT_CLAIM_IDLE = 30.0
+DEFAULT_BLOCK_TIMEOUT = 2.0
+DEFAULT_PROMOTE_INTERVAL = 0.5
+DEFAULT_FETCH_COMMAND = "auto"
