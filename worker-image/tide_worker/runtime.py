@@ -464,7 +464,7 @@ class Worker:
                 self.metrics.requeued.inc(n)
                 self.log.info("returned unfinished messages to the queue", extra=logs.kv(count=n))
             await self._redis("deregister", self.source.deregister)
-            await self._redis("release", self._release)
+            await self._redis("release", self.source.release)
             self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
         except STOP_OR_REFUSED as exc:
             self.log.error(
@@ -489,11 +489,6 @@ class Worker:
         n = await self._redis("requeue", lambda: self.source.requeue(deliveries))
         self._settled(deliveries)
         self.metrics.requeued.inc(n)
-
-    async def _release(self) -> None:
-        release = getattr(self.source, "release", None)
-        if release is not None:
-            await release()
 
     # ---- loops ---------------------------------------------------------------------------------
 
