@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import inspect
 import os
-import queue as queue_mod
 import random
 import signal
 import socket
@@ -42,6 +41,7 @@ from tide_worker.listsource import CountsUnstarted
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
 from tide_worker.records import DeadLetter, Heartbeat, clean_text
 from tide_worker.source import Delivery, Source
+from tide_worker.threads import DaemonPool, spare_threads
 
 T = TypeVar("T")
 
@@ -51,8 +51,6 @@ EXIT_REFUSED = 3  # Redis refused the credentials or an ACL permission: fix the 
 RATE_WINDOW = 30.0
 TRACEBACK_FRAMES = 8
 TRACEBACK_CHARS = 4000
-# Stuck sync handler threads replaced before the worker reports itself not live: max(this, concurrency).
-SPARE_THREADS_MIN = 4
 
 
 class HandlerTimeout(Exception):
@@ -71,100 +69,6 @@ def traceback_summary(exc: BaseException) -> str:
     frames = traceback.format_tb(exc.__traceback__)[-TRACEBACK_FRAMES:]
     text = "".join(frames) + "".join(traceback.format_exception_only(type(exc), exc))
     return text[-TRACEBACK_CHARS:]
-
-
-class PoolTask:
-    """One call handed to the pool; ``state`` (under the pool's lock) says whether it was abandoned."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.state = "queued"  # queued/running -> abandoned -> done, or running -> done
-
-
-class DaemonPool:
-    """Daemon threads (an abandoned, stuck handler thread never blocks process exit) that replace the
-    threads they lose, within a bound.
-
-    ``size`` threads serve. A thread stuck in a handler past its timeout cannot be killed: when the
-    watchdog abandons it, another thread starts in its place, while at most ``spare`` are stuck at
-    once. Past that the pool runs short of threads and ``healthy()`` turns False (the worker then fails
-    its liveness probe, to be restarted). A stuck thread that returns at last serves again, or ends if
-    the pool already has its threads.
-    """
-
-    def __init__(self, size: int, spare: int) -> None:
-        self.size = size
-        self.spare = spare
-        self.stuck = 0  # abandoned threads still running their handler
-        self._q: queue_mod.SimpleQueue[PoolTask | None] = queue_mod.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._serial = 0
-        with self._lock:
-            for _ in range(size):
-                self._start()
-
-    def _start(self) -> None:  # with the lock held
-        self._threads += 1
-        self._serial += 1
-        threading.Thread(target=self._work, name=f"tide-handler-{self._serial}", daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            task = self._q.get()
-            if task is None:
-                return
-            if not task.fut.set_running_or_notify_cancel():
-                continue
-            with self._lock:
-                if task.state == "queued":
-                    task.state = "running"
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = task.fn()
-            except BaseException as exc:
-                error = exc
-            surplus = False
-            with self._lock:
-                if task.state == "abandoned":
-                    self.stuck -= 1
-                    surplus = self._threads > self.size + min(self.stuck, self.spare)
-                    if surplus:
-                        self._threads -= 1
-                task.state = "done"
-            if error is None:
-                task.fut.set_result(result)
-            else:
-                task.fut.set_exception(error)
-            if surplus:
-                return
-
-    def submit(self, fn: Callable[[], Any]) -> PoolTask:
-        task = PoolTask(fn)
-        self._q.put(task)
-        return task
-
-    def abandon(self, task: PoolTask) -> None:
-        """The watchdog gave up on ``task``: its thread counts as stuck; replace it within the bound."""
-        with self._lock:
-            if task.state == "done":
-                return  # it returned meanwhile: nothing is stuck
-            task.state = "abandoned"
-            self.stuck += 1
-            if self.stuck <= self.spare:
-                self._start()
-
-    def healthy(self) -> bool:
-        """False once more threads are stuck than can be replaced: fewer than ``size`` serve."""
-        return self.stuck <= self.spare
-
-    def shutdown(self) -> None:
-        with self._lock:
-            n = self._threads
-        for _ in range(n):
-            self._q.put(None)
 
 
 @dataclass(eq=False)  # hashed by identity: the set of running chunks
@@ -249,8 +153,7 @@ class Worker:
         # Sync handlers run in threads, except with no timeout, when they run inline (no thread hop per
         # chunk; a handler that blocks long then delays heartbeats, so keep those short).
         threaded = not handler.is_async and cfg.handler_timeout > 0
-        spare = max(SPARE_THREADS_MIN, cfg.concurrency)
-        self.pool = DaemonPool(cfg.concurrency, spare) if threaded else None
+        self.pool = DaemonPool(cfg.concurrency, spare_threads(cfg.concurrency)) if threaded else None
         self._unhealthy_logged = False
         self._backoff_logged = logs.RateLimited(30.0)
         # Each lane takes up to this many ready messages at once: one thread hop and one ack batch for all.
