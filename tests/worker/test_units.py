@@ -9,7 +9,8 @@ import pytest
 from tide_worker import Message, Reject, RetryAfter, worker_cli
 from tide_worker.config import WorkerConfig, backoff_delay, default_worker_id
 from tide_worker.handler import adapt, load
-from tide_worker.runtime import RateMeter, traceback_summary
+from tide_worker.runtime import RateMeter
+from tide_worker.settle import traceback_summary
 
 
 def test_backoff_full_jitter_bounds_and_cap():

@@ -3,13 +3,14 @@
 Flow: the fetcher moves up to ``batch_size`` messages at a time into this worker's custody (the
 processing list, or the stream's pending entries) and queues them; ``concurrency`` lanes take them and
 run the handler; successes are acked in batches by the acker (one script call for all that finished
-meanwhile); failures are retried or dead-lettered one by one. Side loops keep the heartbeat, promote due
-retries and reap dead workers. Every Redis call goes through ``_redis``, which waits out a lost
-connection with capped, jittered backoff instead of failing.
+meanwhile); failures are retried or dead-lettered one by one, as ``settle.decide`` says. Side loops keep
+the heartbeat, promote due retries and reap dead workers. Every Redis call goes through ``_redis``, which
+waits out a lost connection with capped, jittered backoff instead of failing.
 
 Sync handlers run in threads, a chunk of messages per thread hop (so batching pays off), and a watchdog
-enforces the per-message timeout: a stuck thread cannot be killed, so it is abandoned (and counted), its
-message failed, and the chunk's unstarted messages go back to the lane.
+enforces the per-message timeout: a stuck thread cannot be killed, so it is abandoned (and counted, and
+replaced by ``threads.DaemonPool`` within its bound), its message failed, and the chunk's unstarted
+messages go back to the lane.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,11 +35,11 @@ import redis.exceptions as rexc
 from tide_worker import __version__, logs
 from tide_worker.config import WorkerConfig, backoff_delay
 from tide_worker.connection import AUTH_ERRORS, RedisSettings, async_client, refusal_hint
-from tide_worker.errors import Reject, RetryAfter
 from tide_worker.handler import Handler
 from tide_worker.listsource import CountsUnstarted
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
 from tide_worker.records import DeadLetter, Heartbeat, clean_text
+from tide_worker.settle import HandlerTimeout, attempts_before, decide, exhausted, unencodable
 from tide_worker.source import Delivery, Source
 from tide_worker.threads import DaemonPool, spare_threads
 
@@ -49,12 +49,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (rexc.ConnectionError, rexc
 RECONNECT_CAP = 5.0
 EXIT_REFUSED = 3  # Redis refused the credentials or an ACL permission: fix the configuration
 RATE_WINDOW = 30.0
-TRACEBACK_FRAMES = 8
-TRACEBACK_CHARS = 4000
-
-
-class HandlerTimeout(Exception):
-    """The handler ran past ``--handler-timeout``."""
 
 
 class Stopped(Exception):
@@ -62,13 +56,6 @@ class Stopped(Exception):
 
 
 STOP_OR_REFUSED: tuple[type[BaseException], ...] = (Stopped, *AUTH_ERRORS)
-
-
-def traceback_summary(exc: BaseException) -> str:
-    """The last frames of a traceback, bounded, for the dead-letter record."""
-    frames = traceback.format_tb(exc.__traceback__)[-TRACEBACK_FRAMES:]
-    text = "".join(frames) + "".join(traceback.format_exception_only(type(exc), exc))
-    return text[-TRACEBACK_CHARS:]
 
 
 @dataclass(eq=False)  # hashed by identity: the set of running chunks
@@ -492,9 +479,9 @@ class Worker:
                 self.positions[id(d)] = self.fetched_pos
                 if d.msg is None:
                     bad.append((d, "malformed", d.error))
-                elif self._attempts(d) >= self.cfg.max_attempts:
+                elif (used := exhausted(d.msg.attempts, d.deliveries, self.cfg.max_attempts)) is not None:
                     # A stream's delivery count (a crash on the last attempt), or an envelope's count.
-                    bad.append((d, *self._exhausted(d)))
+                    bad.append((d, used.reason, used.error))
                 else:
                     self.ready.put_nowait(d)
                     continue
@@ -811,55 +798,45 @@ class Worker:
     # ---- settling outcomes ---------------------------------------------------------------------
 
     async def _settle(self, d: Delivery, exc: BaseException | None, elapsed: float) -> None:
+        """Carry out what ``settle.decide`` makes of the outcome: ack, retry or dead-letter."""
         msg = d.msg
         assert msg is not None
         self.metrics.duration.observe(elapsed)
-        if exc is None:
+        cfg = self.cfg
+        s = decide(
+            exc,
+            self._attempts(d) + 1,  # this run's number
+            cfg.max_attempts,
+            lambda failures: backoff_delay(failures, cfg.backoff_base, cfg.backoff_cap),
+        )
+        if s.action == "ack":
             self.processed += 1
             self.metrics.processed.inc()
             self.acks.append(d)
             self.ack_event.set()
             return
+        assert exc is not None
         self.failed += 1
         self.metrics.failed.inc()
-        attempt = self._attempts(d) + 1  # this run's number
-        if isinstance(exc, Reject):
-            await self._dead_letter(d, "rejected", exc.reason, traceback_summary(exc), attempt)
-            return
-        if attempt >= self.cfg.max_attempts:
-            reason = "timeout" if isinstance(exc, HandlerTimeout) else "failed"
-            await self._dead_letter(d, reason, repr(exc), traceback_summary(exc), attempt)
-            return
-        if isinstance(exc, RetryAfter):
-            delay = exc.seconds
-        else:
-            delay = backoff_delay(attempt - 1, self.cfg.backoff_base, self.cfg.backoff_cap)
-        if self.source.kind == "list":
+        if s.action == "retry" and self.source.kind == "list":
             try:
                 msg.retried()  # the retry writes the message again: it must encode
             except Exception as enc:  # e.g. a body nested too deep to encode here
-                error = f"cannot be encoded for a retry ({enc!r}) after {exc!r}"
-                await self._dead_letter(d, "malformed", error, traceback_summary(exc), attempt)
-                return
+                s = unencodable(exc, enc, s.attempt)
+        if s.action == "dead":
+            await self._dead_letter(d, s.reason, s.error, s.traceback, s.attempt)
+            return
         self.log.info(
             "handler failed: retrying",
-            extra=logs.kv(message_id=msg.id, attempt=attempt, delay=round(delay, 3), error=repr(exc)),
+            extra=logs.kv(message_id=msg.id, attempt=s.attempt, delay=round(s.delay, 3), error=repr(exc)),
         )
-        if await self._redis("retry", lambda: self.source.retry(d, delay)):
+        if await self._redis("retry", lambda: self.source.retry(d, s.delay)):
             self.metrics.retried.inc()
         self._settled([d])
 
     def _attempts(self, d: Delivery) -> int:
         assert d.msg is not None
-        return max(d.msg.attempts, d.deliveries - 1)
-
-    def _exhausted(self, d: Delivery) -> tuple[str, str]:
-        """(reason, error) for a fetched message whose attempts are used up before it runs."""
-        assert d.msg is not None
-        most = self.cfg.max_attempts
-        if d.deliveries - 1 >= most:  # a stream entry delivered again and again, never settled
-            return "poison", f"delivered {d.deliveries} times without finishing, past max attempts {most}"
-        return "failed", f"its envelope counts {d.msg.attempts} attempts already, max attempts {most}"
+        return attempts_before(d.msg.attempts, d.deliveries)
 
     async def _dead_letter(self, d: Delivery, reason: str, error: str, tb: str, attempts: int) -> None:
         error, tb = clean_text(error), clean_text(tb)  # a handler's text may hold lone surrogates
