@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aredis
 from tide_worker.config import WorkerConfig
 from tide_worker.envelope import decode, encode_envelope, plain_id
-from tide_worker.keys import QueueKeys
+from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.reaper import ListReaper
 from tide_worker.records import DeadLetter
 from tide_worker.scripts import Scripts
@@ -244,6 +244,19 @@ def test_reaper_skips_live_workers_finds_orphans_and_respects_the_lease(r, redis
     assert r.lrange("q", 0, -1) == [b"o"]
     assert r.lrange(K.processing("alive"), 0, -1) == [b"a"]
     assert r.get(K.reaper_lease) == b"reaper"
+
+
+@pytest.mark.parametrize("source", ["list", "stream"])
+def test_a_stopped_worker_gives_up_the_reaper_lease_it_holds(r, start_worker, source):
+    # Lease 2 x the interval (6 s): only the shutdown's release (Source.release) frees it this soon.
+    kw = {"queue": "q"} if source == "list" else {"queue": None, "stream": "s", "group": "g"}
+    lease = K.reaper_lease if source == "list" else StreamKeys("s", "g").reaper_lease
+    w = start_worker("tests.worker.handlers:noop", reaper_interval=3.0, **kw)
+    wid = w.worker.cfg.worker_id.encode()
+    wait_until(lambda: r.get(lease) == wid, timeout=15, what="the worker holding the reaper lease")
+    assert r.pttl(lease) > 3000
+    assert w.stop() == 0
+    assert r.get(lease) is None
 
 
 @pytest.mark.slow
