@@ -39,9 +39,7 @@ def packable(entry: Path) -> bool:
     if entry.is_file():
         return entry.suffix == ".py"
     return (
-        entry.name not in KEEP_ON_DISK
-        and not any(entry.rglob("*.so"))
-        and (entry / "__init__.py").exists()
+        entry.name not in KEEP_ON_DISK and not any(entry.rglob("*.so")) and (entry / "__init__.py").exists()
     )
 
 
