@@ -17,9 +17,13 @@ hack/images/base.sh
 inputs_hash() {
   {
     docker image inspect -f '{{.Id}}' debian:bookworm-slim
-    git ls-files -co --exclude-standard -- pyproject.toml README.md .dockerignore worker-image operator crds hack/images \
-      | grep -v -e '__pycache__' -e '/examples/' | sort | while read -r f; do
-        [ -f "$f" ] && echo "$f $(sha256sum <"$f" | cut -c1-64)"
+    inputs=(pyproject.toml README.md .dockerignore worker-image operator crds hack/images)
+    if git rev-parse --git-dir >/dev/null 2>&1; then
+      git ls-files -co --exclude-standard -- "${inputs[@]}"
+    else  # an unpacked tarball: every file, ignored ones included
+      find "${inputs[@]}" -type f
+    fi | grep -v -e '__pycache__' -e '/examples/' -e '\.crt$' | sort | while read -r f; do
+        if [ -f "$f" ]; then echo "$f $(sha256sum <"$f" | cut -c1-64)"; fi
       done
   } | sha256sum | cut -c1-16
 }

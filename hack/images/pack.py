@@ -80,6 +80,7 @@ def main() -> None:
                         doraise=True,
                         invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
                     )
+                    assert pyc is not None  # doraise: a failure raises
                     zf.write(pyc, rel + "c")
             if entry.is_dir():
                 shutil.rmtree(entry)
