@@ -28,10 +28,10 @@ def _engine_missing() -> str | None:
         return "no docker CLI (make test installs Debian's docker.io where it runs as root)"
     res = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
     if res.returncode:
-        why = (
-            UNAVAILABLE.read_text().strip() if UNAVAILABLE.exists() else res.stderr.strip().splitlines()[-1:]
-        )
-        return f"no Docker engine ({why}); `hack/docker.sh` starts one as root"
+        if UNAVAILABLE.exists():  # hack/docker.sh said why it could not start one
+            return UNAVAILABLE.read_text().strip()
+        last = (res.stderr.strip().splitlines() or ["docker info failed"])[-1]
+        return f"no Docker engine ({last}); `hack/docker.sh` starts one as root"
     return None
 
 
