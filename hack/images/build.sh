@@ -17,7 +17,7 @@ hack/images/base.sh
 inputs_hash() {
   {
     docker image inspect -f '{{.Id}}' debian:bookworm-slim
-    inputs=(pyproject.toml README.md .dockerignore worker-image operator crds hack/images)
+    inputs=(pyproject.toml README.md .dockerignore worker-image operator crds hack/images/base.sh hack/images/pack.py hack/images/build-ca)
     if git rev-parse --git-dir >/dev/null 2>&1; then
       git ls-files -co --exclude-standard -- "${inputs[@]}"
     else  # an unpacked tarball: every file, ignored ones included
