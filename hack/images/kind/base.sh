@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Step 3 of issue 10, first part: kind's node *base* image made here (kindest/base cannot be pulled):
+# debian:bookworm-slim with systemd, Debian's runc and CNI plugins, and containerd and crictl built from
+# the Go module proxy, plus kind's own node files (entrypoint, systemd units, containerd config) from
+# the kind module. Tagged tide-kind-base:$KIND_VERSION-$CONTAINERD_VERSION and reused while it exists.
+# Also builds kind itself and kubelet, kubeadm, kube-scheduler and kube-proxy from the pinned
+# k8s.io/kubernetes (hack/controlplane/go.mod), for the node image that is still to come
+# (docs/images.md, "Toward kind"). Not used by `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+KIND_VERSION=v0.33.0 CONTAINERD_VERSION=v2.4.2 CRICTL_VERSION=v1.37.0
+BIN=.cache/kind/bin
+IMAGE="tide-kind-base:$KIND_VERSION-$CONTAINERD_VERSION"
+mkdir -p "$BIN"
+hack/docker.sh --privileged
+hack/images/base.sh
+
+step() {  # name, then a command that makes $BIN/name; skipped when the binary exists
+  local name="$1"; shift
+  [ -x "$BIN/$name" ] && return 0
+  echo "==> building $name"
+  local start=$SECONDS
+  "$@"
+  echo "==> $name built in $((SECONDS - start)) s"
+}
+export GOBIN="$PWD/$BIN" CGO_ENABLED=0
+step kind go install "sigs.k8s.io/kind@$KIND_VERSION"
+step containerd go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+  "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+  "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+step crictl go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+# the node binaries from the control plane's pins (a copy of its go.mod: kubelet needs more modules,
+# which go.sum gains in the copy only)
+src=.cache/kind/src
+mkdir -p "$src"
+sed 's|^module .*|module tide.dev/cache/kindnode|' hack/controlplane/go.mod >"$src/go.mod"
+[ -f "$src/go.sum" ] || cp hack/controlplane/go.sum "$src/go.sum"
+printf '//go:build tools\n\npackage tools\n' >"$src/tools.go"
+for cmd in kubelet kubeadm kube-scheduler kube-proxy; do
+  step "$cmd" bash -c "cd $src && go build -mod=mod -o ../bin/$cmd k8s.io/kubernetes/cmd/$cmd"
+done
+
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  echo "==> $IMAGE is up to date"
+  exit 0
+fi
+ctx="$(mktemp -d)"
+trap 'rm -rf "$ctx"' EXIT
+kind_src="$(go env GOMODCACHE)/sigs.k8s.io/kind@$KIND_VERSION/images/base/files"
+cp -r "$kind_src" "$ctx/files" && chmod -R u+w "$ctx/files"
+mkdir "$ctx/bin" && cp "$BIN"/{containerd,containerd-shim-runc-v2,ctr,crictl} "$ctx/bin/"
+echo "==> building $IMAGE"
+docker build -q -t "$IMAGE" -f hack/images/kind/base.Dockerfile "$ctx" >/dev/null
+echo "==> $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
