@@ -16,7 +16,11 @@ RUN chmod 755 /usr/local/bin/* /kind/bin/* && apt-get update && DEBIAN_FRONTEND=
  && echo "ReadKMsg=no" >> /etc/systemd/journald.conf \
  && ln -sf /usr/lib/systemd/systemd /sbin/init \
  && mkdir -p /opt/cni/bin && ln -s /usr/lib/cni/* /opt/cni/bin/ \
- && ctr oci spec | jq '.hooks.createContainer[.hooks.createContainer| length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' | jq 'del(.process.rlimits)' > /etc/containerd/cri-base.json
+ && ctr oci spec | jq '.hooks.createContainer[.hooks.createContainer| length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' | jq 'del(.process.rlimits)' > /etc/containerd/cri-base.json \
+ && sed -i 's/restrict_oom_score_adj = false/restrict_oom_score_adj = true/' /etc/containerd/config.toml
+# restrict_oom_score_adj: pods' oom_score_adj is never set below the node's own. Lowering it needs
+# CAP_SYS_RESOURCE, which the test machines lack: without this every sandbox fails in runc with
+# "failed to update /proc/self/oom_score_adj: Permission denied".
 RUN systemctl enable containerd.service && systemctl enable undo-mount-hacks.service && systemctl mask systemd-binfmt.service && mkdir -p /etc/kubernetes/manifests
 ENV container=docker
 STOPSIGNAL SIGRTMIN+3

@@ -2,7 +2,7 @@
 # Step 3 of issue 10, first part: kind's node *base* image made here (kindest/base cannot be pulled):
 # debian:bookworm-slim with systemd, Debian's runc and CNI plugins, and containerd and crictl built from
 # the Go module proxy, plus kind's own node files (entrypoint, systemd units, containerd config) from
-# the kind module. Tagged tide-kind-base:$KIND_VERSION-$CONTAINERD_VERSION and reused while it exists.
+# the kind module. Tagged tide-kind-base:$KIND_VERSION-$CONTAINERD_VERSION, rebuilt when its inputs change.
 # Also builds kind itself and kubelet, kubeadm, kube-scheduler and kube-proxy from the pinned
 # k8s.io/kubernetes (hack/controlplane/go.mod), for the node image that is still to come
 # (docs/images.md, "Toward kind"). Not used by `make test`.
@@ -40,7 +40,8 @@ for cmd in kubelet kubeadm kube-scheduler kube-proxy; do
   step "$cmd" bash -c "cd $src && go build -mod=mod -o ../bin/$cmd k8s.io/kubernetes/cmd/$cmd"
 done
 
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+HASH="$(cat hack/images/kind/base.Dockerfile "$BIN"/{containerd,containerd-shim-runc-v2,ctr,crictl} | sha256sum | cut -c1-16)"
+if [ "$(docker image inspect -f '{{index .Config.Labels "dev.tide.inputs"}}' "$IMAGE" 2>/dev/null)" = "$HASH" ]; then
   echo "==> $IMAGE is up to date"
   exit 0
 fi
@@ -50,5 +51,5 @@ kind_src="$(go env GOMODCACHE)/sigs.k8s.io/kind@$KIND_VERSION/images/base/files"
 cp -r "$kind_src" "$ctx/files" && chmod -R u+w "$ctx/files"
 mkdir "$ctx/bin" && cp "$BIN"/{containerd,containerd-shim-runc-v2,ctr,crictl} "$ctx/bin/"
 echo "==> building $IMAGE"
-docker build -q -t "$IMAGE" -f hack/images/kind/base.Dockerfile "$ctx" >/dev/null
+docker build -q --label "dev.tide.inputs=$HASH" -t "$IMAGE" -f hack/images/kind/base.Dockerfile "$ctx" >/dev/null
 echo "==> $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
