@@ -66,8 +66,11 @@ helm-lint: install
 e2e: install
 	$(PYTEST) -p no:cacheprovider -s tests/e2e
 
+# hack/images/kind/prepare.sh: privileged containers, `make images`, and kind plus a node image built
+# here when kind is not installed (docs/images.md).
 e2e-kind: install
-	@$(PY) -c "from tests.e2e.backends import KindBackend as K; m = K.missing(); m and (print('make e2e-kind needs: ' + ', '.join(m) + ' (install Docker and kind, then retry)'), exit(2))"
+	@env_lines="$$(hack/images/kind/prepare.sh)" && eval "$$env_lines" && \
+	$(PY) -c "from tests.e2e.backends import KindBackend as K; m = K.missing(); m and (print('make e2e-kind needs: ' + ', '.join(m) + ' (install Docker and kind, then retry)'), exit(2))" && \
 	TIDE_E2E_BACKEND=kind $(PYTEST) -p no:cacheprovider -s tests/e2e
 
 # The main job: a burst absorbed on the local stack, scaled up and back to zero.

@@ -21,7 +21,7 @@ RUN chmod 755 /usr/local/bin/* /kind/bin/* && apt-get update && DEBIAN_FRONTEND=
 # restrict_oom_score_adj: pods' oom_score_adj is never set below the node's own. Lowering it needs
 # CAP_SYS_RESOURCE, which the test machines lack: without this every sandbox fails in runc with
 # "failed to update /proc/self/oom_score_adj: Permission denied".
-RUN systemctl enable containerd.service && systemctl enable undo-mount-hacks.service && systemctl mask systemd-binfmt.service && mkdir -p /etc/kubernetes/manifests
+RUN systemctl enable kubelet.service && systemctl enable containerd.service && systemctl enable undo-mount-hacks.service && systemctl mask systemd-binfmt.service && mkdir -p /etc/kubernetes/manifests
 ENV container=docker
 STOPSIGNAL SIGRTMIN+3
 ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]

@@ -36,8 +36,19 @@ mkdir -p "$src"
 sed 's|^module .*|module tide.dev/cache/kindnode|' hack/controlplane/go.mod >"$src/go.mod"
 [ -f "$src/go.sum" ] || cp hack/controlplane/go.sum "$src/go.sum"
 printf '//go:build tools\n\npackage tools\n' >"$src/tools.go"
+# versioned as the control plane's binaries are (hack/tide_local/build.py), so nodes report v1.36.3
+K8S="$(awk '$1 == "k8s.io/kubernetes" {print $2}' hack/controlplane/go.mod)"
+minor="${K8S#v*.}"; minor="${minor%%.*}"; major="${K8S#v}"; major="${major%%.*}"
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$K8S -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+if [ "$(cat "$BIN/.k8s-ldflags" 2>/dev/null)" != "$ldflags" ]; then
+  rm -f "$BIN"/{kubelet,kubeadm,kube-scheduler,kube-proxy}
+  echo "$ldflags" >"$BIN/.k8s-ldflags"
+fi
 for cmd in kubelet kubeadm kube-scheduler kube-proxy; do
-  step "$cmd" bash -c "cd $src && go build -mod=mod -o ../bin/$cmd k8s.io/kubernetes/cmd/$cmd"
+  step "$cmd" bash -c "cd $src && go build -mod=mod -trimpath -ldflags '$ldflags' -o ../bin/$cmd k8s.io/kubernetes/cmd/$cmd"
 done
 
 HASH="$(cat hack/images/kind/base.Dockerfile "$BIN"/{containerd,containerd-shim-runc-v2,ctr,crictl} | sha256sum | cut -c1-16)"
