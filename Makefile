@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -15,9 +15,16 @@ lint: install
 	$(PY) -m mypy worker-image/tide_worker operator/tide_operator hack/tide_local
 	$(VENV)/bin/lint-imports
 
-# Everything, slow chaos/soak/e2e runs included: what CI runs.
+# Everything, slow chaos/soak/e2e runs included: what CI runs. hack/docker.sh starts a Docker engine
+# where it can (root on Debian); elsewhere the container tests skip and say why.
 test: install lint
+	@hack/docker.sh --optional
 	$(PYTEST) -p no:cacheprovider tests
+
+# The operator and worker images (tide-operator:dev, tide-worker:dev), rebuilt only when their inputs
+# changed; the base is made locally when it cannot be pulled (docs/images.md).
+images:
+	@hack/images/build.sh
 
 # The inner loop: skips runs marked slow.
 test-fast: install
@@ -59,8 +66,11 @@ helm-lint: install
 e2e: install
 	$(PYTEST) -p no:cacheprovider -s tests/e2e
 
+# hack/images/kind/prepare.sh: privileged containers, `make images`, and kind plus a node image built
+# here when kind is not installed (docs/images.md).
 e2e-kind: install
-	@$(PY) -c "from tests.e2e.backends import KindBackend as K; m = K.missing(); m and (print('make e2e-kind needs: ' + ', '.join(m) + ' (install Docker and kind, then retry)'), exit(2))"
+	@env_lines="$$(hack/images/kind/prepare.sh)" && eval "$$env_lines" && \
+	$(PY) -c "from tests.e2e.backends import KindBackend as K; m = K.missing(); m and (print('make e2e-kind needs: ' + ', '.join(m) + ' (install Docker and kind, then retry)'), exit(2))" && \
 	TIDE_E2E_BACKEND=kind $(PYTEST) -p no:cacheprovider -s tests/e2e
 
 # The main job: a burst absorbed on the local stack, scaled up and back to zero.

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(record, indent=2))
     print(f"==> wrote {RESULTS / 'demo.json'} and {RESULTS / 'demo.png'}")
     try:
-        scenario.check(out, chaos=cfg.kills > 0)
+        scenario.check(out, chaos=cfg.kills > 0, operator_restart=cfg.restart_operator)
     except AssertionError as exc:
         print(f"demo FAILED: {exc}", file=sys.stderr)
         return 1
