@@ -54,19 +54,16 @@ class Account:
     def __init__(self, cluster: Any, namespace: str, kubeconfig: Path) -> None:
         self.cluster, self.namespace, self.kubeconfig = cluster, namespace, kubeconfig
 
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """kubectl as this account, in its namespace."""
+        cmd = [str(self.cluster.kubectl), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace, *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+
     def create(self, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.cluster.kubectl), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace,
-             "create", "-f", "-"],
-            input=json.dumps(obj), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        return self.kubectl("create", "-f", "-", stdin=json.dumps(obj))
 
     def patch(self, name: str, patch: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.cluster.kubectl), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace,
-             "patch", "qc", name, "--type=merge", "-p", json.dumps(patch)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        return self.kubectl("patch", "qc", name, "--type=merge", "-p", json.dumps(patch))
 
 
 @pytest.fixture
