@@ -22,3 +22,38 @@ def rq_noop() -> None:
 async def anoop(msg: Any) -> None:
     """Tide's native form: an async handler runs on the event loop, with no thread hop."""
     return None
+
+
+# --- the wait-objective bench (bench/wait_objective.py): 50 ms jobs that record their queue wait -------
+
+WAIT_KEY = "bench:wait:"  # hash per phase: bucket (50 ms wide) -> messages that waited that long
+WAIT_BUCKET = 0.05
+_waits: dict[tuple[str, int], int] = {}
+_flushed = [0.0]
+
+
+async def wait50(msg: Any) -> None:
+    """A 50 ms job (an awaited call) that counts its own queue wait, enqueue time to start, by phase."""
+    import asyncio
+    import os
+    import time
+
+    import redis.asyncio as aredis
+
+    now = time.time()
+    if msg.enqueued_at is not None and isinstance(msg.body, dict):
+        key = (str(msg.body.get("p", "")), int(max(0.0, now - msg.enqueued_at) / WAIT_BUCKET))
+        _waits[key] = _waits.get(key, 0) + 1
+    if now - _flushed[0] >= 0.5 and _waits:
+        _flushed[0] = now
+        batch = dict(_waits)
+        _waits.clear()
+        client = aredis.Redis.from_url(os.environ["TIDE_REDIS_URL"])
+        try:
+            pipe = client.pipeline(transaction=False)
+            for (phase, bucket), n in batch.items():
+                pipe.hincrby(WAIT_KEY + phase, str(bucket), n)
+            await pipe.execute()
+        finally:
+            await client.aclose()
+    await asyncio.sleep(0.05)

@@ -156,6 +156,7 @@ class Consumer:
         # labelled children looked up once: a poll sets them without the registry's label lookups
         self.m_desired = metrics.DESIRED.labels(*labels)
         self.m_current = metrics.CURRENT.labels(*labels)
+        self.m_oldest = metrics.OLDEST_AGE.labels(*labels)
         self.last_gauges: tuple[int, int] | None = None
         self.last_backlog_metric: Backlog | None = None
         self.m_backlog = {
@@ -504,6 +505,7 @@ class Consumer:
                 m["stream_lag"].set(b.stream_lag)
                 m["stream_pending"].set(b.stream_pending)
                 m["total"].set(b.total)
+                self.m_oldest.set(b.oldest_age or 0.0)
                 self.last_backlog_metric = b
             self.last_backlog = backlog_status(b)
         self.decision = decision

@@ -9,6 +9,11 @@ from prometheus_client import Counter, Gauge, Histogram
 LABELS = ("namespace", "name")
 
 BACKLOG = Gauge("tide_backlog", "Backlog of the QueueConsumer's source, by part", [*LABELS, "part"])
+OLDEST_AGE = Gauge(
+    "tide_oldest_message_age_seconds",
+    "Seconds the oldest waiting message of the source has waited (0 when none waits)",
+    LABELS,
+)
 DESIRED = Gauge("tide_desired_replicas", "Replicas the policy wants", LABELS)
 CURRENT = Gauge("tide_current_replicas", "Replicas of the scale target", LABELS)
 DECISION_SECONDS = Histogram(
@@ -34,7 +39,7 @@ KUBE_SECONDS = Histogram(
 
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted resource's series so they do not linger at their last value."""
-    for gauge in (DESIRED, CURRENT):
+    for gauge in (DESIRED, CURRENT, OLDEST_AGE):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
     for part in ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total"):

@@ -10,6 +10,11 @@ table-driven test. The rules, in order:
    (``fallback``); nothing here ever scales to zero because Redis could not be read.
 3. Raw recommendation: ``ceil(backlog / targetBacklogPerReplica)`` (``target``), raised to what drains the
    backlog within ``targetDrainSeconds`` at the mean per-replica rate workers report (``drain-time``).
+   Then, when ``targetWaitSeconds`` is set and the oldest waiting message has waited longer, raised again
+   (``wait-time``): to at least ``ceil(current * age / target)`` and one more than now, and, with measured
+   per-replica rates and an arrival rate (throughput + the backlog's growth since the last reading), to what
+   absorbs the arrivals and drains the backlog within the target: ``ceil((arrivals + backlog / target) /
+   per-replica rate)``. It only ever raises the count; scale-down keeps its stabilization and limits.
 4. From zero, only a backlog above ``activationBacklog`` wakes the workload (``below-activation``) - but a
    retry that came due or work held in-flight always wakes it (``retry-due``, ``in-flight``): only a
    worker moves due retries back and reaps orphaned processing lists.
@@ -41,6 +46,7 @@ class PolicyState:
     last_scale_time: float | None = None
     failures: int = 0  # consecutive failed reads
     last_active_time: float | None = None  # last time the backlog (in-flight included) was non-zero
+    last_reading: tuple[float, int] | None = None  # (time, backlog total) of the last reading: arrivals
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,13 @@ def _down_limit(b: Behavior, current: int, events: Sequence[tuple[float, int]], 
     return min(current, min(limits))
 
 
+def _arrivals(last: tuple[float, int] | None, total: int, live: Sequence[float], now: float) -> float | None:
+    """Messages/s arriving: what workers process plus how fast the backlog grew since the last reading."""
+    if last is None or now - last[0] <= 0 or not live:
+        return None
+    return max(0.0, sum(live) + (total - last[1]) / (now - last[0]))
+
+
 def decide(
     scaling: Scaling,
     reading: Backlog | None,
@@ -122,17 +135,34 @@ def decide(
 
     raw = math.ceil(total / target)
     rule = "target"
+    live = [r for r in rates if r > 0]
     detail = f"backlog {total} ({reading.describe()}) / {target} per replica = {raw}"
-    if scaling.target_drain_seconds and total > 0:
-        live = [r for r in rates if r > 0]
-        if live:
+    if scaling.target_drain_seconds and total > 0 and live:
+        per = sum(live) / len(live)
+        need = math.ceil(total / (per * scaling.target_drain_seconds))
+        if need > raw:
+            raw, rule = need, "drain-time"
+            detail += (
+                f"; draining in {scaling.target_drain_seconds:g}s at {per:.1f}/s per replica needs {need}"
+            )
+
+    wait = scaling.target_wait_seconds
+    age = reading.oldest_age
+    if wait and age is not None and age > wait:
+        need = max(current + 1, math.ceil(current * age / wait))
+        how = f"oldest message waited {age:.1f}s > {wait:g}s target: max({current} + 1, ceil({current} x {age:.1f} / {wait:g})) = {need}"
+        arrivals = _arrivals(state.last_reading, total, live, now)
+        if live and arrivals is not None:
             per = sum(live) / len(live)
-            need = math.ceil(total / (per * scaling.target_drain_seconds))
-            if need > raw:
-                raw, rule = need, "drain-time"
-                detail += (
-                    f"; draining in {scaling.target_drain_seconds:g}s at {per:.1f}/s per replica needs {need}"
-                )
+            drain = math.ceil((arrivals + total / wait) / per)
+            how += (
+                f"; arrivals {arrivals:.1f}/s plus backlog {total} drained within {wait:g}s at {per:.1f}/s"
+                f" per replica = {drain}"
+            )
+            need = max(need, drain)
+        if need > raw:
+            raw, rule = need, "wait-time"
+            detail += f"; {how}"
 
     if current == 0:
         if reading.busy == 0 and reading.retries_due == 0 and total <= scaling.activation_backlog:
@@ -165,7 +195,7 @@ def decide(
     history = (*((t, r) for t, r in state.recommendations if now - t < horizon), (now, rec))
     period = max(scaling.scale_up.period_seconds, scaling.scale_down.period_seconds)
     events = tuple((t, d) for t, d in state.scale_events if now - t < period)
-    st = PolicyState(history, events, state.last_scale_time, 0, last_active)
+    st = PolicyState(history, events, state.last_scale_time, 0, last_active, last_reading=(now, total))
 
     if to_zero:
         desired = 0

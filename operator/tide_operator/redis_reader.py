@@ -33,7 +33,16 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
-from tide_worker.backlog import Backlog, GroupInfo, list_backlog, stream_backlog
+from tide_worker import envelope
+from tide_worker.backlog import (
+    Backlog,
+    GroupInfo,
+    age,
+    entry_time,
+    list_backlog,
+    stream_backlog,
+    stream_id,
+)
 from tide_worker.connection import RedisSettings, async_client
 from tide_worker.keys import QueueKeys, StreamKeys, hash_tag
 from tide_worker.records import Heartbeat
@@ -66,6 +75,12 @@ PROCESSING_LISTS = "*:processing:*"  # every queue's processing lists (QueueKeys
 # the script is lua/list_backlog.lua, read once at import by the worker's loader.
 LIST_BACKLOG_LUA = script("list_backlog", "tide_operator").text
 LIST_BACKLOG_SHA = script("list_backlog", "tide_operator").sha
+# the envelope's limits, passed to the script so that it decodes a head's timestamp by the same rule
+ENVELOPE_ARGS = (
+    str(envelope.ENVELOPE_VERSION),
+    str(envelope.MAX_ENVELOPE_ATTEMPTS),
+    repr(envelope.MAX_TIME),
+)
 
 
 @dataclass(frozen=True)
@@ -396,6 +411,9 @@ class ListReader(_Reader):
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0  # for tests and metrics: how many round trips reads took
     batcher: ReadBatcher | None = None
+    side: str = "right"  # the end workers take from: its message is the oldest
+    # a head without a timestamp (a plain string): its hash and when this reader first saw it there
+    _head_seen: tuple[str, float] | None = field(default=None, repr=False)
     _keys: list[str] = field(default_factory=list, repr=False)
     _keys_for: tuple[tuple[str, ...], tuple[str, ...]] | None = field(default=None, repr=False)
     _scan: ProcessingScan | None = field(default=None, repr=False)
@@ -445,20 +463,22 @@ class ListReader(_Reader):
 
         def stage(pipe: Any) -> None:
             # execute_command: a cluster pipeline blocks the evalsha method, not the command
-            pipe.execute_command("EVALSHA", LIST_BACKLOG_SHA, len(keys), *keys, repr(now), nworkers)
+            pipe.execute_command(
+                "EVALSHA", LIST_BACKLOG_SHA, len(keys), *keys, repr(now), nworkers, self.side, *ENVELOPE_ARGS
+            )
 
         reply = await self._execute(stage)
         if isinstance(reply[0], NoScriptError):  # a restarted or failed-over server: load, then again
             await (self.batcher.load_script() if self.batcher else self.client.script_load(LIST_BACKLOG_LUA))
             reply = await self._execute(stage)
         res = _raise_first(reply)[0]
-        ready, registry_raw, due, delayed, nxt = res[:5]
+        ready, registry_raw, due, delayed, nxt, head = res[:6]
         per_worker: dict[str, tuple[Any, float | None]] = {
-            w: (res[5 + 2 * i], None if res[6 + 2 * i] is None else float(res[6 + 2 * i]))
+            w: (res[6 + 2 * i], None if res[7 + 2 * i] is None else float(res[7 + 2 * i]))
             for i, w in enumerate(cached)
         }
         held: dict[str, int] = {w: int(n) for w, (n, _) in per_worker.items()}
-        held.update(zip(orphans, map(int, res[5 + 2 * len(cached) :]), strict=True))
+        held.update(zip(orphans, map(int, res[6 + 2 * len(cached) :]), strict=True))
         registry = tuple(_text(w) for w in registry_raw)
         new = [w for w in registry if w not in per_worker]
         if new:
@@ -484,8 +504,23 @@ class ListReader(_Reader):
             retries_total=delayed,
             retries_due=due,
             next_retry_at=float(nxt[1]) if nxt else None,
+            oldest_age=self._head_age(head, now),
         )
         return Reading(backlog, tuple(r for _, r in live if r is not None), len(registry))
+
+    def _head_age(self, head: Any, now: float) -> float | None:
+        """The age of the message at the consuming end: from its envelope's time, or, for one that carries
+        none, since this reader first saw it there (the memory is reset when the head changes)."""
+        if head is None:
+            self._head_seen = None
+            return None
+        text = _text(head)
+        if text.startswith("t:"):
+            self._head_seen = None
+            return age(float(text[2:]), now)
+        if self._head_seen is None or self._head_seen[0] != text:
+            self._head_seen = (text, now)
+        return age(self._head_seen[1], now)
 
 
 def _field(info: dict[Any, Any], name: str) -> Any:
@@ -499,22 +534,28 @@ class StreamReader(_Reader):
     workers: tuple[str, ...] = field(default=())
     round_trips: int = 0
     batcher: ReadBatcher | None = None
+    # the group's last delivered id as the last reading saw it ("-": no group, the stream's first entry)
+    _position: str = field(default="-", repr=False)
 
     async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
+        position = self._position
 
         def stage(pipe: Any) -> None:
             pipe.xinfo_groups(k.stream)
             pipe.xinfo_stream(k.stream)
             pipe.zrange(k.workers, 0, -1)
+            # the oldest undelivered entry, after the group's position as last seen (same round trip)
+            start = position if position == "-" else "(" + position
+            pipe.xrange(k.stream, start, "+", count=1)
             for w in cached:
                 pipe.get(k.worker(w))
 
         res = await self._execute(stage)
-        groups_raw, stream_raw, registry_raw = res[:3]
-        heartbeats = dict(zip(cached, res[3:], strict=True))
-        for item in (groups_raw, stream_raw, registry_raw):
+        groups_raw, stream_raw, registry_raw, first_raw = res[:4]
+        heartbeats = dict(zip(cached, res[4:], strict=True))
+        for item in (groups_raw, stream_raw, registry_raw, first_raw):
             if isinstance(item, ResponseError) and "no such key" not in str(item).lower():
                 raise item
             if isinstance(item, Exception) and not isinstance(item, ResponseError):
@@ -531,7 +572,9 @@ class StreamReader(_Reader):
         self.workers = registry
         rates = _rates([heartbeats[w] for w in registry])
         if isinstance(stream_raw, ResponseError):  # no stream yet: nothing to do
+            self._position = "-"
             return Reading(stream_backlog(0, None), rates, len(registry))
+        first = first_raw[0][0] if isinstance(first_raw, list) and first_raw else None
         stream = _pairs(stream_raw)
         length = int(_field(stream, "length") or 0)
         group = None
@@ -541,7 +584,11 @@ class StreamReader(_Reader):
                 group = info
                 break
         if group is None:
-            return Reading(stream_backlog(length, None), rates, len(registry))
+            self._position = "-"
+            oldest = None if first is None or position != "-" else age(entry_time(_text(first)), now)
+            return Reading(stream_backlog(length, None, oldest_age=oldest), rates, len(registry))
+        delivered = _text_or_none(_field(group, "last-delivered-id")) or "0-0"
+        self._position = delivered
         backlog = stream_backlog(
             length,
             GroupInfo(
@@ -552,8 +599,23 @@ class StreamReader(_Reader):
             ),
             entries_added=_int_or_none(_field(stream, "entries-added")),
             last_generated_id=_text_or_none(_field(stream, "last-generated-id")),
+            oldest_age=_oldest(first, position, delivered, now),
         )
         return Reading(backlog, rates, len(registry))
+
+
+def _oldest(first: Any, position: str, delivered: str, now: float) -> float | None:
+    """The age of the group's oldest undelivered entry, read after ``position`` (its last delivered id as the
+    previous reading saw it) in this reading's round trip, while ``delivered`` is where the group is now.
+
+    When the group has not moved, the entry read is the oldest undelivered one. When it moved on, the entry
+    read may have been delivered since: then the oldest undelivered entry is newer than ``delivered``, so
+    ``now - time(delivered)`` bounds its age from above and is used (exact again at the next reading)."""
+    if position != "-" and stream_id(position) == stream_id(delivered):
+        return None if first is None else age(entry_time(_text(first)), now)
+    if first is not None and stream_id(_text(first)) > stream_id(delivered):
+        return age(entry_time(_text(first)), now)
+    return age(entry_time(delivered), now)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -576,5 +638,5 @@ def make_reader(
 ) -> ListReader | StreamReader:
     """A reader of ``source``; pass the client's shared ``ClientPool.batcher`` to coalesce its reads."""
     if source.kind == "list":
-        return ListReader(client, QueueKeys(source.key), batcher=batcher)
+        return ListReader(client, QueueKeys(source.key), batcher=batcher, side=source.side)
     return StreamReader(client, StreamKeys(source.key, source.group), batcher=batcher)

@@ -50,6 +50,7 @@ KIND_NAME = r"^[A-Z][A-Za-z0-9]*$"
 MAX_NAME = 253
 MAX_REPLICAS = 2**31 - 1  # /scale counts replicas in an int32
 MAX_KIND = 63
+MAX_WAIT_SECONDS = 86400.0  # targetWaitSeconds: at most a day (the CRD holds the same bound)
 # The owned Deployment is "<name>-worker", and its pods carry the name as a label value (63 at most).
 MAX_WORKER_QC_NAME = 63 - len("-worker")
 
@@ -128,6 +129,7 @@ class Scaling:
     target_backlog_per_replica: int = DEFAULT_TARGET_BACKLOG
     activation_backlog: int = DEFAULT_ACTIVATION_BACKLOG
     target_drain_seconds: float | None = None
+    target_wait_seconds: float | None = None  # the oldest message may wait this long, then scale up
     polling_interval_seconds: float = DEFAULT_POLLING_INTERVAL
     cooldown_seconds: float = DEFAULT_COOLDOWN
     scale_up: Behavior = field(
@@ -258,12 +260,14 @@ def parse_scaling(obj: Mapping[str, Any]) -> Scaling:
     fb = obj.get("fallback") or {}
     fb_replicas = fb.get("replicas")
     drain = obj.get("targetDrainSeconds")
+    wait = obj.get("targetWaitSeconds")
     s = Scaling(
         min_replicas=int(obj.get("minReplicas", d.min_replicas)),
         max_replicas=int(obj.get("maxReplicas", d.max_replicas)),
         target_backlog_per_replica=int(obj.get("targetBacklogPerReplica", d.target_backlog_per_replica)),
         activation_backlog=int(obj.get("activationBacklog", d.activation_backlog)),
         target_drain_seconds=None if drain is None else float(drain),
+        target_wait_seconds=None if wait is None else float(wait),
         polling_interval_seconds=float(obj.get("pollingIntervalSeconds", d.polling_interval_seconds)),
         cooldown_seconds=float(obj.get("cooldownSeconds", d.cooldown_seconds)),
         scale_up=_behavior(obj.get("scaleUp"), d.scale_up),
@@ -280,6 +284,11 @@ def parse_scaling(obj: Mapping[str, Any]) -> Scaling:
         )
     if s.target_backlog_per_replica < 1:
         raise SpecError("spec.scaling.targetBacklogPerReplica must be at least 1")
+    if s.target_wait_seconds is not None and not 0 < s.target_wait_seconds <= MAX_WAIT_SECONDS:
+        raise SpecError(
+            "spec.scaling.targetWaitSeconds is how long the oldest message may wait before the operator adds "
+            f"replicas: more than 0 and at most {MAX_WAIT_SECONDS:g} (got {s.target_wait_seconds:g})"
+        )
     if s.polling_interval_seconds <= 0:
         raise SpecError("spec.scaling.pollingIntervalSeconds must be positive")
     return s

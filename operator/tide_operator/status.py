@@ -45,6 +45,8 @@ def backlog_status(b: Backlog) -> dict[str, Any]:
         "streamLag": b.stream_lag,
         "streamPending": b.stream_pending,
         "lagEstimated": b.lag_estimated,
+        # null when nothing waits: the merge patch then removes the last age instead of keeping it
+        "oldestAgeSeconds": None if b.oldest_age is None else round(b.oldest_age, 1),
     }
 
 

@@ -124,6 +124,9 @@ INVALID = [
         'supported values: "left", "right"',
     ),
     ("zero-step", _with("scaling", {"scaleUp": {"maxStepPods": 0}}), "maxStepPods must be at least 1"),
+    ("zero-wait", _with("scaling", {"targetWaitSeconds": 0}), "targetWaitSeconds is how long the oldest"),
+    ("negative-wait", _with("scaling", {"targetWaitSeconds": -1.5}), "more than 0 and at most 86400"),
+    ("wait-over-a-day", _with("scaling", {"targetWaitSeconds": 86401}), "more than 0 and at most 86400"),
 ]
 
 
@@ -145,4 +148,4 @@ def test_valid_accepted_and_defaulted(crds, namespace):
     assert spec["source"]["list"]["side"] == "right"
     assert parse_spec(spec).scaling == Scaling()
     columns = crds.run_kubectl("-n", namespace, "get", "qc").stdout.split("\n")[0].split()
-    assert columns == ["NAME", "QUEUE", "BACKLOG", "REPLICAS", "DESIRED", "AGE"]
+    assert columns == ["NAME", "QUEUE", "BACKLOG", "REPLICAS", "DESIRED", "OLDEST", "AGE"]

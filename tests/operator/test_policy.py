@@ -111,6 +111,130 @@ ROWS = [
         10,
         "max",
     ),
+    # wait-time objective: the oldest message waited longer than targetWaitSeconds
+    (
+        "wait-proportional",  # target alone says 1; ceil(2 x 30 / 10) = 6
+        sc(target_wait_seconds=10),
+        Backlog(ready=20, oldest_age=30),
+        [],
+        2,
+        st(),
+        T,
+        6,
+        "wait-time",
+    ),
+    (
+        "wait-at-least-one-more",  # ceil(4 x 10.5 / 10) = 5 = 4 + 1
+        sc(target_wait_seconds=10),
+        Backlog(ready=20, oldest_age=10.5),
+        [],
+        4,
+        st(),
+        T,
+        5,
+        "wait-time",
+    ),
+    (
+        "wait-one-more-when-proportion-rounds-to-current",  # ceil(1 x 10.01 / 10) = 2
+        sc(target_wait_seconds=10),
+        Backlog(ready=20, oldest_age=10.01),
+        [],
+        1,
+        st(),
+        T,
+        2,
+        "wait-time",
+    ),
+    (
+        "wait-within-target",
+        sc(target_wait_seconds=10),
+        Backlog(ready=20, oldest_age=10),
+        [],
+        2,
+        st(),
+        T,
+        1,
+        "target",
+    ),
+    ("wait-unknown-age", sc(target_wait_seconds=10), Backlog(ready=20), [], 2, st(), T, 1, "target"),
+    ("wait-unset", sc(), Backlog(ready=20, oldest_age=999), [], 2, st(), T, 1, "target"),
+    (
+        "wait-backlog-rule-higher",  # the wait rule only ever raises: target says 10
+        sc(target_wait_seconds=10),
+        Backlog(ready=500, oldest_age=20),
+        [],
+        1,
+        st(),
+        T,
+        10,
+        "target",
+    ),
+    (
+        "wait-rates-and-arrivals",  # arrivals 20/s + (200-100)/1s = 120/s; (120 + 200/10) / 10 per replica = 14
+        sc(target_wait_seconds=10, max_replicas=20),
+        Backlog(ready=200, oldest_age=20),
+        [10.0, 10.0],
+        2,
+        st(last_reading=(T - 1, 100)),
+        T,
+        14,
+        "wait-time",
+    ),
+    (
+        "wait-rates-no-history",  # no arrival rate yet: the proportional rule, max(3, ceil(2 x 20 / 10))
+        sc(target_wait_seconds=10, max_replicas=20),
+        Backlog(ready=20, oldest_age=20),
+        [10.0, 10.0],
+        2,
+        st(),
+        T,
+        4,
+        "wait-time",
+    ),
+    (
+        "wait-draining-backlog",  # arrivals 20 - 100/s clamp to 0; (0 + 2) / 10 -> 1 < proportional 4
+        sc(target_wait_seconds=10),
+        Backlog(ready=20, oldest_age=20),
+        [10.0, 10.0],
+        2,
+        st(last_reading=(T - 1, 120)),
+        T,
+        4,
+        "wait-time",
+    ),
+    (
+        "wait-clamped",
+        sc(target_wait_seconds=10),
+        Backlog(ready=20, oldest_age=100),
+        [],
+        8,
+        st(),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "wait-rate-limited",
+        sc(target_wait_seconds=10, scale_up=Behavior(0, 2, None, 15)),
+        Backlog(ready=20, oldest_age=50),
+        [],
+        2,
+        st(),
+        T,
+        4,
+        "rate-limit-up",
+    ),
+    (
+        "wait-over-scale-down-stabilized",  # the age is back under target: down waits out its window
+        sc(target_wait_seconds=10, scale_down=Behavior(60, None, None, 1)),
+        Backlog(ready=20, oldest_age=1),
+        [],
+        6,
+        st(recommendations=((T - 10, 6),)),
+        T,
+        6,
+        "stabilized",
+    ),
     # cooldown to zero
     ("cooldown-holds-one", sc(), Backlog(), [], 1, st(last_active_time=T - 10), T, 1, "cooldown"),
     ("cooldown-over", sc(), Backlog(), [], 1, st(last_active_time=T - 30), T, 0, "to-zero"),
@@ -353,6 +477,31 @@ ROWS = [
 def test_policy_table(scaling, reading, rates, current, state, now, desired, rule):
     d = decide(scaling, reading, rates, current, state, now)
     assert (d.desired, d.rule) == (desired, rule), d.reason
+
+
+def test_wait_rule_is_stated_in_the_reason():
+    d = decide(sc(target_wait_seconds=10, max_replicas=20), Backlog(ready=200, oldest_age=20), [10.0, 10.0], 2,
+               st(last_reading=(T - 1, 100)), T)  # fmt: skip
+    assert d.rule == "wait-time"
+    assert "oldest message waited 20.0s > 10s target" in d.reason
+    assert "ceil(2 x 20.0 / 10)" in d.reason and "arrivals 120.0/s" in d.reason and "= 14" in d.reason
+    assert d.state.last_reading == (T, 200)  # the next decision's arrival rate starts here
+
+
+def test_wait_raise_then_down_follows_stabilization():
+    """Messages wait too long while the backlog rule wants 1: up at once; once the age is under target,
+    down only after the scale-down window."""
+    s = replace(sc(target_wait_seconds=5), scale_down=Behavior(10, None, None, 1))
+    state, current, seq = PolicyState(), 1, []
+    for i in range(30):
+        age = 20.0 if i < 3 else 1.0
+        d = decide(s, Backlog(ready=10, oldest_age=age), [], current, state, T + i)
+        state, current = d.state, d.desired
+        seq.append(current)
+    assert seq[0] == 4 and max(seq) > 4  # ceil(1 x 20 / 5) = 4, then again from 4
+    peak_at = seq.index(max(seq))
+    assert all(x == max(seq) for x in seq[peak_at : peak_at + 10])  # the down window holds the peak
+    assert seq[-1] == 1
 
 
 def test_pause_freezes_everything():

@@ -44,6 +44,7 @@ def test_full_spec():
                 "maxReplicas": 20,
                 "targetBacklogPerReplica": 100,
                 "targetDrainSeconds": 30,
+                "targetWaitSeconds": 2.5,
                 "pollingIntervalSeconds": 0.5,
                 "scaleDown": {"maxStepPods": 2},
                 "fallback": {"failureThreshold": 5, "replicas": 3},
@@ -58,6 +59,7 @@ def test_full_spec():
     # a behaviour that names one limit drops the default's other limit
     assert s.scaling.scale_down.max_step_pods == 2 and s.scaling.scale_down.max_step_percent is None
     assert s.scaling.fallback.replicas == 3 and s.scaling.target_drain_seconds == 30
+    assert s.scaling.target_wait_seconds == 2.5
     assert s.worker is not None and s.worker.concurrency == 8 and s.target is None
 
 
@@ -69,6 +71,8 @@ def test_full_spec():
         ({"worker": {"image": "i", "handler": "h"}}, "exactly one of scaleTargetRef or worker"),
         ({"scaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas <= maxReplicas"),
         ({"scaling": {"targetBacklogPerReplica": 0}}, "at least 1"),
+        ({"scaling": {"targetWaitSeconds": 0}}, "targetWaitSeconds .* more than 0 and at most 86400"),
+        ({"scaling": {"targetWaitSeconds": 1e6}}, r"at most 86400 \(got 1e\+06\)"),
         ({"redis": {}}, "url, or host"),
     ],
 )

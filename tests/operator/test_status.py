@@ -83,5 +83,7 @@ def test_backlog_parts_as_kubectl_and_dashboards_read_them() -> None:
         "streamLag": 0,
         "streamPending": 0,
         "lagEstimated": False,
+        "oldestAgeSeconds": None,  # nothing known to wait: null, so the merge patch removes an old age
     }
     assert _build(backlog=doc)["backlog"] == doc
+    assert backlog_status(Backlog(ready=1, oldest_age=12.345))["oldestAgeSeconds"] == 12.3

@@ -280,6 +280,38 @@ def test_heartbeat_registry_and_rate(r, start_worker):
     assert hb.id == wid and hb.concurrency == 1 and hb.processed > 0 and hb.rate_window > 0
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_queue_wait_histogram_counts_first_attempts_from_their_enqueue_time(r, start_worker, kind):
+    """Enqueue time (the envelope's) to handler start, for first attempts only: a retry's envelope keeps
+    the first enqueue time, and a plain string carries none."""
+    now = time.time()
+    msgs = [encode_envelope(1, ts=now - 30), encode_envelope(2, ts=now - 20)]
+    msgs += [encode_envelope(3, ts=now - 1000, attempts=2), b"plain"]
+    r.lpush(K.ready, *msgs)
+
+    def sync_handler(m):
+        return None
+
+    async def async_handler(m):
+        return None
+
+    w = start_worker(sync_handler if kind == "sync" else async_handler, metrics_port=0)
+    wait_until(lambda: w.worker.http is not None and w.worker.processed == 4)
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.worker.http.port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    lines = {
+        ln.split(" ")[0]: float(ln.split(" ")[1])
+        for ln in text.splitlines()
+        if ln.startswith("tide_queue_wait")
+    }
+    assert lines['tide_queue_wait_seconds_count{queue="q"}'] == 2
+    assert (
+        50 <= lines['tide_queue_wait_seconds_sum{queue="q"}'] < 50 + 60
+    )  # 30 + 20, plus the test's own time
+    assert lines['tide_queue_wait_seconds_bucket{le="10.0",queue="q"}'] == 0
+    assert lines['tide_queue_wait_seconds_bucket{le="30.0",queue="q"}'] >= 1
+
+
 def test_metrics_healthz_readyz(r, start_worker):
     push(r, "q", ["a", "b"])
     w = start_worker(lambda m: None, metrics_port=0)

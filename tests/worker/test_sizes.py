@@ -144,8 +144,8 @@ def test_operator_backlog_script_takes_any_number_of_workers(r):
     for w in workers:
         keys += [K.processing(w), K.worker(w)]
     out = script(keys=keys, args=[time.time()])
-    assert len(out[1]) == len(workers) and len(out) == 5 + 2 * len(workers)
-    assert out[5 + 2 * 7] == 2
+    assert len(out[1]) == len(workers) and len(out) == 6 + 2 * len(workers)  # 6: the head (here none)
+    assert out[5] is None and out[6 + 2 * 7] == 2
 
 
 @pytest.mark.parametrize("batch", [BIG, 50_000])

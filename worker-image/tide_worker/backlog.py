@@ -26,6 +26,9 @@ class Backlog:
     stream_lag: int = 0
     stream_pending: int = 0
     lag_estimated: bool = False
+    # seconds the oldest waiting message has waited (None: nothing waits, or it cannot be told): a list's
+    # message at the consuming end, a stream's first entry after the group's last delivered id
+    oldest_age: float | None = None
 
     @property
     def total(self) -> int:
@@ -53,12 +56,14 @@ def list_backlog(
     retries_total: int,
     retries_due: int,
     next_retry_at: float | None = None,
+    oldest_age: float | None = None,
 ) -> Backlog:
     """A list queue's backlog from its raw counts.
 
     ``processing`` holds the length of every processing list: of registered workers *and* of orphans
     (lists whose owner is not registered: it died before registering, or its entry was removed). Their
     messages are still to be done, by the reaper handing them back, so they count as in flight.
+    ``oldest_age`` is the age of the ready message at the consuming end (kept only while one is ready).
     """
     return Backlog(
         ready=int(ready),
@@ -66,7 +71,18 @@ def list_backlog(
         retries_due=int(retries_due),
         retries_waiting=max(0, int(retries_total) - int(retries_due)),
         next_retry_at=next_retry_at,
+        oldest_age=None if int(ready) == 0 else oldest_age,
     )
+
+
+def age(since: float | None, now: float) -> float | None:
+    """Seconds from ``since`` to ``now``, never negative (clocks of producers and readers differ)."""
+    return None if since is None else max(0.0, float(now) - float(since))
+
+
+def entry_time(entry_id: str) -> float:
+    """The time a stream entry was added: its id's first part is milliseconds since 1970."""
+    return stream_id(entry_id)[0] / 1000.0
 
 
 def stream_id(value: str) -> tuple[int, int]:
@@ -116,6 +132,7 @@ def stream_backlog(
     group: GroupInfo | None,
     entries_added: int | None = None,
     last_generated_id: str | None = None,
+    oldest_age: float | None = None,
 ) -> Backlog:
     """A stream's backlog for one consumer group.
 
@@ -123,8 +140,18 @@ def stream_backlog(
     lag is an estimate, as is a nil lag (see :func:`estimate_lag`). A missing stream has length 0.
     """
     if group is None:
-        return Backlog(stream_lag=int(length), lag_estimated=length > 0)
+        return Backlog(
+            stream_lag=int(length), lag_estimated=length > 0, oldest_age=oldest_age if length else None
+        )
     if group.lag is not None:
-        return Backlog(stream_lag=int(group.lag), stream_pending=int(group.pending))
+        lag = int(group.lag)
+        return Backlog(
+            stream_lag=lag, stream_pending=int(group.pending), oldest_age=oldest_age if lag else None
+        )
     lag = estimate_lag(length, entries_added, group.entries_read, last_generated_id, group.last_delivered_id)
-    return Backlog(stream_lag=lag, stream_pending=int(group.pending), lag_estimated=True)
+    return Backlog(
+        stream_lag=lag,
+        stream_pending=int(group.pending),
+        lag_estimated=True,
+        oldest_age=oldest_age if lag else None,
+    )

@@ -123,6 +123,17 @@ def _decode(raw: bytes | str, queue: str) -> Message:
     )
 
 
+def enqueued_time(raw: bytes | str) -> float | None:
+    """When a message was enqueued, by the rules of :func:`decode`: its envelope's ``ts``; None for a plain
+    string, an envelope without ``ts``, and a malformed message (none of them carries a time anyone can
+    trust). The operator's ``list_backlog.lua`` applies the same rule to the head of a list (a golden test,
+    ``tests/operator/test_backlog_contract.py``, runs both on the same messages)."""
+    try:
+        return decode(raw).enqueued_at
+    except MalformedMessage:
+        return None
+
+
 def _from_envelope(obj: dict[str, Any], raw: bytes, queue: str) -> Message:
     version = obj.get("v")
     if type(version) is not int or version != ENVELOPE_VERSION:

@@ -85,6 +85,13 @@ class Metrics:
                 300,
             ),
         )
+        self._wait = Histogram(
+            "tide_queue_wait_seconds",
+            "Queue wait of first attempts: the envelope's enqueue time to the handler's start",
+            labels,
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+        )
         self.processed = self._processed.labels(queue)
         self.failed = self._failed.labels(queue)
         self.retried = self._retried.labels(queue)
@@ -95,6 +102,7 @@ class Metrics:
         self.abandoned = self._abandoned.labels(queue)
         self.connected = self._connected.labels(queue)
         self.duration = self._duration.labels(queue)
+        self.wait = self._wait.labels(queue)
 
     def dead(self, reason: str) -> None:
         self._dead.labels(self.queue, reason).inc()

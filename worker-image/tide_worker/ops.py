@@ -20,8 +20,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from tide_worker.backlog import GroupInfo, list_backlog, stream_backlog
-from tide_worker.envelope import MalformedMessage, decode, encode_envelope
+from tide_worker.backlog import GroupInfo, age, entry_time, list_backlog, stream_backlog
+from tide_worker.envelope import MalformedMessage, decode, encode_envelope, enqueued_time
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.producer import STREAM_FIELD, push_command
 from tide_worker.records import DeadLetter, Heartbeat
@@ -87,13 +87,16 @@ def _counters(client: Client, key: str) -> dict[str, int]:
     return out
 
 
-def queue_stats(client: Client, queue: str, now: float | None = None) -> dict[str, Any]:
+def queue_stats(client: Client, queue: str, now: float | None = None, side: str = "right") -> dict[str, Any]:
     """Ready, in-flight, delayed (and due), dead, and the workers of list queue ``queue``.
 
     In-flight counts every processing list: of registered workers, and orphans found with SCAN (a
     worker that died before registering or after its registry entry was removed still holds messages
     until a reaper moves them back). ``backlog`` is what the operator scales on: ready + in-flight +
     retries already due (:func:`tide_worker.backlog.list_backlog`, which the operator applies too).
+    ``oldest_age`` is how long the message at the consuming end (``side``, as the worker's ``--side``) has
+    waited, from its envelope (:func:`tide_worker.envelope.enqueued_time`); None for a plain string, whose
+    enqueue time nobody wrote down (the operator counts from when it first saw it there).
     """
     now = time.time() if now is None else now
     k = QueueKeys(queue)
@@ -112,12 +115,14 @@ def queue_stats(client: Client, queue: str, now: float | None = None) -> dict[st
     pipe.zcard(k.delayed)
     pipe.zcount(k.delayed, "-inf", now)
     pipe.llen(k.dead)
+    pipe.lindex(k.ready, 0 if side == "left" else -1)
     for w in workers:
         pipe.llen(k.processing(w["id"]))
-    ready, delayed, due, dead, *held = pipe.execute()
+    ready, delayed, due, dead, head, *held = pipe.execute()
     for w, n in zip(workers, held, strict=True):
         w["processing"] = int(n)
-    b = list_backlog(ready, held, retries_total=delayed, retries_due=due)
+    oldest = None if head is None else age(enqueued_time(head), now)
+    b = list_backlog(ready, held, retries_total=delayed, retries_due=due, oldest_age=oldest)
     alive = [w for w in workers if w["alive"]]
     return {
         "kind": "queue",
@@ -129,11 +134,19 @@ def queue_stats(client: Client, queue: str, now: float | None = None) -> dict[st
         "delayed_due": b.retries_due,
         "dead": int(dead),
         "backlog": b.total,
+        "oldest_age": b.oldest_age,
         "workers_alive": len(alive),
         "rate": round(sum(float(w["rate"]) for w in alive), 3),
         "workers": sorted(workers, key=lambda w: (not w["alive"], w["id"])),
         "counters": _counters(client, k.stats),
     }
+
+
+def _first_after(client: Client, stream: str, last_id: str | None, now: float) -> float | None:
+    """The age of the first entry after ``last_id`` (the stream's first without one): an id's first part
+    is the time it was added, in milliseconds."""
+    got = client.xrange(stream, "-" if last_id is None else "(" + last_id, "+", count=1)
+    return age(entry_time(_text(got[0][0])), now) if got else None
 
 
 def _group_info(client: Client, stream: str, group: str) -> dict[str, Any] | None:
@@ -164,7 +177,7 @@ def stream_stats(client: Client, stream: str, group: str, now: float | None = No
     info = _group_info(client, stream, group)
     consumers: list[dict[str, Any]] = []
     if info is None:
-        b = stream_backlog(length, None)
+        b = stream_backlog(length, None, oldest_age=_first_after(client, stream, None, now))
         last_id, entries_read = None, None
     else:
         last_id = _text(info.get("last-delivered-id"))
@@ -185,6 +198,7 @@ def stream_stats(client: Client, stream: str, group: str, now: float | None = No
             g,
             entries_added=None if added is None else int(added),
             last_generated_id=None if last_generated is None else _text(last_generated),
+            oldest_age=_first_after(client, stream, last_id or "0-0", now),
         )
         for c in client.xinfo_consumers(stream, group):
             consumers.append(
@@ -211,6 +225,7 @@ def stream_stats(client: Client, stream: str, group: str, now: float | None = No
         "last_delivered_id": last_id,
         "entries_read": entries_read,
         "backlog": b.total,
+        "oldest_age": b.oldest_age,
         "dead": int(client.xlen(k.dead)),
         "consumers": consumers,
         "workers_alive": len(alive),

@@ -120,6 +120,12 @@ def register(sub: Any) -> None:
     )
     _source(p, group=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--side",
+        choices=["right", "left"],
+        default="right",
+        help="the end workers take from (as `tide worker --side`): its message is the oldest",
+    )
     p.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS until interrupted")
     p.set_defaults(func=_guard(cmd_stats, "stats"))
 
@@ -309,6 +315,12 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{max(0.0, now - ts):.1f}s ago"
 
 
+def _waited(oldest: float | None, waiting: int) -> str:
+    if oldest is not None:
+        return f"waiting {oldest:.1f}s"
+    return "unknown (a plain string: no enqueue time)" if waiting else "-"
+
+
 def render_stats(s: dict[str, Any]) -> str:
     now = s["time"]
     lines = []
@@ -318,6 +330,7 @@ def render_stats(s: dict[str, Any]) -> str:
         lines.append(f"  in-flight  {s['in_flight']}")
         lines.append(f"  delayed    {s['delayed']} ({s['delayed_due']} due)")
         lines.append(f"  dead       {s['dead']}")
+        lines.append(f"  oldest     {_waited(s['oldest_age'], s['ready'])}")
     else:
         est = " (estimated)" if s["lag_estimated"] else ""
         group = s["group"] + ("" if s["group_exists"] else " (not created yet)")
@@ -326,6 +339,7 @@ def render_stats(s: dict[str, Any]) -> str:
         lines.append(f"  lag        {s['lag']}{est}")
         lines.append(f"  pending    {s['pending']}")
         lines.append(f"  dead       {s['dead']}")
+        lines.append(f"  oldest     {_waited(s['oldest_age'], 0)}")
         lines.append(f"  consumers  {len(s['consumers'])}")
     lines.append(f"  workers    {s['workers_alive']} alive, {s['rate']:.1f} msg/s")
     if s["workers"]:
@@ -360,7 +374,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         while True:
             if args.queue:
-                s = ops.queue_stats(client, args.queue)
+                s = ops.queue_stats(client, args.queue, side=args.side)
             else:
                 s = ops.stream_stats(client, args.stream, args.group)
             if args.json:

@@ -634,6 +634,7 @@ class Worker:
                 index = run.next_index
                 d = run.deliveries[index]
                 run.next_index += 1
+                self._waited(d)
                 start = time.perf_counter()
                 exc: BaseException | None = None
                 try:
@@ -669,6 +670,13 @@ class Worker:
         for d, exc, elapsed in outcomes:
             await self._settle(d, exc, elapsed)
 
+    def _waited(self, d: Delivery) -> None:
+        """Observe a first attempt's queue wait as its handler starts (also from a handler thread: the
+        histogram locks). Retries and plain strings are left out: they carry no time of this wait."""
+        msg = d.msg
+        if msg is not None and msg.enqueued_at is not None and msg.attempts == 0:
+            self.metrics.wait.observe(max(0.0, time.time() - msg.enqueued_at))
+
     def _chunk_body(self, run: ChunkRun) -> None:
         func = self.handler.func
         while True:
@@ -678,6 +686,7 @@ class Worker:
                 d = run.deliveries[run.next_index]
                 run.next_index += 1
                 run.started_at = time.monotonic()
+            self._waited(d)
             start = time.perf_counter()
             exc: BaseException | None = None
             try:
