@@ -69,7 +69,7 @@ class Cron:
         return dom and dow
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: last_fire's cache looks it up every poll
 class Schedule:
     index: int
     cron_text: str
@@ -156,7 +156,7 @@ def parse_schedule(obj: Mapping[str, Any], index: int) -> Schedule:
         ) from None
     try:
         duration = int(obj.get("durationSeconds", 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         duration = 0
     if not 1 <= duration <= MAX_DURATION:
         raise ScheduleError(f"{where}.durationSeconds must be from 1 to {MAX_DURATION}")
@@ -181,6 +181,8 @@ def parse_schedules(items: Iterable[Any]) -> tuple[tuple[Schedule, ...], tuple[s
             good.append(parse_schedule(obj, i))
         except ScheduleError as exc:
             errors.append(str(exc))
+        except (TypeError, ValueError, OverflowError) as exc:  # a value of another type, past the schema
+            errors.append(f"spec.scaling.schedules[{i}]: {type(exc).__name__}: {exc}")
     return tuple(good), tuple(errors)
 
 

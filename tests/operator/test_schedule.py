@@ -209,6 +209,23 @@ def test_parse_scaling_keeps_good_schedules_and_names_bad_ones():
         parse_scaling({"schedules": "0 9 * * *"})
 
 
+@pytest.mark.parametrize(
+    "obj",
+    [
+        "0 9 * * *",
+        {"cron": "0 9 * * *", "durationSeconds": float("inf"), "minReplicas": 1},
+        {"cron": "0 9 * * *", "durationSeconds": 60, "minReplicas": {"a": 1}},
+        {"cron": "0 9 * * *", "durationSeconds": 60, "maxReplicas": "many"},
+        {"cron": ["0", "9"], "durationSeconds": 60, "minReplicas": 1},
+        {"cron": "0 9 * * *", "timezone": "America", "durationSeconds": 60, "minReplicas": 1},
+        {"cron": "0 9 * * *", "timezone": "A" * 300, "durationSeconds": 60, "minReplicas": 1},
+    ],
+)
+def test_a_value_past_the_schema_is_a_named_error_not_a_crash(obj):
+    good, errors = schedule.parse_schedules([obj])
+    assert good == () and len(errors) == 1 and errors[0].startswith("spec.scaling.schedules[0]")
+
+
 def test_crd_patterns_agree():
     crd = yaml.safe_load(CRD_PATH.read_text())
     props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
