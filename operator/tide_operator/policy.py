@@ -29,6 +29,7 @@ table-driven test. The rules, in order:
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -163,7 +164,7 @@ def decide(
     lo = min(lo, hi)  # a floor above a cap: the cap wins
     rec = min(max(raw, lo), hi)
     if windows:
-        detail += "; " + _describe(windows, now)
+        detail += "; " + _describe(windows)
         if conflict:
             detail += f" (floor {floor} exceeds cap {hi}: the cap wins)"
     if rec != raw:
@@ -220,12 +221,15 @@ def decide(
     return Decision(desired, rule, reason, _record(st, current, desired, now), windows=windows)
 
 
-def _describe(windows: Sequence[schedule.Window], now: float) -> str:
+def _describe(windows: Sequence[schedule.Window]) -> str:
+    """The open windows, with when each closes (a time, not a countdown: a reason that changed every poll
+    would rewrite the status of a quiet resource every few seconds)."""
     parts = []
     for w in windows:
         s = w.schedule
         bounds = "/".join(
             f"{name} {v}" for name, v in (("min", s.min_replicas), ("max", s.max_replicas)) if v is not None
         )
-        parts.append(f"{s.field} ({s.cron_text} {s.timezone}; {bounds}) for {w.closes - now:.0f}s more")
+        closes = datetime.datetime.fromtimestamp(w.closes, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parts.append(f"{s.field} ({s.cron_text} {s.timezone}; {bounds}) open until {closes}")
     return "scheduled window" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)

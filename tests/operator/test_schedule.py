@@ -307,3 +307,10 @@ def test_read_failure_holds_even_in_a_window():
     now = at(BERLIN, 2026, 3, 27, 9, 5)
     d = decide(sc(SALE), None, [], 2, PolicyState(), now)
     assert (d.desired, d.rule) == (2, "read-failed")
+
+
+def test_reason_is_stable_while_a_window_stays_open():
+    """A reason that counted down would rewrite a quiet resource's status every few seconds."""
+    a, b = at(BERLIN, 2026, 3, 27, 9, 10), at(BERLIN, 2026, 3, 27, 9, 20)
+    reasons = {decide(sc(SALE), Backlog(), [], 8, PolicyState(last_active_time=t), t).reason for t in (a, b)}
+    assert len(reasons) == 1 and "open until 2026-03-27T09:00:00Z" in reasons.pop()
