@@ -2,7 +2,7 @@
 
 Pure: ``active(schedules, now)`` takes the time as an argument and reads no clock. The only outside data is
 the IANA time-zone database, read through ``zoneinfo`` when a schedule is parsed (the operator image
-installs Debian's ``tzdata``).
+has Debian's ``tzdata``).
 
 Cron expressions are the five numeric fields of Vixie cron (minute, hour, day of month, month, day of
 week; ``*``, ``N``, ``N-M``, ``*/S``, ``N-M/S`` and comma lists; day of week 0-7, 0 and 7 both Sunday).
