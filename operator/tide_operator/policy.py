@@ -16,8 +16,9 @@ table-driven test. The rules, in order:
 5. Clamped to ``[minReplicas, maxReplicas]`` (``min``, ``max``), tightened by the scheduled windows open
    at ``now`` (``schedule.active``): the highest open floor and the lowest open cap
    (``schedule-min``, ``schedule-max``). A window never loosens the spec: a floor above
-   ``maxReplicas`` is cut to it. When a floor exceeds a cap, the cap wins (a cap guards a downstream
-   service or a budget; a floor only warms up), and the reason says so.
+   ``maxReplicas`` is cut to it. When a floor (a window's, or ``minReplicas``) exceeds a window's cap,
+   the cap wins (a cap guards a downstream service or a budget; a floor only warms up), and the reason
+   says so.
 6. To zero only once the whole backlog, in-flight included, has been zero for ``cooldownSeconds``
    (``cooldown`` holds one replica until then; ``to-zero`` then skips the scale-down window, which the
    cooldown replaces).
@@ -160,13 +161,13 @@ def decide(
         lo = min(max(lo, floor), hi)
     if cap is not None:
         hi = min(hi, cap)
-    conflict = lo > hi
-    lo = min(lo, hi)  # a floor above a cap: the cap wins
-    rec = min(max(raw, lo), hi)
+    conflict = lo > hi  # a window's floor above another's cap, or spec.minReplicas above a window's cap
     if windows:
         detail += "; " + _describe(windows)
         if conflict:
-            detail += f" (floor {floor} exceeds cap {hi}: the cap wins)"
+            detail += f" (floor {lo} exceeds cap {hi}: the cap wins)"
+    lo = min(lo, hi)
+    rec = min(max(raw, lo), hi)
     if rec != raw:
         up = rec > raw
         rule = "min" if up else "max"

@@ -270,6 +270,17 @@ POLICY = [
         10,
         "schedule-min",
     ),
+    # a window's cap below spec.minReplicas: the cap wins here too
+    (
+        "cap-below-spec-min",
+        sc(QUIET, min_replicas=6),
+        0,
+        6,
+        at(BERLIN, 2026, 3, 27, 9, 35),
+        4,
+        "schedule-max",
+    ),
+    ("cap-below-spec-min-closed", sc(QUIET, min_replicas=6), 0, 4, at(BERLIN, 2026, 3, 27, 9, 40), 6, "min"),
     ("spec-min-above-window-floor", sc(SALE, min_replicas=9), 0, 9, at(BERLIN, 2026, 3, 27, 9, 5), 9, "min"),
     # across daylight-saving changes
     ("gap-before", sc(GAP), 0, 0, at(BERLIN, 2026, 3, 29, 3, 29), 0, "below-activation"),
@@ -301,6 +312,8 @@ def test_reason_says_the_cap_wins():
     d = decide(sc(SALE, QUIET), Backlog(), [], 8, PolicyState(last_active_time=now), now)
     assert "floor 8 exceeds cap 4: the cap wins" in d.reason
     assert "spec.scaling.schedules[0]" in d.reason and "spec.scaling.schedules[1]" in d.reason
+    d = decide(sc(QUIET, min_replicas=6), Backlog(), [], 6, PolicyState(last_active_time=now), now)
+    assert "floor 6 exceeds cap 4: the cap wins" in d.reason
 
 
 def test_read_failure_holds_even_in_a_window():
