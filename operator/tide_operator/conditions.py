@@ -16,6 +16,7 @@ class Condition:
     PAUSED: Final = "Paused"
     ACTIVE: Final = "Active"
     PODS_CREATABLE: Final = "PodsCreatable"
+    SCHEDULES_VALID: Final = "SchedulesValid"
 
 
 class Reason:
@@ -50,6 +51,9 @@ class Reason:
     NO_FAILURE: Final = "NoFailure"
     PODS_NOT_CREATABLE: Final = "PodsNotCreatable"
     PODS_CREATABLE: Final = "PodsCreatable"
+    # SchedulesValid (an event of each too)
+    INVALID_SCHEDULE: Final = "InvalidSchedule"
+    SCHEDULES_VALID: Final = "SchedulesValid"
     # events only
     SCALED: Final = "Scaled"
     SCALE_FAILED: Final = "ScaleFailed"

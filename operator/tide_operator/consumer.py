@@ -477,6 +477,7 @@ class Consumer:
         fb_changed = self.condition(Condition.FALLBACK, fb, fb_reason, fb_message)
         if fb_changed and fb:
             self.event("Warning", Reason.FALLBACK, decision.reason)
+        self.observe_schedules(spec)
         self.condition(
             Condition.PAUSED,
             paused,
@@ -511,6 +512,22 @@ class Consumer:
         self.decision = decision
         self.queue_label = spec.source.label
 
+    def observe_schedules(self, spec: QueueConsumerSpec) -> None:
+        """``SchedulesValid``: False, with a Warning event naming each field, while a schedule the schema
+        let through cannot be used (an unknown time zone, a cron that never fires); scaling goes on with the
+        others. Set once a spec has schedules; kept (True) after they are removed."""
+        errors, usable = spec.scaling.schedule_errors, spec.scaling.schedules
+        if errors:
+            which = "this window" if len(errors) == 1 else "these windows"
+            message = "; ".join(errors) + f" (scaling goes on without {which})"
+            self.condition(Condition.SCHEDULES_VALID, False, Reason.INVALID_SCHEDULE, message)
+            self.warn("schedules", Reason.INVALID_SCHEDULE, message)
+        elif usable or Condition.SCHEDULES_VALID in self.conditions:
+            message = f"{len(usable)} schedule{'' if len(usable) == 1 else 's'} in use"
+            self.condition(Condition.SCHEDULES_VALID, True, Reason.SCHEDULES_VALID, message)
+            if self.resolve("schedules"):
+                self.event("Normal", Reason.SCHEDULES_VALID, f"every schedule is usable again: {message}")
+
     def status(self) -> dict[str, Any]:
         d = self.decision
         return build_status(
@@ -533,6 +550,7 @@ class Consumer:
             self.current,
             d.desired if d else None,
             d.rule if d else None,
+            tuple(w.schedule.index for w in d.windows) if d else (),
             self.state.last_scale_time,
             self.body.metadata.get("generation"),
             self.queue_label,

@@ -18,7 +18,12 @@ table-driven test. The rules, in order:
 4. From zero, only a backlog above ``activationBacklog`` wakes the workload (``below-activation``) - but a
    retry that came due or work held in-flight always wakes it (``retry-due``, ``in-flight``): only a
    worker moves due retries back and reaps orphaned processing lists.
-5. Clamped to ``[minReplicas, maxReplicas]`` (``min``, ``max``).
+5. Clamped to ``[minReplicas, maxReplicas]`` (``min``, ``max``), tightened by the scheduled windows open
+   at ``now`` (``schedule.active``): the highest open floor and the lowest open cap
+   (``schedule-min``, ``schedule-max``). A window never loosens the spec: a floor above
+   ``maxReplicas`` is cut to it. When a floor (a window's, or ``minReplicas``) exceeds a window's cap,
+   the cap wins (a cap guards a downstream service or a budget; a floor only warms up), and the reason
+   says so.
 6. To zero only once the whole backlog, in-flight included, has been zero for ``cooldownSeconds``
    (``cooldown`` holds one replica until then; ``to-zero`` then skips the scale-down window, which the
    cooldown replaces).
@@ -30,12 +35,14 @@ table-driven test. The rules, in order:
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from tide_worker.backlog import Backlog
 
+from tide_operator import schedule
 from tide_operator.spec import Behavior, Scaling
 
 
@@ -56,6 +63,7 @@ class Decision:
     reason: str
     state: PolicyState
     fallback: bool = False  # a fallback replica count is applied
+    windows: tuple[schedule.Window, ...] = ()  # the scheduled windows open at this decision
 
 
 def _record(state: PolicyState, current: int, desired: int, now: float) -> PolicyState:
@@ -174,10 +182,30 @@ def decide(
             rule = "retry-due" if reading.retries_due else "in-flight"
             raw = max(raw, 1)
 
-    rec = min(max(raw, scaling.min_replicas), scaling.max_replicas)
+    windows = schedule.active(scaling.schedules, now) if scaling.schedules else ()
+    floor, cap = schedule.bounds(windows)
+    lo, hi = scaling.min_replicas, scaling.max_replicas
+    by_floor = floor is not None and floor > lo
+    by_cap = cap is not None and cap < hi
+    if floor is not None:
+        lo = min(max(lo, floor), hi)
+    if cap is not None:
+        hi = min(hi, cap)
+    conflict = lo > hi  # a window's floor above another's cap, or spec.minReplicas above a window's cap
+    if windows:
+        detail += "; " + _describe(windows)
+        if conflict:
+            detail += f" (floor {lo} exceeds cap {hi}: the cap wins)"
+    lo = min(lo, hi)
+    rec = min(max(raw, lo), hi)
     if rec != raw:
-        rule = "max" if rec < raw else "min"
-        detail += f"; clamped to [{scaling.min_replicas}, {scaling.max_replicas}]"
+        up = rec > raw
+        rule = "min" if up else "max"
+        if conflict:
+            rule = "schedule-max"  # the floor asked for more: the cap set the count
+        elif (up and by_floor) or (not up and by_cap):
+            rule = "schedule-" + rule
+        detail += f"; clamped to [{lo}, {hi}]"
 
     to_zero = False
     if rec == 0 and current > 0:
@@ -221,4 +249,18 @@ def decide(
 
     change = f"holding {current}" if desired == current else f"{current} -> {desired}"
     reason = f"{detail}; {change}"
-    return Decision(desired, rule, reason, _record(st, current, desired, now))
+    return Decision(desired, rule, reason, _record(st, current, desired, now), windows=windows)
+
+
+def _describe(windows: Sequence[schedule.Window]) -> str:
+    """The open windows, with when each closes (a time, not a countdown: a reason that changed every poll
+    would rewrite the status of a quiet resource every few seconds)."""
+    parts = []
+    for w in windows:
+        s = w.schedule
+        bounds = "/".join(
+            f"{name} {v}" for name, v in (("min", s.min_replicas), ("max", s.max_replicas)) if v is not None
+        )
+        closes = datetime.datetime.fromtimestamp(w.closes, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parts.append(f"{s.field} ({s.cron_text} {s.timezone}; {bounds}) open until {closes}")
+    return "scheduled window" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)

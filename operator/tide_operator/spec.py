@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from tide_worker import environment
 
+from tide_operator.schedule import Schedule, parse_schedules
+
 GROUP = "tide.dev"
 VERSION = "v1alpha1"
 PLURAL = "queueconsumers"
@@ -141,6 +143,9 @@ class Scaling:
         )
     )
     fallback: Fallback = field(default_factory=Fallback)
+    # spec.scaling.schedules: the usable ones, and a message naming the field of each one left out
+    schedules: tuple[Schedule, ...] = ()
+    schedule_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,10 @@ def parse_scaling(obj: Mapping[str, Any]) -> Scaling:
     fb_replicas = fb.get("replicas")
     drain = obj.get("targetDrainSeconds")
     wait = obj.get("targetWaitSeconds")
+    raw_schedules = obj.get("schedules") or ()
+    if isinstance(raw_schedules, str | bytes | Mapping):
+        raise SpecError("spec.scaling.schedules must be a list")
+    schedules, schedule_errors = parse_schedules(raw_schedules)
     s = Scaling(
         min_replicas=int(obj.get("minReplicas", d.min_replicas)),
         max_replicas=int(obj.get("maxReplicas", d.max_replicas)),
@@ -276,6 +285,8 @@ def parse_scaling(obj: Mapping[str, Any]) -> Scaling:
             failure_threshold=int(fb.get("failureThreshold", d.fallback.failure_threshold)),
             replicas=None if fb_replicas is None else int(fb_replicas),
         ),
+        schedules=schedules,
+        schedule_errors=schedule_errors,
     )
     if s.min_replicas < 0 or not 1 <= s.max_replicas <= MAX_REPLICAS or s.min_replicas > s.max_replicas:
         raise SpecError(

@@ -12,6 +12,7 @@ from typing import Any
 from tide_worker.backlog import Backlog
 
 from tide_operator.policy import Decision, PolicyState
+from tide_operator.schedule import Window
 
 MESSAGE_LIMIT = 1000  # the API server stores messages whole; bound what one poll can write
 _FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -50,6 +51,21 @@ def backlog_status(b: Backlog) -> dict[str, Any]:
     }
 
 
+def window_status(w: Window) -> dict[str, Any]:
+    """One entry of ``.status.activeSchedules``: which schedule, its bounds, since when and until when."""
+    s = w.schedule
+    doc: dict[str, Any] = {
+        "index": s.index,
+        "cron": s.cron_text,
+        "timezone": s.timezone,
+        "minReplicas": s.min_replicas,
+        "maxReplicas": s.max_replicas,
+        "openedAt": iso(w.opened),
+        "closesAt": iso(w.closes),
+    }
+    return {k: v for k, v in doc.items() if v is not None}
+
+
 def build_status(
     *,
     queue: str | None,
@@ -85,6 +101,8 @@ def build_status(
         status["lastScaleTime"] = iso(state.last_scale_time)
         status["lastActiveTime"] = iso(state.last_active_time)
         status["lastDecision"] = decision.reason[:MESSAGE_LIMIT]
+        # always written (empty when none is open): a merge patch would keep a window that closed
+        status["activeSchedules"] = [window_status(w) for w in decision.windows]
     if backlog is not None:
         status["backlog"] = dict(backlog)
     return {k: v for k, v in status.items() if v is not None}

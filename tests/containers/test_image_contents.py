@@ -38,3 +38,20 @@ def test_image_holds_only_the_product(images: Images, which: str) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "(3, 11) [] []"
+
+
+def test_operator_image_has_the_time_zones_schedules_name(images: Images) -> None:
+    """spec.scaling.schedules names IANA zones: zoneinfo finds them in the image (Debian's tzdata)."""
+    probe = (
+        "from tide_operator.schedule import parse_schedule\n"
+        "for tz in ('Europe/Berlin', 'America/New_York', 'Asia/Kolkata', 'UTC'):\n"
+        "    parse_schedule({'cron': '0 9 * * *', 'timezone': tz, 'durationSeconds': 60, 'minReplicas': 1}, 0)\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        ["docker", "run", "--rm", "--read-only", "--user", "10001:10001", "--entrypoint", "python3",
+         images.operator, "-c", probe],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"

@@ -53,6 +53,7 @@ def _apply(cluster: Any, namespace: str, obj: dict[str, Any]) -> subprocess.Comp
 
 
 def _with(path: str, value: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    value = _no_none(value)
     obj = copy.deepcopy(VALID)
     spec = obj["spec"]
     for key in drop:
@@ -63,6 +64,22 @@ def _with(path: str, value: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return obj
+
+
+SCHEDULE: dict[str, Any] = {
+    "cron": "0 9 * * 1-5",
+    "timezone": "Europe/Berlin",
+    "durationSeconds": 3600,
+    "minReplicas": 2,
+}
+
+
+def _no_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _no_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_none(v) for v in value]
+    return value
 
 
 INVALID = [
@@ -127,6 +144,28 @@ INVALID = [
     ("zero-wait", _with("scaling", {"targetWaitSeconds": 0}), "targetWaitSeconds is how long the oldest"),
     ("negative-wait", _with("scaling", {"targetWaitSeconds": -1.5}), "more than 0 and at most 86400"),
     ("wait-over-a-day", _with("scaling", {"targetWaitSeconds": 86401}), "more than 0 and at most 86400"),
+    *(
+        (f"schedule-{i}", _with("scaling", {"schedules": [{**SCHEDULE, **change}]}), message)
+        for i, change, message in [
+            ("four-fields", {"cron": "0 9 * *"}, "spec.scaling.schedules[0].cron in body should match"),
+            ("names", {"cron": "0 9 * * MON"}, "spec.scaling.schedules[0].cron in body should match"),
+            ("macro", {"cron": "@daily"}, "spec.scaling.schedules[0].cron in body should match"),
+            ("zone-shape", {"timezone": "../etc"}, "spec.scaling.schedules[0].timezone in body should match"),
+            (
+                "zero-duration",
+                {"durationSeconds": 0},
+                "durationSeconds in body should be greater than or equal to 1",
+            ),
+            ("long-duration", {"durationSeconds": 2678401}, "durationSeconds in body should be less than"),
+            (
+                "min-above-max",
+                {"minReplicas": 3, "maxReplicas": 2},
+                "minReplicas must not exceed its maxReplicas",
+            ),
+            ("zero-cap", {"maxReplicas": 0}, "maxReplicas in body should be greater than or equal to 1"),
+            ("no-bound", {"minReplicas": None}, "needs minReplicas, maxReplicas or both"),
+        ]
+    ),
 ]
 
 
@@ -147,5 +186,12 @@ def test_valid_accepted_and_defaulted(crds, namespace):
     assert spec["scaling"]["pollingIntervalSeconds"] == 1
     assert spec["source"]["list"]["side"] == "right"
     assert parse_spec(spec).scaling == Scaling()
+    with_schedule = _with("scaling", {"schedules": [{k: v for k, v in SCHEDULE.items() if k != "timezone"}]})
+    with_schedule["metadata"]["name"] = "qc-scheduled"
+    result = _apply(crds, namespace, with_schedule)
+    assert result.returncode == 0, result.stderr
+    got = crds.run_kubectl("-n", namespace, "get", "qc", "qc-scheduled", "-o", "json")
+    (window,) = parse_spec(json.loads(got.stdout)["spec"]).scaling.schedules
+    assert (window.timezone, window.min_replicas, window.max_replicas) == ("UTC", 2, None)
     columns = crds.run_kubectl("-n", namespace, "get", "qc").stdout.split("\n")[0].split()
     assert columns == ["NAME", "QUEUE", "BACKLOG", "REPLICAS", "DESIRED", "OLDEST", "AGE"]

@@ -87,3 +87,26 @@ def test_backlog_parts_as_kubectl_and_dashboards_read_them() -> None:
     }
     assert _build(backlog=doc)["backlog"] == doc
     assert backlog_status(Backlog(ready=1, oldest_age=12.345))["oldestAgeSeconds"] == 12.3
+
+
+def test_open_windows_are_shown_and_a_closed_one_is_cleared() -> None:
+    from tide_operator.schedule import Window, parse_schedule
+
+    s = parse_schedule(
+        {"cron": "0 8 * * *", "timezone": "Europe/Berlin", "durationSeconds": 7200, "minReplicas": 4}, 1
+    )
+    state = PolicyState()
+    opened = NOW - 3600  # 08:00 UTC is 09:00 in Berlin: the window opened at 08:00 Berlin = 07:00 UTC
+    d = Decision(3, "schedule-min", "r", state, windows=(Window(s, opened, opened + 7200),))
+    assert _build(decision=d)["activeSchedules"] == [
+        {
+            "index": 1,
+            "cron": "0 8 * * *",
+            "timezone": "Europe/Berlin",
+            "minReplicas": 4,
+            "openedAt": "2027-01-15T07:00:00Z",
+            "closesAt": "2027-01-15T09:00:00Z",
+        }
+    ]
+    # an empty list, not a missing key: a merge patch must clear what the last write showed
+    assert _build(decision=Decision(0, "target", "r", state))["activeSchedules"] == []
