@@ -38,6 +38,7 @@ bench: bench-worker bench-operator
 
 bench-worker: install
 	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
+	@hack/bench-async.sh
 	$(PY) bench/worker_bench.py
 
 # Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.

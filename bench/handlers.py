@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.latency_record import record
+
 
 def noop(msg: Any) -> None:
     """Tide (``--handler bench.handlers:noop``) and the raw loop."""
@@ -22,3 +24,12 @@ def rq_noop() -> None:
 async def anoop(msg: Any) -> None:
     """Tide's native form: an async handler runs on the event loop, with no thread hop."""
     return None
+
+
+def lat(msg: Any) -> None:
+    """Tide, latency benchmark: the producer put its enqueue time in the body."""
+    record(msg.body["t"])
+
+
+def rq_lat(t: float) -> None:
+    record(t)
