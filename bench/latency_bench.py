@@ -333,8 +333,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ms from enqueue to handler start (log scale)")
     rate = rows[0]["rate_per_s"] if rows else 0
-    ax.set_title(f"Light-load latency: {rate:.0f} msgs/s into one worker, one redis-server")
-    ax.legend(loc="lower right")
+    ax.set_title(f"Light-load latency: {rate:.0f} msgs/s into one worker, one redis-server", fontsize=10)
+    ax.legend(loc="upper right")
     ax.margins(x=0.15)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
