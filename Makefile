@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -34,11 +34,18 @@ test-fast: install
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PYTEST) -p no:cacheprovider -m fuzz tests
 
-bench: bench-worker bench-operator
+bench: bench-worker bench-latency bench-operator
 
 bench-worker: install
 	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
+	@hack/bench-async.sh
 	$(PY) bench/worker_bench.py
+
+# Enqueue-to-handler-start p50/p99 at 100 msgs/s into one worker, every system of bench-worker.
+bench-latency: install
+	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
+	@hack/bench-async.sh
+	$(PY) bench/latency_bench.py
 
 # Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.
 bench-operator: install

@@ -12,6 +12,8 @@ import os
 import redis
 from celery import Celery
 
+from bench.latency_record import record
+
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("bench", broker=URL)
 app.conf.update(
@@ -28,3 +30,8 @@ _done = redis.Redis.from_url(URL)
 def noop(last: bool = False) -> None:
     if last:
         _done.set("bench:celery:done", 1)
+
+
+@app.task(name="bench.lat")  # type: ignore[untyped-decorator]
+def lat(t: float) -> None:
+    record(t)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.latency_record import record
+
 
 def noop(msg: Any) -> None:
     """Tide (``--handler bench.handlers:noop``) and the raw loop."""
@@ -57,3 +59,12 @@ async def wait50(msg: Any) -> None:
         finally:
             await client.aclose()
     await asyncio.sleep(0.05)
+
+
+def lat(msg: Any) -> None:
+    """Tide, latency benchmark: the producer put its enqueue time in the body."""
+    record(msg.body["t"])
+
+
+def rq_lat(t: float) -> None:
+    record(t)
