@@ -328,14 +328,14 @@ class RedisSentinelSet:
             self.servers.append(RedisServer(password=self.password, extra_args=replica_args).start())
         quorum = self.sentinels // 2 + 1
         for _ in range(self.sentinels):
-            self.watchers.append(
-                SentinelProcess(
-                    password=self.sentinel_password,
-                    monitor=(self.master_name, master.host, master.port, quorum),
-                    master_password=self.password,
-                    down_after_ms=self.down_after_ms,
-                ).start()
+            watcher = SentinelProcess(
+                password=self.sentinel_password,
+                monitor=(self.master_name, master.host, master.port, quorum),
+                master_password=self.password,
+                down_after_ms=self.down_after_ms,
             )
+            watcher.start()
+            self.watchers.append(watcher)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(self._sees_everything(s) for s in self.watchers):
