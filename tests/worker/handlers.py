@@ -12,6 +12,7 @@ import time
 
 import redis
 from tide_worker import Message, Reject, RetryAfter
+from tide_worker.connection import RedisSettings, sync_client
 
 _client: redis.Redis | None = None
 
@@ -19,7 +20,7 @@ _client: redis.Redis | None = None
 def _log_client() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["TIDE_REDIS_URL"])
+        _client = sync_client(RedisSettings.from_env())  # type: ignore[assignment]  # Sentinel URLs too
     return _client
 
 

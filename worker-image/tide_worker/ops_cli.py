@@ -22,7 +22,15 @@ import redis
 from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from tide_worker import ops
-from tide_worker.connection import RedisSettings, sync_client
+from tide_worker.connection import (
+    SENTINEL_ERRORS,
+    SENTINEL_SCHEMES,
+    RedisSettings,
+    parse_sentinel_url,
+    refusal_hint,
+    sync_client,
+)
+from tide_worker.connection import redact as redact_text
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.producer import Producer
 
@@ -42,18 +50,20 @@ class Failure(Exception):
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
+    """The URL with its password replaced by ``***`` (the user kept, so a refusal says whose). A URL
+    ``urlparse`` cannot split (a Sentinel URL's host list) goes through ``connection.redact``."""
     try:
         parsed = urlparse(url)
+        port = parsed.port
     except ValueError:
-        return "<unparseable URL>"
+        return redact_text(url)
     if parsed.password is None:
         return url
     user = parsed.username or ""
     host = parsed.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parsed.port}" if parsed.port else "")
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
     return urlunparse(parsed._replace(netloc=netloc))
 
 
@@ -158,8 +168,17 @@ def _settings(args: argparse.Namespace) -> RedisSettings:
     if ca and not os.path.isfile(ca):
         raise UsageError(f"--redis-ca-file {ca}: no such file")
     settings = RedisSettings.from_env(url=args.redis_url, cluster=args.redis_cluster, ca_file=ca)
-    if urlparse(settings.url).scheme not in {"redis", "rediss", "unix"}:
-        raise UsageError(f"Redis URL must start with redis:// or rediss://, not {redact(settings.url)!r}")
+    scheme = settings.url.partition("://")[0].lower()
+    if scheme not in {"redis", "rediss", "unix", *SENTINEL_SCHEMES}:
+        raise UsageError(
+            "Redis URL must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://, "
+            f"not {redact(settings.url)!r}"
+        )
+    if settings.sentinel:
+        try:
+            parse_sentinel_url(settings.url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if settings.ca_file and not os.path.isfile(settings.ca_file):
         raise UsageError(f"TIDE_REDIS_CA_FILE {settings.ca_file}: no such file")
     return settings
@@ -195,6 +214,9 @@ def _guard(fn: Callable[[argparse.Namespace], int], label: str) -> Callable[[arg
                 )
             else:
                 _err(f"tide {label}: Redis at {url} refused the credentials: {_one_line(exc)}")
+            return EXIT_FAILURE
+        except SENTINEL_ERRORS as exc:
+            _err(f"tide {label}: {refusal_hint(exc)}")
             return EXIT_FAILURE
         except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError) as exc:
             _err(f"tide {label}: cannot reach Redis at {url}: {_one_line(exc)}")
