@@ -163,3 +163,68 @@ def test_cli_redacts_sentinel_urls() -> None:
 
     out = cli_redact("redis+sentinel://:p@ss@a:1,b:2/m/0")
     assert "p@ss" not in out and out.endswith("a:1,b:2/m/0")
+
+
+def _replica(s: RedisSentinelSet):
+    master = s.master()
+    return next(x for x in s.servers if x is not master)
+
+
+def test_durable_enqueue_returns_once_the_replica_has_it(redis_sentinel: RedisSentinelSet) -> None:
+    import asyncio
+
+    from tide_worker.producer import AsyncProducer, NotReplicated
+
+    settings = RedisSettings(url=redis_sentinel.url(), sentinel_password=SENTINEL_PASSWORD)
+    replica = _replica(redis_sentinel).client()
+    with Producer(settings=settings, wait_replicas=1, wait_timeout=5) as p:
+        p.enqueue("q", "one")
+        assert replica.llen("q") == 1  # WAIT returned: the replica applied the push
+        p.enqueue_many("q", [f"m{i}" for i in range(2500)], chunk=1000)
+        assert replica.llen("q") == 2501
+        p.xadd_many("s", ["a", "b"])
+        assert replica.xlen("s") == 2
+    # More replicas than exist: the push lands on the master, the caller is told it is not durable.
+    with Producer(settings=settings, wait_replicas=2, wait_timeout=0.2) as p:
+        with pytest.raises(NotReplicated, match="only 1 of 2 replicas") as info:
+            p.enqueue("q", "two", id="id-two")
+        assert info.value.ids == ["id-two"]
+    assert redis_sentinel.master().client().llen("q") == 2502
+
+    async def durable_async() -> None:
+        ap = AsyncProducer(settings=settings, wait_replicas=1, wait_timeout=5)
+        await ap.enqueue("aq", "x")
+        await ap.enqueue_many("aq", ["y", "z"])
+        assert replica.llen("aq") == 3
+        await ap.aclose()
+
+    asyncio.run(durable_async())
+    with pytest.raises(ValueError, match="wait_replicas"):
+        Producer(settings=settings, wait_replicas=-1)
+    replica.close()
+
+
+def test_cli_durable_enqueue(redis_sentinel: RedisSentinelSet) -> None:
+    import os
+
+    env = {**os.environ, "TIDE_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
+    base = [
+        sys.executable,
+        "-m",
+        "tide_worker.cli",
+        "enqueue",
+        "-q",
+        "q",
+        "--redis-url",
+        redis_sentinel.url(),
+    ]
+    ok = subprocess.run([*base, "--wait-replicas", "1", "a", "b"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert _replica(redis_sentinel).client().llen("q") == 2
+    short = subprocess.run(
+        [*base, "--wait-replicas", "2", "--wait-timeout", "0.2", "c"], env=env, capture_output=True, text=True
+    )
+    assert short.returncode == 1
+    assert short.stderr.count("\n") == 1 and "not durable: only 1 of 2 replicas" in short.stderr
+    bad = subprocess.run([*base, "--wait-replicas", "-1", "c"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--wait-replicas" in bad.stderr

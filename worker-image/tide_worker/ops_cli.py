@@ -32,7 +32,7 @@ from tide_worker.connection import (
 )
 from tide_worker.connection import redact as redact_text
 from tide_worker.keys import QueueKeys, StreamKeys
-from tide_worker.producer import Producer
+from tide_worker.producer import NotReplicated, Producer
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -123,6 +123,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--delay", type=float, help="seconds until due (queue only): goes to the retry set")
     p.add_argument("--maxlen", type=int, help="trim the stream to about this many entries (MAXLEN ~)")
+    p.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="durable: after each push, WAIT until N replicas have it, else exit 1 (default 0: no wait)",
+    )
+    p.add_argument(
+        "--wait-timeout", type=float, default=1.0, help="seconds --wait-replicas waits (default 1)"
+    )
     p.set_defaults(func=_guard(cmd_enqueue, "enqueue"))
 
     p = sub.add_parser(
@@ -304,17 +314,28 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError(f"--delay must be from 0 to {MAX_SECONDS} seconds, not {args.delay!r}")
     if args.maxlen is not None and not 0 <= args.maxlen <= MAX_INT64:
         raise UsageError(f"--maxlen must be from 0 to {MAX_INT64}, not {args.maxlen}")
+    if not 0 <= args.wait_replicas <= 1000:
+        raise UsageError(f"--wait-replicas must be from 0 to 1000, not {args.wait_replicas}")
+    if not (math.isfinite(args.wait_timeout) and 0 < args.wait_timeout <= MAX_SECONDS):
+        raise UsageError(f"--wait-timeout must be more than 0 and at most {MAX_SECONDS} seconds")
     # Parse everything before connecting, so a bad line enqueues nothing.
     bodies = list(_parsed(_bodies(args), args.json))
     client = _client(args)
     try:
-        producer = Producer(client, side=args.side)
+        try:
+            producer = Producer(
+                client, side=args.side, wait_replicas=args.wait_replicas, wait_timeout=args.wait_timeout
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if args.stream:
             ids = producer.xadd_many(args.stream, bodies, maxlen=args.maxlen)
         elif args.message_id or args.delay:
             ids = [producer.enqueue(args.queue, b, id=args.message_id, delay=args.delay) for b in bodies]
         else:
             ids = producer.enqueue_many(args.queue, bodies)
+    except NotReplicated as exc:
+        raise Failure(f"enqueued, not durable: {exc}") from None
     finally:
         client.close()
     for i in ids:
