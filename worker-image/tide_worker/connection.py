@@ -63,6 +63,48 @@ def redact(text: str) -> str:
 # it out (a worker starting up) test for it first; during a failover it is a short outage like any other.
 SENTINEL_ERRORS: tuple[type[Exception], ...] = (MasterNotFoundError, AsyncMasterNotFoundError)
 
+
+class MasterDown(redis.ConnectionError):
+    """The sentinels know the master name but name no healthy master now: a failover is under way.
+
+    An outage (waited out), unlike ``MasterNotFoundError`` (the name unknown to every sentinel that
+    answered, or none answered)."""
+
+
+def _knows(masters: Any, name: str) -> bool:
+    return isinstance(masters, dict) and name in masters
+
+
+class _Sentinel(Sentinel):
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            for sentinel in self.sentinels:
+                try:
+                    known = _knows(sentinel.sentinel_masters(), service_name)
+                except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+                    continue
+                if known:
+                    raise MasterDown(f"{exc} (a failover is under way)") from None
+            raise
+
+
+class _AsyncSentinel(AsyncSentinel):
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except AsyncMasterNotFoundError as exc:
+            for sentinel in self.sentinels:
+                try:
+                    known = _knows(await sentinel.sentinel_masters(), service_name)
+                except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+                    continue
+                if known:
+                    raise MasterDown(f"{exc} (a failover is under way)") from None
+            raise
+
+
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS
 
 
@@ -282,7 +324,7 @@ def sync_client(settings: RedisSettings) -> redis.Redis | RedisCluster:
     """A synchronous client (the CLI and the producer): a lost connection is retried 3 times."""
     kw = {"retry": _Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **settings.client_kwargs()}
     if settings.sentinel:
-        return _sentinel_master(Sentinel, settings, kw)  # type: ignore[no-any-return]
+        return _sentinel_master(_Sentinel, settings, kw)  # type: ignore[no-any-return]
     if settings.cluster:
         return _from_url(RedisCluster.from_url, settings.url, _cluster_kwargs(kw))  # type: ignore[no-any-return]
     return _from_url(redis.Redis.from_url, settings.url, kw)  # type: ignore[no-any-return]
@@ -293,7 +335,7 @@ def async_client(settings: RedisSettings) -> aredis.Redis | AsyncRedisCluster:
     kw = settings.client_kwargs()
     if settings.sentinel:
         # As for a standalone server: callers retry, each reconnect asks the sentinels again.
-        return _sentinel_master(AsyncSentinel, settings, {"retry": AsyncRetry(NoBackoff(), retries=0), **kw})  # type: ignore[no-any-return]
+        return _sentinel_master(_AsyncSentinel, settings, {"retry": AsyncRetry(NoBackoff(), retries=0), **kw})  # type: ignore[no-any-return]
     if settings.cluster:
         # The Cluster client's own loop: up to 3 more attempts, each after refreshing the slot map.
         kw = {"retry": AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **kw}
