@@ -2,7 +2,7 @@
 
 The producer pushes in chunks through Sentinel while four `tide worker` processes consume; one worker is
 SIGKILLed about every second and replaced, and once 8,000 messages are queued the master is SIGKILLed;
-Sentinel promotes the replica and the old master comes back as its replica. Handlers record each run
+Sentinel promotes one of the two replicas and the other follows it. Handlers record each run
 in a separate Redis (a failover must not eat the evidence). Lost = acknowledged to the producer, never
 run; duplicates = extra runs. With the durable enqueue (``wait_replicas=1``) nothing acknowledged may
 be lost; without it the count is reported (a push acknowledged by the old master and not replicated is
@@ -25,7 +25,7 @@ from tide_worker.connection import RedisSettings
 from tide_worker.keys import QueueKeys
 from tide_worker.producer import NotReplicated, Producer
 
-from tests.conftest import SENTINEL_PASSWORD
+from tests.conftest import SENTINEL_DATA_PASSWORD, SENTINEL_PASSWORD
 
 from .conftest import wait_until
 
@@ -45,8 +45,17 @@ def _backlog(s: RedisSentinelSet) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("durable", [False, True], ids=["plain", "durable"])
-def test_chaos_through_a_failover(redis_sentinel_private: RedisSentinelSet, redis_url: str, spawn, durable):
-    s = redis_sentinel_private
+def test_chaos_through_a_failover(redis_url: str, spawn, durable):
+    # Two replicas: after the failover one is left for the durable WAIT. The dead master stays dead:
+    # restarting a master without persistence came back empty and, in one run, ~half the queue vanished
+    # (the documented hazard of auto-restarting a non-persistent master under Sentinel).
+    with RedisSentinelSet(
+        replicas=2, password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD
+    ) as s:
+        _chaos(s, redis_url, spawn, durable)
+
+
+def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
     log = redis.Redis.from_url(redis_url)
     settings = RedisSettings(url=s.url(), sentinel_password=SENTINEL_PASSWORD)
     bodies = [f"ok:{i}" for i in range(N)]
@@ -102,7 +111,6 @@ def test_chaos_through_a_failover(redis_sentinel_private: RedisSentinelSet, redi
             t0 = time.monotonic()
             s.wait_failover(old.port)
             gap = time.monotonic() - t0
-            old.start()  # comes back; the sentinels turn it into the new master's replica
             master_killed = True
     assert master_killed, "the master was never killed: the producer did not get far enough"
     producer.join(60)
