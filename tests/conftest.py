@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
-from tide_local.redisproc import RedisCluster, RedisServer, TLSFiles, make_tls_files
+from tide_local.redisproc import RedisCluster, RedisSentinelSet, RedisServer, TLSFiles, make_tls_files
 
 pytest_plugins = ["tests.conftest_cluster"]
 
@@ -106,3 +106,29 @@ def redis_cluster(redis_cluster_server: RedisCluster) -> RedisCluster:
         with node.client() as c:
             c.flushall()
     return redis_cluster_server
+
+
+SENTINEL_PASSWORD = "sentinel-secret"
+SENTINEL_DATA_PASSWORD = "data-secret"
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_set() -> Iterator[RedisSentinelSet]:
+    """A master, a replica and three sentinels (both kinds password-protected), shared by the session."""
+    with RedisSentinelSet(password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD) as s:
+        yield s
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_set: RedisSentinelSet) -> RedisSentinelSet:
+    """The shared Sentinel set, its current master flushed (tests that kill a master use their own)."""
+    with redis_sentinel_set.master().client() as c:
+        c.flushall()
+    return redis_sentinel_set
+
+
+@pytest.fixture
+def redis_sentinel_private() -> Iterator[RedisSentinelSet]:
+    """A Sentinel set of the test's own, for tests that kill its master."""
+    with RedisSentinelSet(password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD) as s:
+        yield s

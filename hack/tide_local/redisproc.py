@@ -1,4 +1,4 @@
-"""Real redis-server processes on free loopback ports: standalone, append-only, TLS and Cluster.
+"""Real redis-server processes on free loopback ports: standalone, append-only, TLS, Cluster and Sentinel.
 
 Tests, benchmarks and the demo start their own servers with these classes and stop them by the pid
 they started, so nothing else on the machine is touched.
@@ -246,6 +246,158 @@ class RedisCluster:
             n.cleanup()
 
     def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class SentinelProcess(RedisServer):
+    """One ``redis-server --sentinel`` process (Debian's redis-sentinel is the same binary in this mode).
+
+    ``password`` is the sentinel's own ``requirepass``; ``monitor`` is ``(name, host, port, quorum)``;
+    ``master_password`` is what it needs to talk to the master and replicas."""
+
+    monitor: tuple[str, str, int, int] = ("mymaster", "127.0.0.1", 6379, 2)
+    master_password: str | None = None
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+
+    def command(self) -> list[str]:
+        assert self.workdir is not None
+        name, host, port, quorum = self.monitor
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.workdir}",
+            "protected-mode no",
+            "loglevel notice",
+            f"logfile {self.workdir / 'redis.log'}",
+            f"sentinel monitor {name} {host} {port} {quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.master_password:
+            lines.append(f"sentinel auth-pass {name} {self.master_password}")
+        if self.password:
+            lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
+        conf = self.workdir / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
+        conf.write_text("\n".join(lines) + "\n")
+        return [redis_server_binary(), str(conf), "--sentinel"]
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5)
+
+
+@dataclass
+class RedisSentinelSet:
+    """A master, ``replicas`` replicas and ``sentinels`` sentinels watching them as ``master_name``.
+
+    ``start()`` returns once every sentinel sees the master, its replicas and the other sentinels, so a
+    failover can happen; ``kill_master()`` SIGKILLs the current master and ``wait_failover()`` waits for
+    the sentinels to name another one."""
+
+    master_name: str = "mymaster"
+    replicas: int = 1
+    sentinels: int = 3
+    password: str | None = None  # the data servers' requirepass (and masterauth)
+    sentinel_password: str | None = None
+    down_after_ms: int = 1000
+    servers: list[RedisServer] = field(default_factory=list)
+    watchers: list[SentinelProcess] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(s.host, s.port) for s in self.watchers]
+
+    def url(self, db: int = 0, scheme: str = "redis+sentinel") -> str:
+        auth = f":{self.password}@" if self.password else ""
+        hosts = ",".join(f"{h}:{p}" for h, p in self.addresses)
+        return f"{scheme}://{auth}{hosts}/{self.master_name}/{db}"
+
+    def _auth_args(self) -> list[str]:
+        return ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+
+    def start(self, timeout: float = 30.0) -> RedisSentinelSet:
+        master = RedisServer(password=self.password, extra_args=self._auth_args()).start()
+        self.servers = [master]
+        for _ in range(self.replicas):
+            replica_args = [*self._auth_args(), "--replicaof", master.host, str(master.port)]
+            self.servers.append(RedisServer(password=self.password, extra_args=replica_args).start())
+        quorum = self.sentinels // 2 + 1
+        for _ in range(self.sentinels):
+            watcher = SentinelProcess(
+                password=self.sentinel_password,
+                monitor=(self.master_name, master.host, master.port, quorum),
+                master_password=self.password,
+                down_after_ms=self.down_after_ms,
+            )
+            watcher.start()
+            self.watchers.append(watcher)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._sees_everything(s) for s in self.watchers):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the sentinels did not discover the replicas and each other in time")
+
+    def _sees_everything(self, s: SentinelProcess) -> bool:
+        with s.client() as c:
+            state = c.sentinel_master(self.master_name)
+        return (
+            int(state.get("num-slaves", 0)) >= self.replicas
+            and int(state.get("num-other-sentinels", 0)) >= self.sentinels - 1
+        )
+
+    def master_address(self) -> tuple[str, int]:
+        for s in self.watchers:
+            if not s.running:
+                continue
+            with s.client() as c:
+                host, port = c.sentinel_get_master_addr_by_name(self.master_name)
+            return host.decode() if isinstance(host, bytes) else str(host), int(port)
+        raise RuntimeError("no sentinel is running")
+
+    def master(self) -> RedisServer:
+        _, port = self.master_address()
+        return next(s for s in self.servers if s.port == port)
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master (it stays down; ``restart_old`` brings it back as a replica)."""
+        m = self.master()
+        m.kill()
+        return m
+
+    def wait_failover(self, old_port: int, timeout: float = 30.0) -> tuple[str, int]:
+        """Wait until every running sentinel names a master other than ``old_port`` that answers as one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ports = set()
+                for s in self.watchers:
+                    if s.running:
+                        with s.client() as c:
+                            ports.add(int(c.sentinel_get_master_addr_by_name(self.master_name)[1]))
+                if len(ports) == 1 and old_port not in ports:
+                    new = next(x for x in self.servers if x.port in ports)
+                    with new.client() as c:
+                        if c.info("replication")["role"] == "master":
+                            return new.host, new.port
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"no failover away from port {old_port} within {timeout}s")
+
+    def stop(self) -> None:
+        for s in self.watchers:
+            s.cleanup()
+        for n in self.servers:
+            n.cleanup()
+
+    def __enter__(self) -> RedisSentinelSet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

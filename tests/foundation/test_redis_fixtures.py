@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 from redis.cluster import RedisCluster as ClusterClient
-from tide_local.redisproc import RedisCluster, RedisServer, TLSFiles
+from tide_local.redisproc import RedisCluster, RedisSentinelSet, RedisServer, TLSFiles
 from tide_worker.keys import QueueKeys
 
 
@@ -52,3 +52,22 @@ def test_cluster_keeps_a_queues_keys_in_one_slot(redis_cluster: RedisCluster) ->
         assert len(c.get_nodes()) == 3
     finally:
         c.close()
+
+
+def test_sentinel_set_replicates_and_fails_over(redis_sentinel_private: RedisSentinelSet) -> None:
+    s = redis_sentinel_private
+    assert len(s.watchers) == 3 and len(s.servers) == 2
+    master = s.master()
+    replica = next(x for x in s.servers if x is not master)
+    with master.client() as c:
+        c.set("k", "v")
+        assert c.wait(1, 5000) == 1  # the replica acknowledged the write
+    with replica.client() as c:
+        assert c.info("replication")["role"] == "slave"
+        assert c.get("k") == b"v"
+    old = s.kill_master()
+    _, port = s.wait_failover(old.port)
+    assert port == replica.port
+    with replica.client() as c:
+        assert c.info("replication")["role"] == "master"
+        assert c.get("k") == b"v"

@@ -12,6 +12,7 @@ import time
 
 import redis
 from tide_worker import Message, Reject, RetryAfter
+from tide_worker.connection import RedisSettings, sync_client
 
 _client: redis.Redis | None = None
 
@@ -19,7 +20,9 @@ _client: redis.Redis | None = None
 def _log_client() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["TIDE_REDIS_URL"])
+        # TIDE_TEST_LOG_URL: a log outside the Redis under test (a failover must not eat the evidence).
+        log_url = os.environ.get("TIDE_TEST_LOG_URL")
+        _client = sync_client(RedisSettings.from_env(url=log_url))  # type: ignore[assignment]
     return _client
 
 

@@ -22,9 +22,17 @@ import redis
 from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from tide_worker import ops
-from tide_worker.connection import RedisSettings, sync_client
+from tide_worker.connection import (
+    SENTINEL_ERRORS,
+    SENTINEL_SCHEMES,
+    RedisSettings,
+    parse_sentinel_url,
+    refusal_hint,
+    sync_client,
+)
+from tide_worker.connection import redact as redact_text
 from tide_worker.keys import QueueKeys, StreamKeys
-from tide_worker.producer import Producer
+from tide_worker.producer import NotReplicated, Producer
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -42,18 +50,20 @@ class Failure(Exception):
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
+    """The URL with its password replaced by ``***`` (the user kept, so a refusal says whose). A URL
+    ``urlparse`` cannot split (a Sentinel URL's host list) goes through ``connection.redact``."""
     try:
         parsed = urlparse(url)
+        port = parsed.port
     except ValueError:
-        return "<unparseable URL>"
+        return redact_text(url)
     if parsed.password is None:
         return url
     user = parsed.username or ""
     host = parsed.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parsed.port}" if parsed.port else "")
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
     return urlunparse(parsed._replace(netloc=netloc))
 
 
@@ -113,6 +123,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--delay", type=float, help="seconds until due (queue only): goes to the retry set")
     p.add_argument("--maxlen", type=int, help="trim the stream to about this many entries (MAXLEN ~)")
+    p.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="durable: after each push, WAIT until N replicas have it, else exit 1 (default 0: no wait)",
+    )
+    p.add_argument(
+        "--wait-timeout", type=float, default=1.0, help="seconds --wait-replicas waits (default 1)"
+    )
     p.set_defaults(func=_guard(cmd_enqueue, "enqueue"))
 
     p = sub.add_parser(
@@ -164,8 +184,17 @@ def _settings(args: argparse.Namespace) -> RedisSettings:
     if ca and not os.path.isfile(ca):
         raise UsageError(f"--redis-ca-file {ca}: no such file")
     settings = RedisSettings.from_env(url=args.redis_url, cluster=args.redis_cluster, ca_file=ca)
-    if urlparse(settings.url).scheme not in {"redis", "rediss", "unix"}:
-        raise UsageError(f"Redis URL must start with redis:// or rediss://, not {redact(settings.url)!r}")
+    scheme = settings.url.partition("://")[0].lower()
+    if scheme not in {"redis", "rediss", "unix", *SENTINEL_SCHEMES}:
+        raise UsageError(
+            "Redis URL must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://, "
+            f"not {redact(settings.url)!r}"
+        )
+    if settings.sentinel:
+        try:
+            parse_sentinel_url(settings.url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if settings.ca_file and not os.path.isfile(settings.ca_file):
         raise UsageError(f"TIDE_REDIS_CA_FILE {settings.ca_file}: no such file")
     return settings
@@ -201,6 +230,9 @@ def _guard(fn: Callable[[argparse.Namespace], int], label: str) -> Callable[[arg
                 )
             else:
                 _err(f"tide {label}: Redis at {url} refused the credentials: {_one_line(exc)}")
+            return EXIT_FAILURE
+        except SENTINEL_ERRORS as exc:
+            _err(f"tide {label}: {refusal_hint(exc)}")
             return EXIT_FAILURE
         except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError) as exc:
             _err(f"tide {label}: cannot reach Redis at {url}: {_one_line(exc)}")
@@ -288,17 +320,28 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError(f"--delay must be from 0 to {MAX_SECONDS} seconds, not {args.delay!r}")
     if args.maxlen is not None and not 0 <= args.maxlen <= MAX_INT64:
         raise UsageError(f"--maxlen must be from 0 to {MAX_INT64}, not {args.maxlen}")
+    if not 0 <= args.wait_replicas <= 1000:
+        raise UsageError(f"--wait-replicas must be from 0 to 1000, not {args.wait_replicas}")
+    if not (math.isfinite(args.wait_timeout) and 0 < args.wait_timeout <= MAX_SECONDS):
+        raise UsageError(f"--wait-timeout must be more than 0 and at most {MAX_SECONDS} seconds")
     # Parse everything before connecting, so a bad line enqueues nothing.
     bodies = list(_parsed(_bodies(args), args.json))
     client = _client(args)
     try:
-        producer = Producer(client, side=args.side)
+        try:
+            producer = Producer(
+                client, side=args.side, wait_replicas=args.wait_replicas, wait_timeout=args.wait_timeout
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if args.stream:
             ids = producer.xadd_many(args.stream, bodies, maxlen=args.maxlen)
         elif args.message_id or args.delay:
             ids = [producer.enqueue(args.queue, b, id=args.message_id, delay=args.delay) for b in bodies]
         else:
             ids = producer.enqueue_many(args.queue, bodies)
+    except NotReplicated as exc:
+        raise Failure(f"enqueued, not durable: {exc}") from None
     finally:
         client.close()
     for i in ids:

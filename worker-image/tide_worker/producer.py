@@ -80,6 +80,32 @@ def _xadd_args(maxlen: int | None) -> dict[str, Any]:
     return {"maxlen": maxlen, "approximate": True} if maxlen is not None else {}
 
 
+class NotReplicated(redis.RedisError):
+    """A durable write reached the master but fewer replicas than asked within the timeout.
+
+    The message is queued on the master; only a failover before it replicates loses it. Enqueueing it
+    again with the same ``id`` is safe with ``--dedupe-ttl`` on the workers (a duplicate otherwise)."""
+
+    def __init__(self, acked: int, wanted: int, timeout: float, ids: list[str]) -> None:
+        super().__init__(
+            f"only {acked} of {wanted} replicas acknowledged the write within {timeout:g}s "
+            f"(ids {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}); it is on the master and a failover "
+            "before it replicates would lose it"
+        )
+        self.acked = acked
+        self.wanted = wanted
+        self.ids = ids
+
+
+def _check_durable(client: Any, replicas: int, timeout: float) -> None:
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValueError(f"wait_replicas must be an integer >= 0, not {replicas!r}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"wait_timeout must be a finite number > 0 seconds, not {timeout}")
+    if replicas and isinstance(client, RedisCluster | AsyncRedisCluster):
+        raise ValueError("wait_replicas is for a standalone or Sentinel master, not a Redis Cluster client")
+
+
 def _entry_id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -135,16 +161,45 @@ class Producer(_Prep):
     """Synchronous producer over a ``connection.sync_client`` (standalone, Cluster, TLS)."""
 
     def __init__(
-        self, client: SyncClient | None = None, *, settings: RedisSettings | None = None, side: Side = "right"
+        self,
+        client: SyncClient | None = None,
+        *,
+        settings: RedisSettings | None = None,
+        side: Side = "right",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
+        """``wait_replicas=N``: durable writes. Each push (each chunk of the bulk methods) is followed by
+        ``WAIT N timeout`` on the same connection and returns only once N replicas have it, else raises
+        :class:`NotReplicated`. What that buys across a failover: docs/worker.md, At-least-once."""
         self._owned = client is None
         self.client: SyncClient = (
             client if client is not None else sync_client(settings or RedisSettings.from_env())
         )
         self.push = push_command(side)
+        _check_durable(self.client, wait_replicas, wait_timeout)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
 
-    def _call(self, command: str, args: tuple[Any, ...]) -> Any:
-        return getattr(self.client, command.lower())(*args)  # lpush, rpush or zadd
+    def _write(self, ids: list[str], *calls: tuple[str, tuple[Any, ...], dict[str, Any]]) -> list[Any]:
+        """Run ``calls`` (then WAIT, when durable) in one pipeline: one connection, one round trip."""
+        if not self.wait_replicas and len(calls) == 1:
+            command, args, kw = calls[0]
+            return [getattr(self.client, command)(*args, **kw)]
+        pipe = self.client.pipeline(transaction=False)
+        for command, args, kw in calls:
+            getattr(pipe, command)(*args, **kw)
+        if self.wait_replicas:
+            pipe.wait(self.wait_replicas, int(self.wait_timeout * 1000))
+        out = pipe.execute()
+        if self.wait_replicas:
+            acked = int(out.pop())
+            if acked < self.wait_replicas:
+                raise NotReplicated(acked, self.wait_replicas, self.wait_timeout, ids)
+        return list(out)
+
+    def _call(self, command: str, args: tuple[Any, ...], ids: list[str]) -> Any:
+        return self._write(ids, (command.lower(), args, {}))[0]  # lpush, rpush or zadd
 
     def enqueue(
         self,
@@ -157,7 +212,7 @@ class Producer(_Prep):
     ) -> str:
         """Put one message on ``queue`` (or in its retry set ``delay`` seconds from now); return its id."""
         command, args, mid = self._enqueue(queue, body, id, delay, headers)
-        self._call(command, args)
+        self._call(command, args, [mid])
         return mid
 
     def enqueue_many(
@@ -176,7 +231,7 @@ class Producer(_Prep):
         """
         ids: list[str] = []
         for args, chunk_ids in self._enqueue_chunks(queue, bodies, chunk, headers):
-            self._call(self.push, args)
+            self._call(self.push, args, chunk_ids)
             ids.extend(chunk_ids)
         return ids
 
@@ -192,7 +247,7 @@ class Producer(_Prep):
     ) -> str:
         """Append one message to ``stream`` (``MAXLEN ~ maxlen`` when given); return the entry id."""
         args, kw = self._xadd(stream, body, maxlen, id, message_id, headers)
-        return _entry_id(self.client.xadd(*args, **kw))
+        return _entry_id(self._write([message_id or id], ("xadd", args, kw))[0])
 
     def xadd_many(
         self,
@@ -206,10 +261,8 @@ class Producer(_Prep):
         """Append many messages in order, pipelined per ``chunk``; return the entry ids."""
         out: list[str] = []
         for calls in self._xadd_chunks(stream, bodies, maxlen, chunk, headers):
-            pipe = self.client.pipeline(transaction=False)
-            for args, kw in calls:
-                pipe.xadd(*args, **kw)
-            out.extend(_entry_id(v) for v in pipe.execute())
+            replies = self._write([stream], *(("xadd", args, kw) for args, kw in calls))
+            out.extend(_entry_id(v) for v in replies)
         return out
 
     def close(self) -> None:
@@ -233,15 +286,36 @@ class AsyncProducer(_Prep):
         *,
         settings: RedisSettings | None = None,
         side: Side = "right",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self._owned = client is None
         self.client: AsyncClient = (
             client if client is not None else async_client(settings or RedisSettings.from_env())
         )
         self.push = push_command(side)
+        _check_durable(self.client, wait_replicas, wait_timeout)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
 
-    async def _call(self, command: str, args: tuple[Any, ...]) -> Any:
-        return await getattr(self.client, command.lower())(*args)  # lpush, rpush or zadd
+    async def _write(self, ids: list[str], *calls: tuple[str, tuple[Any, ...], dict[str, Any]]) -> list[Any]:
+        if not self.wait_replicas and len(calls) == 1:
+            command, args, kw = calls[0]
+            return [await getattr(self.client, command)(*args, **kw)]
+        pipe = self.client.pipeline(transaction=False)
+        for command, args, kw in calls:
+            getattr(pipe, command)(*args, **kw)
+        if self.wait_replicas:
+            pipe.wait(self.wait_replicas, int(self.wait_timeout * 1000))
+        out = await pipe.execute()
+        if self.wait_replicas:
+            acked = int(out.pop())
+            if acked < self.wait_replicas:
+                raise NotReplicated(acked, self.wait_replicas, self.wait_timeout, ids)
+        return list(out)
+
+    async def _call(self, command: str, args: tuple[Any, ...], ids: list[str]) -> Any:
+        return (await self._write(ids, (command.lower(), args, {})))[0]  # lpush, rpush or zadd
 
     async def enqueue(
         self,
@@ -253,7 +327,7 @@ class AsyncProducer(_Prep):
         headers: dict[str, Any] | None = None,
     ) -> str:
         command, args, mid = self._enqueue(queue, body, id, delay, headers)
-        await self._call(command, args)
+        await self._call(command, args, [mid])
         return mid
 
     async def enqueue_many(
@@ -266,7 +340,7 @@ class AsyncProducer(_Prep):
     ) -> list[str]:
         ids: list[str] = []
         for args, chunk_ids in self._enqueue_chunks(queue, bodies, chunk, headers):
-            await self._call(self.push, args)
+            await self._call(self.push, args, chunk_ids)
             ids.extend(chunk_ids)
         return ids
 
@@ -281,7 +355,7 @@ class AsyncProducer(_Prep):
         headers: dict[str, Any] | None = None,
     ) -> str:
         args, kw = self._xadd(stream, body, maxlen, id, message_id, headers)
-        return _entry_id(await self.client.xadd(*args, **kw))
+        return _entry_id((await self._write([message_id or id], ("xadd", args, kw)))[0])
 
     async def xadd_many(
         self,
@@ -294,10 +368,8 @@ class AsyncProducer(_Prep):
     ) -> list[str]:
         out: list[str] = []
         for calls in self._xadd_chunks(stream, bodies, maxlen, chunk, headers):
-            pipe = self.client.pipeline(transaction=False)
-            for args, kw in calls:
-                pipe.xadd(*args, **kw)
-            out.extend(_entry_id(v) for v in await pipe.execute())
+            replies = await self._write([stream], *(("xadd", args, kw) for args, kw in calls))
+            out.extend(_entry_id(v) for v in replies)
         return out
 
     async def aclose(self) -> None:

@@ -34,7 +34,13 @@ import redis.exceptions as rexc
 
 from tide_worker import __version__, logs
 from tide_worker.config import WorkerConfig, backoff_delay
-from tide_worker.connection import AUTH_ERRORS, RedisSettings, async_client, refusal_hint
+from tide_worker.connection import (
+    AUTH_ERRORS,
+    SENTINEL_ERRORS,
+    RedisSettings,
+    async_client,
+    refusal_hint,
+)
 from tide_worker.handler import Handler
 from tide_worker.listsource import CountsUnstarted
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
@@ -47,7 +53,9 @@ T = TypeVar("T")
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 RECONNECT_CAP = 5.0
-EXIT_REFUSED = 3  # Redis refused the credentials or an ACL permission: fix the configuration
+# Redis refused the credentials or an ACL permission, or (at startup) Sentinel gave no master for the
+# name: fix the configuration
+EXIT_REFUSED = 3
 RATE_WINDOW = 30.0
 
 
@@ -177,6 +185,10 @@ class Worker:
             except AUTH_ERRORS:
                 raise  # a refusal, not an outage: waiting does not fix a password
             except CONNECTION_ERRORS as exc:
+                if isinstance(exc, SENTINEL_ERRORS) and not self.serving:
+                    # Never had a master: a wrong name, no sentinel reachable or their password refused.
+                    # Once serving, the same error is the gap of a failover and is waited out.
+                    raise
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     # redis-py may turn a cancellation into a connection error: keep it a cancellation.
@@ -254,7 +266,7 @@ class Worker:
         try:
             await self._redis("setup", self.source.setup)
             await self._redis("heartbeat", self._heartbeat_once)
-        except STOP_OR_REFUSED as exc:
+        except (*STOP_OR_REFUSED, *SENTINEL_ERRORS) as exc:
             if self.http:
                 self.http.stop()
             if self._own_client:
