@@ -85,3 +85,19 @@ def test_backlog_parts_as_kubectl_and_dashboards_read_them() -> None:
         "lagEstimated": False,
     }
     assert _build(backlog=doc)["backlog"] == doc
+
+
+def test_several_lists_show_each_queue_beside_the_sum() -> None:
+    from tide_worker.backlog import sum_backlogs
+
+    parts = [
+        ("high", Backlog(ready=5, inflight=1)),
+        ("low", Backlog(ready=2, retries_due=3, next_retry_at=9.0)),
+    ]
+    doc = backlog_status(sum_backlogs(b for _, b in parts), parts)
+    assert doc["total"] == 11 and doc["ready"] == 7 and doc["retriesDue"] == 3
+    assert doc["queues"] == [
+        {"key": "high", "total": 6, "ready": 5, "inFlight": 1, "retriesDue": 0, "retriesWaiting": 0},
+        {"key": "low", "total": 5, "ready": 2, "inFlight": 0, "retriesDue": 3, "retriesWaiting": 0},
+    ]
+    assert "queues" not in backlog_status(parts[0][1])  # one list: as before
