@@ -133,3 +133,38 @@ def test_retries_dead_letters_and_registry_stay_per_queue(r, spawn):
     assert w.wait(30) == 0, w.logs()
     for q in ("a", "b"):
         assert r.zcard(QueueKeys(q).workers) == 0
+
+
+def test_the_unstarted_count_splits_per_queue_in_fetch_order(r, redis_url):
+    import asyncio
+
+    import redis.asyncio as aredis
+    from tide_worker.config import WorkerConfig
+    from tide_worker.multisource import MultiListSource
+
+    push(r, "a", [f"a{i}" for i in range(5)])
+    push(r, "b", [f"b{i}" for i in range(5)])
+    ka, kb = QueueKeys("a"), QueueKeys("b")
+
+    def counts():
+        return [int(r.get(k.unstarted("w")) or 0) for k in (ka, kb)]
+
+    async def go():
+        client = aredis.Redis.from_url(redis_url)
+        cfg = WorkerConfig(handler="x:y", queues=["a", "b"], weights=[1, 1], worker_id="w", metrics_port=-1)
+        src = MultiListSource(client, cfg)
+        out = []
+        got = await src.fetch_counting(4, [], 0)  # two of each (smooth 1:1), a's first; none started
+        out.append(([d.msg.body for d in got], counts()))
+        await src.set_unstarted(1)  # only the newest (b1) unstarted
+        out.append(counts())
+        got = await src.fetch_counting(2, [], -1)  # the first fetched here goes to an idle lane at once
+        out.append(([d.msg.body for d in got], counts()))
+        await client.aclose()
+        return out
+
+    first, second, third = asyncio.run(go())
+    assert first == (["a0", "a1", "b0", "b1"], [2, 2])
+    assert second == [0, 1]  # b1, the newest fetched, is the one still unstarted
+    # a2 went to the idle lane (started), b2 waits: a count of -1 + 2 fetched lands on b alone
+    assert third == (["a2", "b2"], [0, 1])

@@ -121,6 +121,9 @@ class MultiListSource:
     ) -> list[Delivery]:
         by_queue = self._acks_by_queue(acks)
         per = self._split(unstarted) if unstarted is not None else None
+        # A negative count: the first ``credit`` messages this call fetches go to idle lanes at once, so
+        # they count as started (as the script does for one queue: count + fetched, 0 at least).
+        credit = max(0, -unstarted) if unstarted is not None else 0
         got: list[Delivery] = []
         plan = self._plan(count)
         short = 0  # what earlier queues could not fill (weights), or what is left (priority)
@@ -133,14 +136,15 @@ class MultiListSource:
                 value = per[i]
                 if want == 0 and not by_queue[i] and not thaw and self.sent[i] == value:
                     continue  # nothing to fetch, ack or count here
-                mark = ("!" if thaw else "") + str(value)
-                self.sent[i] = value  # + what this fetches, which the script adds (and _tag records)
+                mark = ("!" if thaw else "") + str(value - (credit if want else 0))
             elif want == 0 and not by_queue[i]:
                 continue
             items = await sub._ack_fetch(want, by_queue[i], unstarted=mark)
             fetched = self._tag(i, [sub._delivery(raw) for raw in items])
             if per is not None:
-                self.sent[i] = per[i] + len(fetched)
+                used = min(credit, len(fetched)) if want else 0
+                self.sent[i] = max(0, per[i] - (credit if want else 0) + len(fetched))
+                credit -= used
             got.extend(fetched)
             if self.weighted is not None:
                 short = want - len(fetched)
@@ -150,18 +154,23 @@ class MultiListSource:
                 if len(got) >= count:
                     break
                 sub = self.subs[i]
-                mark = "" if per is None else str(self.sent[i] or 0)
+                base = self.sent[i] or 0
+                mark = "" if per is None else str(base - credit)
                 items = await sub._ack_fetch(count - len(got), (), unstarted=mark)
                 fetched = self._tag(i, [sub._delivery(raw) for raw in items])
                 if per is not None:
-                    self.sent[i] = (self.sent[i] or 0) + len(fetched)
+                    self.sent[i] = max(0, base - credit + len(fetched))
+                    credit -= min(credit, len(fetched))
                 got.extend(fetched)
         return got
 
     async def fetch(self, count: int, acks: Sequence[Delivery] = (), block: bool = True) -> list[Delivery]:
-        got = await self._fetch(count, acks, None)
-        if got or not block:
-            return got
+        if acks or not block:
+            got = await self._fetch(count, acks, None)
+            if got or not block:
+                return got
+        # Blocking: the runtime's counting fetch just found every queue empty, so go straight to the
+        # blocking moves (a move here is counted unstarted only once a lane takes it, as for one queue).
         timeout = min(MULTI_BLOCK, self.cfg.block_timeout)
         for i, sub in enumerate(self.subs):
             raw = await sub._block_one(timeout)
