@@ -50,6 +50,7 @@ from tide_operator.redis_reader import (
     ClientPool,
     Credentials,
     ListReader,
+    MultiListReader,
     Reading,
     StreamReader,
     Ticker,
@@ -125,7 +126,7 @@ class Consumer:
         )
         self.spec_key: Any = None
         self.spec: QueueConsumerSpec | None = None
-        self.reader: ListReader | StreamReader | None = None
+        self.reader: ListReader | StreamReader | MultiListReader | None = None
         self.current: int | None = None
         self.current_read_at = 0.0
         self.phase = Ticker.phase(f"{self.ns}/{self.name}")
@@ -508,7 +509,7 @@ class Consumer:
                 m["total"].set(b.total)
                 self.m_oldest.set(b.oldest_age or 0.0)
                 self.last_backlog_metric = b
-            self.last_backlog = backlog_status(b)
+            self.last_backlog = backlog_status(b, reading.parts)
         self.decision = decision
         self.queue_label = spec.source.label
 

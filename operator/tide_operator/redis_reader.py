@@ -42,6 +42,7 @@ from tide_worker.backlog import (
     list_backlog,
     stream_backlog,
     stream_id,
+    sum_backlogs,
 )
 from tide_worker.connection import RedisSettings, async_client
 from tide_worker.keys import QueueKeys, StreamKeys, hash_tag
@@ -97,6 +98,8 @@ class Reading:
     backlog: Backlog
     rates: tuple[float, ...]  # messages/s of each worker with a live heartbeat
     workers: int  # registered workers
+    # spec.source.lists: each list's key and backlog (``backlog`` is their sum)
+    parts: tuple[tuple[str, Backlog], ...] = ()
 
 
 def _text(value: Any) -> str:
@@ -633,10 +636,36 @@ def _pairs(raw: Any) -> dict[Any, Any]:
     return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
 
 
+@dataclass
+class MultiListReader:
+    """spec.source.lists: one ListReader per list, read at once (through a batcher: one pipeline for
+    all of them, as their requests queue in the same event-loop iteration); the backlog is the sum.
+
+    Every worker consumes every list and heartbeats on each (the same record), so the rates and the
+    worker count come from the first list alone: summing them would count each worker once per list.
+    """
+
+    readers: list[ListReader]
+
+    @property
+    def round_trips(self) -> int:
+        return sum(r.round_trips for r in self.readers)
+
+    async def read(self, now: float) -> Reading:
+        readings = await asyncio.gather(*(r.read(now) for r in self.readers))
+        parts = tuple((r.keys.ready, x.backlog) for r, x in zip(self.readers, readings, strict=True))
+        first = readings[0]
+        return Reading(sum_backlogs(b for _, b in parts), first.rates, first.workers, parts)
+
+
 def make_reader(
     client: AsyncClient, source: Source, batcher: ReadBatcher | None = None
-) -> ListReader | StreamReader:
+) -> ListReader | StreamReader | MultiListReader:
     """A reader of ``source``; pass the client's shared ``ClientPool.batcher`` to coalesce its reads."""
+    if len(source.lists) > 1:
+        return MultiListReader(
+            [ListReader(client, QueueKeys(k), batcher=batcher, side=source.side) for k in source.keys]
+        )
     if source.kind == "list":
         return ListReader(client, QueueKeys(source.key), batcher=batcher, side=source.side)
     return StreamReader(client, StreamKeys(source.key, source.group), batcher=batcher)

@@ -101,10 +101,19 @@ class Source:
     key: str
     group: str = ""
     side: Literal["left", "right"] = "right"
+    # spec.source.lists: every list's key and weight (0: strict priority, in order); key is the first's.
+    lists: tuple[tuple[str, int], ...] = ()
 
     @property
     def label(self) -> str:
+        if self.lists:
+            return ",".join(k for k, _ in self.lists)
         return self.key if self.kind == "list" else f"{self.key}/{self.group}"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The list keys to read (one for list:, each of lists:)."""
+        return tuple(k for k, _ in self.lists) if self.lists else (self.key,)
 
 
 @dataclass(frozen=True)
@@ -236,15 +245,51 @@ def parse_redis(obj: Mapping[str, Any]) -> RedisSpec:
 
 
 def parse_source(obj: Mapping[str, Any]) -> Source:
-    lst, stream = obj.get("list"), obj.get("stream")
-    if (lst is None) == (stream is None):
-        raise SpecError("spec.source needs exactly one of list or stream")
+    lst, lists, stream = obj.get("list"), obj.get("lists"), obj.get("stream")
+    if sum(x is not None for x in (lst, lists, stream)) != 1:
+        raise SpecError("spec.source needs exactly one of list, lists or stream")
+    if lists is not None:
+        return _lists(lists, obj.get("listSide", "right"))
     if lst is not None:
         return Source("list", str(lst["key"]), side=lst.get("side", "right"))
     assert stream is not None
     if not stream.get("group"):
         raise SpecError("spec.source.stream needs a group")
     return Source("stream", str(stream["key"]), group=str(stream["group"]))
+
+
+def _lists(items: Any, side: Any) -> Source:
+    """spec.source.lists (the CRD's rules, checked again for an API server that skipped them)."""
+    where = "spec.source.lists"
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"{where} must be a list of one or more {{key, weight}}")
+    out: list[tuple[str, int]] = []
+    for i, item in enumerate(items):
+        key = item.get("key") if isinstance(item, Mapping) else None
+        if not isinstance(key, str) or not key or "," in key:
+            raise SpecError(f"{where}[{i}].key must be a non-empty string without a comma")
+        weight = item.get("weight", 0)
+        if isinstance(weight, bool) or not isinstance(weight, int) or ("weight" in item and weight < 1):
+            raise SpecError(f"{where}[{i}].weight must be an integer of at least 1")
+        out.append((key, weight))
+    if len({k for k, _ in out}) != len(out):
+        raise SpecError(f"{where}: each key must appear once")
+    weighted = [w > 0 for _, w in out]
+    if any(weighted) and not all(weighted):
+        raise SpecError(f"{where}: give every list a weight (by weight) or none (strict priority, in order)")
+    if len(out) > 1 and not any(weighted) and any(_looks_weighted(k) for k, _ in out):
+        # The worker would read "a:1,b:2" as weights: say so rather than consume the wrong queues.
+        raise SpecError(
+            f"{where}: a key ending in :<digits> reads as a weight to the worker; give every list a weight"
+        )
+    if side not in ("left", "right"):
+        raise SpecError("spec.source.listSide must be left or right")
+    return Source("list", out[0][0], side=side, lists=tuple(out))
+
+
+def _looks_weighted(key: str) -> bool:
+    name, sep, tail = key.rpartition(":")
+    return bool(sep and name and tail.isdigit())
 
 
 def _behavior(obj: Mapping[str, Any] | None, default: Behavior) -> Behavior:

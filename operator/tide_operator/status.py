@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tide_worker.backlog import Backlog
@@ -35,8 +35,26 @@ def parse_iso(value: Any) -> float | None:
         return None
 
 
-def backlog_status(b: Backlog) -> dict[str, Any]:
-    """``.status.backlog``: the parts, as ``kubectl get qc`` and dashboards read them."""
+def backlog_status(b: Backlog, queues: Sequence[tuple[str, Backlog]] = ()) -> dict[str, Any]:
+    """``.status.backlog``: the parts, as ``kubectl get qc`` and dashboards read them; with several
+    lists, ``queues`` holds each one's (and the rest is their sum)."""
+    out = _backlog_fields(b)
+    if queues:
+        out["queues"] = [
+            {
+                "key": key,
+                "total": q.total,
+                "ready": q.ready,
+                "inFlight": q.inflight,
+                "retriesDue": q.retries_due,
+                "retriesWaiting": q.retries_waiting,
+            }
+            for key, q in queues
+        ]
+    return out
+
+
+def _backlog_fields(b: Backlog) -> dict[str, Any]:
     return {
         "total": b.total,
         "ready": b.ready,

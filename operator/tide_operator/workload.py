@@ -149,7 +149,10 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
         # explicit, so the probes' port is the one the worker serves whatever the image's default
         {"name": E.METRICS_PORT, "value": str(METRICS_PORT)},
     ]
-    if s.kind == "list":
+    if s.lists and len(s.lists) > 1:
+        value = ",".join(f"{k}:{w}" if w else k for k, w in s.lists)
+        env += [{"name": E.QUEUES, "value": value}, {"name": E.SIDE, "value": s.side}]
+    elif s.kind == "list":
         env += [{"name": E.QUEUE, "value": s.key}, {"name": E.SIDE, "value": s.side}]
     else:
         env += [{"name": E.STREAM, "value": s.key}, {"name": E.GROUP, "value": s.group}]

@@ -87,9 +87,35 @@ INVALID = [
     (
         "list-and-stream",
         _with("source", {"list": {"key": "a"}, "stream": {"key": "s", "group": "g"}}),
-        "exactly one of list: {key} or stream",
+        "exactly one of list: {key}, lists: [{key, weight}] or stream",
     ),
-    ("neither-list-nor-stream", _with("source", {}), "exactly one of list: {key} or stream"),
+    ("neither-list-nor-stream", _with("source", {}), "exactly one of list: {key}, lists"),
+    (
+        "list-and-lists",
+        _with("source", {"list": {"key": "a"}, "lists": [{"key": "b"}]}),
+        "exactly one of list: {key}, lists",
+    ),
+    ("lists-empty", _with("source", {"lists": []}), "should have at least 1 items"),
+    (
+        "lists-duplicate-key",
+        _with("source", {"lists": [{"key": "a"}, {"key": "a"}]}),
+        "spec.source.lists: each key must appear once",
+    ),
+    (
+        "lists-some-weights",
+        _with("source", {"lists": [{"key": "a", "weight": 2}, {"key": "b"}]}),
+        "give every list a weight (by weight) or none",
+    ),
+    (
+        "lists-zero-weight",
+        _with("source", {"lists": [{"key": "a", "weight": 0}, {"key": "b", "weight": 1}]}),
+        "weight in body should be greater than or equal to 1",
+    ),
+    (
+        "lists-comma-key",
+        _with("source", {"lists": [{"key": "a,b"}, {"key": "c"}]}),
+        "key in body should match",
+    ),
     (
         "target-and-worker",
         _with("worker", {"image": "tide:1", "handler": "app:handle"}),
@@ -195,3 +221,15 @@ def test_valid_accepted_and_defaulted(crds, namespace):
     assert (window.timezone, window.min_replicas, window.max_replicas) == ("UTC", 2, None)
     columns = crds.run_kubectl("-n", namespace, "get", "qc").stdout.split("\n")[0].split()
     assert columns == ["NAME", "QUEUE", "BACKLOG", "REPLICAS", "DESIRED", "OLDEST", "AGE"]
+
+
+@pytest.mark.cluster
+def test_lists_accepted_and_parsed(crds, namespace):
+    obj = _with("source", {"lists": [{"key": "high", "weight": 3}, {"key": "low", "weight": 1}]})
+    obj["metadata"]["name"] = "qc-lists"
+    result = _apply(crds, namespace, obj)
+    assert result.returncode == 0, result.stderr
+    got = crds.run_kubectl("-n", namespace, "get", "qc", "qc-lists", "-o", "json")
+    source = parse_spec(json.loads(got.stdout)["spec"]).source
+    assert source.lists == (("high", 3), ("low", 1)) and source.side == "right"
+    assert source.label == "high,low"

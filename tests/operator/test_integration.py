@@ -257,3 +257,36 @@ def test_worker_section_owns_deployment_and_gc(crds, namespace, k8s, sa_kubeconf
         wait_for("garbage collection", lambda: get_deployment(api, "owned-worker") is None, timeout=60)
         with pytest.raises(ApiException):
             api.get_qc("owned")
+
+
+def test_several_lists_scale_on_the_sum_and_show_each(
+    crds, namespace, k8s, sa_kubeconfig, redis_server, tmp_path
+):
+    url = redis_server.url
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    api = Api(k8s, namespace)
+    api.create_deployment(deployment("w", {"TIDE_REDIS_URL": url}))
+    scaling = {
+        "targetBacklogPerReplica": 50,
+        "maxReplicas": 20,
+        "cooldownSeconds": 1,
+        "scaleDown": {"stabilizationSeconds": 0},
+    }
+    source = {"lists": [{"key": "high", "weight": 3}, {"key": "low", "weight": 1}]}
+    api.create_qc(qc("multi", url, source, scaling))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op:
+        wait_for("ready", lambda: api.condition("multi", "Ready") == "True", timeout=60)
+        r.lpush("high", *range(120))
+        r.lpush("low", *range(180))
+        # 300 in all at 50 per replica: 6 (either list alone would give 3 or 4)
+        wait_for("6 replicas from the sum", lambda: api.replicas() == 6, timeout=20)
+        time.sleep(1.5)
+        assert api.replicas() == 6, op.log()[-2000:]
+        st = api.get_qc("multi")["status"]
+        assert st["queue"] == "high,low" and st["desiredReplicas"] == 6
+        assert st["backlog"]["total"] == 300
+        assert [(q["key"], q["ready"]) for q in st["backlog"]["queues"]] == [("high", 120), ("low", 180)]
+        r.delete("high")
+        wait_for("4 replicas from low alone", lambda: api.replicas() == 4, timeout=30)
+    r.close()

@@ -381,3 +381,36 @@ def test_a_user_refused_scan_still_reads_without_orphans(r, redis_url):
         r.acl_deluser("noscan")
     assert (reading.backlog.ready, reading.backlog.inflight) == (2, 2)
     assert reader.batcher is None and "scan" in (reader._scan.refused or "").lower()
+
+
+def test_lists_backlog_is_the_sum_read_in_one_batched_round_trip(r, redis_url):
+    a, b = QueueKeys("high"), QueueKeys("low")
+    r.lpush(a.ready, *range(7))
+    r.lpush(b.ready, *range(30))
+    register(r, a, "w1", 2, 5.0)
+    register(r, b, "w1", 1, 5.0)  # the same worker heartbeats on each list it consumes
+    now = time.time()
+    r.zadd(b.delayed, {"due": now - 1, "later": now + 60})
+
+    async def go():
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        batcher = pool.batcher(client)
+        source = Source("list", "high", lists=(("high", 0), ("low", 0)))
+        reader = make_reader(client, source, batcher)
+        first = await reader.read(time.time())
+        trips = batcher.round_trips
+        second = await reader.read(time.time())
+        await pool.close()
+        return first, second, batcher.round_trips - trips
+
+    first, second, trips = run(go())
+    total = second.backlog
+    assert (total.ready, total.inflight, total.retries_due, total.retries_waiting) == (37, 3, 1, 1)
+    assert total.next_retry_at == pytest.approx(now + 60)
+    assert [(k, p.total) for k, p in second.parts] == [("high", 9), ("low", 32)]
+    assert second.rates == (5.0,) and second.workers == 1  # counted once, not once per list
+    # the same counts both times; the plain strings at the heads age from the first read that saw them
+    assert replace(first.backlog, oldest_age=None) == replace(total, oldest_age=None)
+    assert first.backlog.oldest_age is not None and total.oldest_age >= first.backlog.oldest_age
+    assert trips == 1  # both lists in one pipeline

@@ -66,7 +66,7 @@ def test_full_spec():
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        ({"source": {}}, "exactly one of list or stream"),
+        ({"source": {}}, "exactly one of list, lists or stream"),
         ({"source": {"list": {"key": "a"}, "stream": {"key": "b", "group": "g"}}}, "exactly one"),
         ({"worker": {"image": "i", "handler": "h"}}, "exactly one of scaleTargetRef or worker"),
         ({"scaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas <= maxReplicas"),
@@ -86,3 +86,32 @@ def test_paused():
     assert is_paused({"tide.dev/paused": "True"})
     assert not is_paused({"tide.dev/paused": "false"})
     assert not is_paused(None)
+
+
+def test_source_lists_parse_in_order_with_weights_or_none():
+    s = parse_spec({**BASE, "source": {"lists": [{"key": "high"}, {"key": "queue:low"}]}})
+    assert s.source.lists == (("high", 0), ("queue:low", 0)) and s.source.key == "high"
+    assert s.source.keys == ("high", "queue:low") and s.source.label == "high,queue:low"
+    s = parse_spec(
+        {
+            **BASE,
+            "source": {"lists": [{"key": "a", "weight": 3}, {"key": "b", "weight": 1}], "listSide": "left"},
+        }
+    )
+    assert s.source.lists == (("a", 3), ("b", 1)) and s.source.side == "left"
+
+
+@pytest.mark.parametrize(
+    ("lists", "message"),
+    [
+        ([], "one or more"),
+        ([{"key": "a"}, {"key": "a"}], "each key must appear once"),
+        ([{"key": "a", "weight": 2}, {"key": "b"}], "every list a weight"),
+        ([{"key": "a", "weight": 0}, {"key": "b", "weight": 1}], "weight must be an integer of at least 1"),
+        ([{"key": "a,b"}], "without a comma"),
+        ([{"key": "jobs:2024"}, {"key": "low"}], "reads as a weight"),
+    ],
+)
+def test_source_lists_errors(lists, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec({**BASE, "source": {"lists": lists}})

@@ -110,3 +110,22 @@ def test_open_windows_are_shown_and_a_closed_one_is_cleared() -> None:
     ]
     # an empty list, not a missing key: a merge patch must clear what the last write showed
     assert _build(decision=Decision(0, "target", "r", state))["activeSchedules"] == []
+
+
+def test_several_lists_show_each_queue_beside_the_sum() -> None:
+    from tide_worker.backlog import sum_backlogs
+
+    parts = [
+        ("high", Backlog(ready=5, inflight=1)),
+        ("low", Backlog(ready=2, retries_due=3, next_retry_at=9.0)),
+    ]
+    doc = backlog_status(sum_backlogs(b for _, b in parts), parts)
+    assert doc["total"] == 11 and doc["ready"] == 7 and doc["retriesDue"] == 3
+    assert doc["queues"] == [
+        {"key": "high", "total": 6, "ready": 5, "inFlight": 1, "retriesDue": 0, "retriesWaiting": 0},
+        {"key": "low", "total": 5, "ready": 2, "inFlight": 0, "retriesDue": 3, "retriesWaiting": 0},
+    ]
+    assert "queues" not in backlog_status(parts[0][1])  # one list: as before
+    # the wait objective holds for every list: the sum carries the oldest waiting message of any
+    aged = sum_backlogs([Backlog(ready=1, oldest_age=3.0), Backlog(ready=1, oldest_age=7.5), Backlog()])
+    assert aged.oldest_age == 7.5 and sum_backlogs([Backlog(), Backlog()]).oldest_age is None

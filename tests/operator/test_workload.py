@@ -316,3 +316,27 @@ def test_read_failures_without_a_fallback_count_hold_and_do_not_claim_a_fallback
     d = decide(scaling, None, [], 3, PolicyState(failures=5), 0.0)
     assert (d.desired, d.rule, d.fallback) == (3, "read-failed", False)
     assert "no fallback.replicas set" in d.reason and "holding 3" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("lists", "value"),
+    [
+        ([{"key": "high"}, {"key": "low"}], "high,low"),
+        ([{"key": "queue:a", "weight": 3}, {"key": "b", "weight": 1}], "queue:a:3,b:1"),
+    ],
+)
+def test_lists_go_to_the_worker_as_tide_queues_which_the_worker_reads_back(lists, value, monkeypatch) -> None:
+    import argparse
+
+    from tide_worker import worker_cli
+
+    spec = parse_spec({**BASE_SPEC, "source": {"lists": lists}})
+    env = {e["name"]: e.get("value") for e in _worker_container(build_deployment(QC, spec))["env"]}
+    assert env["TIDE_QUEUES"] == value and "TIDE_QUEUE" not in env
+    parser = argparse.ArgumentParser()
+    worker_cli.add_arguments(parser)
+    monkeypatch.delenv("TIDE_QUEUE", raising=False)
+    monkeypatch.setenv("TIDE_QUEUES", value)
+    cfg = worker_cli.config_from_args(parser.parse_args(["--handler", "m:f"]))
+    assert cfg.queues == [x["key"] for x in lists]
+    assert cfg.weights == [x["weight"] for x in lists if "weight" in x]

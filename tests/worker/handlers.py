@@ -87,3 +87,10 @@ def pill(msg: Message) -> None:
         time.sleep(float(os.environ.get("TIDE_TEST_SLEEP", "0.3")))
         os._exit(17)
     _record(msg)
+
+
+def reject_some(msg: Message) -> None:
+    """Bodies starting with 'reject' are dead-lettered at once; the others are recorded."""
+    if str(msg.body).startswith("reject"):
+        raise Reject("rejected")
+    _record(msg)

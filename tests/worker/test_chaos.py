@@ -24,23 +24,29 @@ N = 20_000
 WORKERS = 4
 BATCH = 20
 CONCURRENCY = 2
-K = QueueKeys("chaos")
 
 
 @pytest.mark.slow
-def test_chaos_kill_workers_under_load(r, spawn):
+@pytest.mark.parametrize(
+    "queues", [["chaos"], ["chaos:3", "chaos2:1"]], ids=["one-queue", "two-queues-weighted"]
+)
+def test_chaos_kill_workers_under_load(r, spawn, queues):
+    names = [q.split(":")[0] for q in queues]
+    keys = [QueueKeys(q) for q in names]
     rng = random.Random(1234)
     kinds = rng.choices(["ok", "transient", "permanent"], weights=[93, 5, 2], k=N)
     bodies = [f"{kind}:{i}" for i, kind in enumerate(kinds)]
     pipe = r.pipeline(transaction=False)
-    for i in range(0, N, 1000):
-        pipe.lpush("chaos", *[encode_envelope(b) for b in bodies[i : i + 1000]])
+    for i in range(0, N, 1000):  # several queues: spread round robin
+        for j, q in enumerate(names):
+            chunk = bodies[i : i + 1000][j :: len(names)]
+            pipe.lpush(q, *[encode_envelope(b) for b in chunk])
     pipe.execute()
     succeed = {b for b in bodies if not b.startswith("permanent")}
     permanent = {b for b in bodies if b.startswith("permanent")}
 
     args = [
-        "--queue", "chaos", "--handler", "tests.worker.handlers:chaos",
+        *[a for q in queues for a in ("--queue", q)], "--handler", "tests.worker.handlers:chaos",
         "--batch-size", str(BATCH), "--concurrency", str(CONCURRENCY),
         "--max-attempts", "3", "--backoff-base", "0.05", "--backoff-cap", "0.2",
         "--heartbeat-ttl", "2", "--reaper-interval", "0.5", "--max-interrupts", "1000",
@@ -59,7 +65,7 @@ def test_chaos_kill_workers_under_load(r, spawn):
         workers[victim] = spawn(*args, env=env)
 
     def finished() -> bool:
-        dead = r.llen(K.dead)
+        dead = sum(r.llen(k.dead) for k in keys)
         return dead >= len(permanent) and len(set(r.lrange("chaos-log", 0, -1))) >= len(succeed)
 
     wait_until(finished, timeout=max(10.0, deadline - time.monotonic()), interval=0.5, what="all settled")
@@ -71,13 +77,16 @@ def test_chaos_kill_workers_under_load(r, spawn):
     log = [x.decode() for x in r.lrange("chaos-log", 0, -1)]
     counts = collections.Counter(log)
     assert set(counts) == succeed  # every succeeding message ran; nothing else did
-    dead = [DeadLetter.decode(x) for x in r.lrange(K.dead, 0, -1)]
+    dead = [DeadLetter.decode(x) for k in keys for x in r.lrange(k.dead, 0, -1)]
     dead_bodies = [decode(d.raw).body for d in dead]
     assert sorted(dead_bodies) == sorted(permanent)  # exactly the permanent failures, once each
     assert {d.reason for d in dead} == {"failed"}
+    where = {b: names[i % 1000 % len(names)] for i, b in enumerate(bodies)}
+    assert all(d.queue == where[decode(d.raw).body] for d in dead)  # in its own queue's dead letters
     # Nothing left anywhere.
-    assert r.llen("chaos") == 0 and r.zcard(K.delayed) == 0
-    assert not r.keys(K.prefix + ":processing:*")
+    for q, k in zip(names, keys, strict=True):
+        assert r.llen(q) == 0 and r.zcard(k.delayed) == 0
+        assert not r.keys(k.prefix + ":processing:*")
     # Duplicates come only from kills: each killed worker held at most a batch prefetched, a chunk
     # running per lane and its unacked successes.
     duplicates = sum(c - 1 for c in counts.values())

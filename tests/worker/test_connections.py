@@ -83,6 +83,41 @@ def test_cluster_queue_with_retries_dead_letters_and_reaper(redis_cluster):
         rc.close()
 
 
+def test_cluster_several_queues_in_different_slots(redis_cluster):
+    """Each queue's keys stay under its own hash tag: two queues on different slots, one worker."""
+    rc = SyncCluster.from_url(redis_cluster.url)
+    try:
+        queues = ["{alpha}:jobs", "{omega}:jobs"]
+        assert rc.keyslot(queues[0]) != rc.keyslot(queues[1])
+        for q in queues:
+            for i in range(20):
+                rc.lpush(q, encode_envelope(f"{q}-m{i}"))
+        seen: list[str] = []
+
+        def handle(msg):
+            if msg.body.endswith("-m7"):
+                raise RuntimeError("always")
+            seen.append(msg.body)
+
+        cfg = WorkerConfig(
+            handler="x", queues=queues, weights=[2, 1], redis_url=redis_cluster.url, cluster=True,
+            batch_size=8, metrics_port=-1, max_attempts=2, backoff_base=0.01, promote_interval=0.05,
+            reaper_interval=0.2, block_timeout=0.5,
+        )  # fmt: skip
+        w = InprocWorker(cfg, handle).start()
+        wait_until(lambda: len(seen) == 38, timeout=30)
+        for q in queues:
+            keys = QueueKeys(q)
+            wait_until(lambda keys=keys: rc.llen(keys.dead) == 1)
+            assert DeadLetter.decode(rc.lindex(keys.dead, 0)).queue == q
+        assert w.stop() == 0
+        assert sorted(seen) == sorted(f"{q}-m{i}" for q in queues for i in range(20) if i != 7)
+        for q in queues:
+            assert rc.zcard(QueueKeys(q).workers) == 0 and rc.llen(q) == 0
+    finally:
+        rc.close()
+
+
 def test_cluster_stream(redis_cluster):
     rc = SyncCluster.from_url(redis_cluster.url)
     try:

@@ -32,11 +32,22 @@ def recorded(r, key="log"):
     return [x.decode() for x in r.lrange(key, 0, -1)]
 
 
-def test_sigterm_finishes_in_flight_and_returns_unstarted_in_order(r, spawn):
-    bodies = [f"m{i:02d}" for i in range(30)]
-    push(r, "q", bodies)
+def queue_args(queues):
+    return [a for q in queues for a in ("--queue", q)]
+
+
+# Several queues, each with its own keys: by weight 1:1 so both processing lists hold messages.
+QUEUES = pytest.mark.parametrize("queues", [["q"], ["q:1", "q2:1"]], ids=["one-queue", "two-queues"])
+
+
+@QUEUES
+def test_sigterm_finishes_in_flight_and_returns_unstarted_in_order(r, spawn, queues):
+    names = [q.split(":")[0] for q in queues]
+    per = {q: [f"{q}m{i:02d}" for i in range(30)] for q in names}
+    for q in names:
+        push(r, q, per[q])
     w = spawn(
-        "--queue", "q", "--handler", "tests.worker.handlers:slow_record", "--batch-size", "10",
+        *queue_args(queues), "--handler", "tests.worker.handlers:slow_record", "--batch-size", "10",
         "--concurrency", "2", env={"TIDE_TEST_LOG": "log", "TIDE_TEST_SLEEP": "0.8"},
     )  # fmt: skip
     wait_until(lambda: r.llen("log") >= 1, timeout=30)
@@ -44,17 +55,21 @@ def test_sigterm_finishes_in_flight_and_returns_unstarted_in_order(r, spawn):
     at_signal = r.llen("log")
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0, w.logs()
-    done = recorded(r)
-    assert len(done) > at_signal  # the in-flight messages finished after the signal
-    left = queue_in_consumption_order(r)
-    assert sorted(done + left) == bodies  # nothing lost, nothing twice
-    assert left
-    assert r.llen(K.dead) == 0 and r.zcard(K.delayed) == 0
-    assert not r.keys(K.prefix + ":processing:*")
-    assert r.zcard(K.workers) == 0  # deregistered after its processing list emptied
-    assert not r.exists(K.interrupts)  # a clean shutdown is not an interruption
-    assert left == sorted(left)  # what was returned is consumed next, in order
-    assert left[-1] == bodies[-1]  # and ahead of what was never fetched
+    done_all = recorded(r)
+    assert len(done_all) > at_signal  # the in-flight messages finished after the signal
+    for q in names:
+        k = QueueKeys(q)
+        bodies = per[q]
+        done = [b for b in done_all if b in set(bodies)]
+        left = queue_in_consumption_order(r, q)
+        assert sorted(done + left) == bodies  # nothing lost, nothing twice
+        assert left
+        assert r.llen(k.dead) == 0 and r.zcard(k.delayed) == 0
+        assert not r.keys(k.prefix + ":processing:*")
+        assert r.zcard(k.workers) == 0  # deregistered after its processing list emptied
+        assert not r.exists(k.interrupts)  # a clean shutdown is not an interruption
+        assert left == sorted(left)  # what was returned is consumed next, in order
+        assert left[-1] == bodies[-1]  # and ahead of what was never fetched
 
 
 def test_stop_returns_every_lanes_unstarted_messages_in_fetch_order_with_a_lost_fetch(r, start_worker):
@@ -151,43 +166,50 @@ def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r
     assert not r.keys(K.prefix + ":processing:*")
 
 
-def test_sigkill_then_reaper_returns_messages(r, spawn):
-    bodies = [f"m{i}" for i in range(5)]
-    raws = push(r, "q", bodies)
+@QUEUES
+def test_sigkill_then_reaper_returns_messages(r, spawn, queues):
+    names = [q.split(":")[0] for q in queues]
+    per = {q: [f"{q}m{i}" for i in range(5)] for q in names}
+    raws = {q: push(r, q, per[q]) for q in names}
     fast = ["--heartbeat-ttl", "1", "--reaper-interval", "0.3"]
-    a = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", "--batch-size", "5", *fast)
-    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    a = spawn(*queue_args(queues), "--handler", "tests.worker.handlers:hang", "--batch-size", "10", *fast)
+    wait_until(lambda: all(r.llen(q) == 0 for q in names), timeout=30)
     a.kill()
     b = spawn(
-        "--queue", "q", "--handler", "tests.worker.handlers:record", *fast, env={"TIDE_TEST_LOG": "log"}
+        *queue_args(queues), "--handler", "tests.worker.handlers:record", *fast, env={"TIDE_TEST_LOG": "log"}
     )
-    wait_until(lambda: r.llen("log") == 5, timeout=30)
-    assert recorded(r) == bodies  # returned to the head of the queue, in order
-    assert {k.decode() for k in r.hkeys(K.interrupts)} == {decode(x).id for x in raws}
+    wait_until(lambda: r.llen("log") == 5 * len(names), timeout=30)
+    for q in names:
+        # Returned to the head of its own queue, in order.
+        assert [x for x in recorded(r) if x.startswith(q + "m")] == per[q]
+        assert {k.decode() for k in r.hkeys(QueueKeys(q).interrupts)} == {decode(x).id for x in raws[q]}
     b.signal(signal.SIGTERM)
     assert b.wait(30) == 0
 
 
-def test_poison_pill_dead_lettered_after_max_interrupts(r, spawn):
-    [raw] = push(r, "q", ["poison"])
+@QUEUES
+def test_poison_pill_dead_lettered_after_max_interrupts(r, spawn, queues):
+    names = [q.split(":")[0] for q in queues]
+    victim = names[-1]  # with two queues, the pill is in the second
+    k = QueueKeys(victim)
+    [raw] = push(r, victim, ["poison"])
     fast = ["--heartbeat-ttl", "1", "--reaper-interval", "0.3", "--max-interrupts", "1"]
-    first = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", *fast)
-    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    first = spawn(*queue_args(queues), "--handler", "tests.worker.handlers:hang", *fast)
+    wait_until(lambda: r.llen(victim) == 0, timeout=30)
     first.kill()
-    # The next worker reaps it (one interruption), takes it and dies holding it too.
-    second = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", *fast)
-    wait_until(lambda: r.hget(K.interrupts, decode(raw).id) == b"1" and r.llen("q") == 0, timeout=30)
+    second = spawn(*queue_args(queues), "--handler", "tests.worker.handlers:hang", *fast)
+    wait_until(lambda: r.hget(k.interrupts, decode(raw).id) == b"1" and r.llen(victim) == 0, timeout=30)
     second.kill()
     third = spawn(
-        "--queue", "q", "--handler", "tests.worker.handlers:record", *fast, env={"TIDE_TEST_LOG": "log"}
+        *queue_args(queues), "--handler", "tests.worker.handlers:record", *fast, env={"TIDE_TEST_LOG": "log"}
     )
-    wait_until(lambda: r.llen(K.dead) == 1, timeout=30)
-    [dl] = [DeadLetter.decode(x) for x in r.lrange(K.dead, 0, -1)]
+    wait_until(lambda: r.llen(k.dead) == 1, timeout=30)
+    [dl] = [DeadLetter.decode(x) for x in r.lrange(k.dead, 0, -1)]
     assert dl.reason == "poison" and "interrupted 2 times" in dl.error
-    assert dl.raw == raw and dl.message_id == decode(raw).id and dl.queue == "q"
+    assert dl.raw == raw and dl.message_id == decode(raw).id and dl.queue == victim
     third.signal(signal.SIGTERM)
     assert third.wait(30) == 0
-    assert r.llen("q") == 0 and r.llen("log") == 0  # it never ran again
+    assert r.llen(victim) == 0 and r.llen("log") == 0  # it never ran again
 
 
 def _reaper(url: str, wid: str = "reaper", **kw) -> tuple[aredis.Redis, ListReaper]:

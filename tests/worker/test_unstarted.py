@@ -22,11 +22,22 @@ K = QueueKeys("q")
 FAST = ["--heartbeat-ttl", "1", "--reaper-interval", "0.3", "--block-timeout", "0.5", "--max-interrupts", "1"]
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_poison_pill_dies_alone_and_its_neighbours_are_processed(r, spawn, side):
+@pytest.mark.parametrize(
+    ("side", "queues"),
+    [("right", ["q"]), ("left", ["q"]), ("right", ["q:1", "q2:1"])],
+    ids=["right", "left", "two-queues"],
+)
+def test_poison_pill_dies_alone_and_its_neighbours_are_processed(r, spawn, side, queues):
     bodies = ["g0", "g1", "pill", "g2", "g3", "g4"]
     push(r, "q", bodies, side=side)
-    args = ["--queue", "q", "--handler", "tests.worker.handlers:pill", "--side", side, *FAST]
+    goods = ["g0", "g1", "g2", "g3", "g4"]
+    if len(queues) > 1:
+        # A second queue's messages are prefetched beside the pill: none is counted. Enough of them that
+        # no worker blocks (a blocking fetch's move is counted only once a lane takes it: docs/worker.md).
+        push(r, "q2", [f"o{i}" for i in range(5000)], side=side)
+        goods += [f"o{i}" for i in range(5000)]
+    queue_args = [a for q in queues for a in ("--queue", q)]
+    args = [*queue_args, "--handler", "tests.worker.handlers:pill", "--side", side, *FAST]
     env = {"TIDE_TEST_LOG": "log"}
     deaths = 0
     # One worker at a time: each dies on the pill, and the next one reaps it (once its heartbeat
@@ -41,17 +52,21 @@ def test_poison_pill_dies_alone_and_its_neighbours_are_processed(r, spawn, side)
         assert w.wait(10) == 17, w.logs()
         deaths += 1
         assert deaths < 6, "the pill was never dead-lettered"
-    wait_until(lambda: r.llen("log") >= 5, timeout=30, what="every good message processed")
+    wait_until(lambda: r.llen("log") >= len(goods), timeout=120, what="every good message processed")
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0, w.logs()
     assert deaths == 2  # --max-interrupts 1: dead-lettered at its second interruption
     [dl] = [DeadLetter.decode(x) for x in r.lrange(K.dead, 0, -1)]
     assert decode(dl.raw).body == "pill" and dl.reason == "poison" and "interrupted 2 times" in dl.error
-    assert sorted(x.decode() for x in r.lrange("log", 0, -1)) == ["g0", "g1", "g2", "g3", "g4"]
-    assert r.hlen(K.interrupts) == 0  # no good message was ever counted as interrupted
-    assert (
-        r.llen("q") == 0 and not r.keys(K.prefix + ":processing:*") and not r.keys(K.prefix + ":unstarted:*")
-    )
+    assert sorted(x.decode() for x in r.lrange("log", 0, -1)) == sorted(goods)
+    for q in [x.split(":")[0] for x in queues]:
+        k = QueueKeys(q)
+        assert r.hlen(k.interrupts) == 0  # no good message was ever counted as interrupted
+        assert (
+            r.llen(q) == 0
+            and not r.keys(k.prefix + ":processing:*")
+            and not r.keys(k.prefix + ":unstarted:*")
+        )
 
 
 def test_reap_counts_only_entries_past_the_unstarted_count(r, redis_url):

@@ -85,6 +85,22 @@ def entry_time(entry_id: str) -> float:
     return stream_id(entry_id)[0] / 1000.0
 
 
+def sum_backlogs(parts: Iterable[Backlog]) -> Backlog:
+    """The backlog of several list queues consumed by the same workers: the sum of each part (the
+    earliest next retry, the oldest waiting message of any)."""
+    parts = list(parts)
+    nexts = [b.next_retry_at for b in parts if b.next_retry_at is not None]
+    ages = [b.oldest_age for b in parts if b.oldest_age is not None]
+    return Backlog(
+        ready=sum(b.ready for b in parts),
+        inflight=sum(b.inflight for b in parts),
+        retries_due=sum(b.retries_due for b in parts),
+        retries_waiting=sum(b.retries_waiting for b in parts),
+        next_retry_at=min(nexts) if nexts else None,
+        oldest_age=max(ages) if ages else None,  # the wait objective holds for every list
+    )
+
+
 def stream_id(value: str) -> tuple[int, int]:
     """A stream entry id (``ms-seq``) as a comparable pair."""
     ms, _, seq = value.partition("-")

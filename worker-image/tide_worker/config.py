@@ -66,10 +66,39 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def parse_queues(items: list[str]) -> tuple[list[str], list[int]]:
+    """``--queue`` values: one is a name as given; several are ``name`` each (strict priority, in order)
+    or ``name:N`` each (weight N >= 1). A name that itself ends in ``:<digits>`` then needs its weight."""
+    if len(items) <= 1:
+        return list(items), []
+    names: list[str] = []
+    weights: list[int] = []
+    for item in items:
+        name, sep, tail = item.rpartition(":")
+        if sep and name and tail.isdigit():
+            names.append(name)
+            weights.append(int(tail))
+        else:
+            names.append(item)
+    if weights and len(weights) != len(names):
+        raise ValueError(
+            "--queue: give every queue a weight (name:N, by weight) or none (strict priority, in order)"
+            f", not {items!r}; a queue named like 'x:1' needs an explicit weight ('x:1:1')"
+        )
+    if any(w < 1 or w > MAX_COUNT for w in weights):
+        raise ValueError(f"--queue: a weight must be an integer from 1 to {MAX_COUNT}, not in {items!r}")
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"--queue: the queues must be distinct and not empty, not {items!r}")
+    return names, weights
+
+
 @dataclass
 class WorkerConfig:
     handler: str
     queue: str | None = None
+    # Several list queues (multisource.py): the names, and their weights (empty: strict priority, in order).
+    queues: list[str] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
     stream: str | None = None
     group: str | None = None
     redis_url: str | None = None
@@ -97,8 +126,12 @@ class WorkerConfig:
     )  # auto | blmove | brpoplpush (forcing the fallback, for old servers)
 
     def validate(self) -> None:
-        if bool(self.queue) == bool(self.stream):
+        if bool(self.queue or self.queues) == bool(self.stream):
             raise ValueError("give exactly one of --queue or --stream")
+        if self.queues and (self.queue or len(self.queues) < 2):
+            raise ValueError("several queues go in queues alone (two or more), not with queue")
+        if self.weights and len(self.weights) != len(self.queues):
+            raise ValueError("give one weight per queue, or none")
         if self.stream and not self.group:
             raise ValueError("--stream needs --group")
         if self.side not in ("right", "left"):
@@ -110,7 +143,7 @@ class WorkerConfig:
 
     @property
     def source_name(self) -> str:
-        return self.queue or self.stream or ""
+        return self.queue or ",".join(self.queues) or self.stream or ""
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:

@@ -19,6 +19,7 @@ REDIS_TLS_INSECURE = "TIDE_REDIS_TLS_INSECURE"
 REDIS_SENTINEL_USERNAME = "TIDE_REDIS_SENTINEL_USERNAME"  # the sentinels' own ACL user, if any
 REDIS_SENTINEL_PASSWORD = "TIDE_REDIS_SENTINEL_PASSWORD"  # the sentinels' own requirepass
 QUEUE = "TIDE_QUEUE"
+QUEUES = "TIDE_QUEUES"  # several list queues, comma-separated, as --queue takes them (name or name:N)
 STREAM = "TIDE_STREAM"
 GROUP = "TIDE_GROUP"
 HANDLER = "TIDE_HANDLER"

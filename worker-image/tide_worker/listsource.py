@@ -89,8 +89,8 @@ class ListSource:
         args = [count, self.cfg.side, ttl, counter, unstarted, *[d.raw for d in acks]]
         return await self.scripts.fetch_batch(keys=keys, args=args)
 
-    async def _block_one(self) -> bytes | None:
-        timeout = self.cfg.block_timeout
+    async def _block_one(self, timeout: float | None = None) -> bytes | None:
+        timeout = self.cfg.block_timeout if timeout is None else timeout
         if self.use_blmove:
             try:
                 side = "RIGHT" if self.cfg.side == "right" else "LEFT"

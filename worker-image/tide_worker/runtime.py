@@ -166,6 +166,10 @@ class Worker:
         self.count_landed = asyncio.Event()  # set and replaced when a count lands or fails
 
     def _make_source(self) -> Source:
+        if self.cfg.queues:
+            from tide_worker.multisource import MultiListSource
+
+            return MultiListSource(self.client, self.cfg)
         if self.cfg.queue:
             from tide_worker.listsource import ListSource
 
@@ -865,7 +869,7 @@ class Worker:
             d.raw,
             reason=reason,
             error=error,
-            queue=self.source.name,
+            queue=d.queue or self.source.name,
             message_id=d.message_id,
             attempts=attempts,
             worker=self.cfg.worker_id,

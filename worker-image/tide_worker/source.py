@@ -19,6 +19,8 @@ class Delivery:
     error: str = ""  # why it could not be decoded (then msg is None)
     entry_id: str = ""  # stream entry id
     deliveries: int = 1  # stream delivery count
+    origin: int = 0  # several queues: the index of the queue it came from (multisource.py)
+    queue: str = ""  # several queues: its name
 
     @property
     def message_id(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tide_worker import environment as E
-from tide_worker.config import WorkerConfig
+from tide_worker.config import WorkerConfig, parse_queues
 
 
 def _bool(text: str) -> bool:
@@ -42,7 +42,8 @@ class Opt:
 OPTIONS: tuple[Opt, ...] = (
     Opt("--redis-url", E.REDIS_URL, str, E.DEFAULT_REDIS_URL, "Redis URL (rediss:// for TLS)"),
     Opt("--redis-cluster", E.REDIS_CLUSTER, _bool, False, "connect to a Redis Cluster"),
-    Opt("--queue", E.QUEUE, str, None, "list queue to consume"),
+    Opt("--queue", E.QUEUE, str, None, "list queue to consume; repeat for several: in strict priority, or"
+        " by weight as name:N each"),
     Opt("--stream", E.STREAM, str, None, "stream to consume (with --group)"),
     Opt("--group", E.GROUP, str, None, "consumer group of --stream (created if missing)"),
     Opt("--handler", E.HANDLER, str, None, "handler as module:function (sync or async)"),
@@ -106,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         if opt.choices:
             kw["choices"] = opt.choices
+        if opt.dest == "queue":
+            # Repeatable: the environment's queues (TIDE_QUEUE, or TIDE_QUEUES) apply when none is given.
+            kw.update(action="append", default=None)
         parser.add_argument(opt.flag, **kw)
 
 
@@ -128,9 +132,16 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             raise ValueError(value.message)
     if not args.handler:
         raise ValueError(f"--handler (or {E.HANDLER}) is required")
+    given = [args.queue] if isinstance(args.queue, str) else args.queue
+    if not given:
+        many = os.environ.get(E.QUEUES, "")
+        given = [q for q in many.split(",") if q] if many else [os.environ.get(E.QUEUE, "")]
+    names, weights = parse_queues([q for q in given if q])
     cfg = WorkerConfig(
         handler=args.handler,
-        queue=args.queue or None,
+        queue=names[0] if len(names) == 1 else None,
+        queues=names if len(names) > 1 else [],
+        weights=weights,
         stream=args.stream or None,
         group=args.group or None,
         redis_url=args.redis_url,
