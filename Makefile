@@ -16,10 +16,13 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 # Everything, slow chaos/soak/e2e runs included: what CI runs. hack/docker.sh starts a Docker engine
-# where it can (root on Debian); elsewhere the container tests skip and say why.
+# where it can (root on Debian); elsewhere the container tests skip and say why. Then `make e2e-kind`
+# where privileged containers can run (after pytest: its runtime switch comes after the container
+# tests), or one line saying why not (hack/images/kind/ci.sh; TIDE_SKIP_KIND=1 skips it).
 test: install lint
 	@hack/docker.sh --optional
 	$(PYTEST) -p no:cacheprovider tests
+	@hack/images/kind/ci.sh
 
 # The operator and worker images (tide-operator:dev, tide-worker:dev), rebuilt only when their inputs
 # changed; the base is made locally when it cannot be pulled (docs/images.md).
