@@ -16,6 +16,7 @@ class Condition:
     PAUSED: Final = "Paused"
     ACTIVE: Final = "Active"
     PODS_CREATABLE: Final = "PodsCreatable"
+    DELETION_COSTS_SET: Final = "DeletionCostsSet"
 
 
 class Reason:
@@ -50,6 +51,9 @@ class Reason:
     NO_FAILURE: Final = "NoFailure"
     PODS_NOT_CREATABLE: Final = "PodsNotCreatable"
     PODS_CREATABLE: Final = "PodsCreatable"
+    # DeletionCostsSet (before a scale-down: idle pods first)
+    COSTS_SET: Final = "CostsSet"
+    PODS_NOT_PATCHABLE: Final = "PodsNotPatchable"
     # events only
     SCALED: Final = "Scaled"
     SCALE_FAILED: Final = "ScaleFailed"
