@@ -7,6 +7,7 @@ handed back after a 2 s shutdown grace and started again) makes this fail."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from tide_worker.keys import QueueKeys
 from tide_worker.producer import Producer
 from tide_worker.records import Heartbeat
 
-from tests.operator.operator_harness import Api, deployment, qc, run_operator, wait_for
+from tests.operator.operator_harness import Api, deployment, kubectl, qc, run_operator, wait_for
 
 pytestmark = [pytest.mark.cluster]
 
@@ -35,11 +36,7 @@ def _beats(r: redis.Redis, queue: str) -> list[Heartbeat]:
     return [Heartbeat.decode(raw) for raw in (r.mget([k.worker(i) for i in ids]) if ids else []) if raw]
 
 
-def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
-    crds: Any, namespace: str, k8s: Any, sa_kubeconfig: Any, node_agent: Any, redis_url: str, tmp_path: Any
-) -> None:
-    r = redis.Redis.from_url(redis_url)
-    api = Api(k8s, namespace)
+def _worker_deployment(redis_url: str) -> dict[str, Any]:
     env = {
         "TIDE_REDIS_URL": redis_url,
         "TIDE_QUEUE": "iq",
@@ -54,7 +51,15 @@ def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
         {"name": "TIDE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "TIDE_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    api.create_deployment(dep)
+    return dep
+
+
+def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
+    crds: Any, namespace: str, k8s: Any, sa_kubeconfig: Any, node_agent: Any, redis_url: str, tmp_path: Any
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    api = Api(k8s, namespace)
+    api.create_deployment(_worker_deployment(redis_url))
     scaling = {
         "minReplicas": 6, "maxReplicas": 6, "targetBacklogPerReplica": 1, "cooldownSeconds": 1,
         "scaleDown": {"stabilizationSeconds": 0},
@@ -103,5 +108,58 @@ def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
         )
         # each job ran once, to its end, on the pod that took it
         assert sorted(r.lrange("held:started", 0, -1)) == sorted(done), (started, done)
+        assert op.proc.poll() is None
+    r.close()
+
+
+def test_a_refused_pod_patch_still_scales_down_and_says_why(
+    cluster: Any, crds: Any, namespace: str, k8s: Any, sa_kubeconfig: Any, node_agent: Any, redis_url: str,
+    tmp_path: Any,
+) -> None:  # fmt: skip
+    r = redis.Redis.from_url(redis_url)
+    api = Api(k8s, namespace)
+    api.create_deployment(_worker_deployment(redis_url))
+    scaling = {
+        "minReplicas": 2, "maxReplicas": 2, "targetBacklogPerReplica": 1, "cooldownSeconds": 1,
+        "scaleDown": {"stabilizationSeconds": 0},
+    }  # fmt: skip
+    api.create_qc(qc("idle", redis_url, {"list": {"key": "iq"}}, scaling))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path, namespaced=True) as op:
+        # the namespaced Role without its `patch` on pods: every deletion cost is refused (403)
+        role = json.loads(kubectl(cluster, "-n", namespace, "get", "role", "tide-operator", "-o", "json"))
+        rules = [x for x in role["rules"] if "pods" not in x.get("resources", [])]
+        assert len(rules) == len(role["rules"]) - 1, role["rules"]
+        role["rules"] = rules
+        kubectl(cluster, "replace", "-f", "-", input=json.dumps(role))
+        node_agent("app=w")
+        wait_for(
+            "2 workers reporting their pods",
+            lambda: len({b.pod for b in _beats(r, "iq") if b.namespace == namespace and b.pod}) == 2,
+            timeout=90,
+            interval=0.5,
+        )
+        Producer(settings=RedisSettings(url=redis_url)).enqueue("iq", {"hold": 10, "id": "job"})
+        wait_for(
+            "the job in flight", lambda: any(b.inflight for b in _beats(r, "iq")), timeout=20, interval=0.2
+        )
+        api.custom.patch_namespaced_custom_object(
+            "tide.dev",
+            "v1alpha1",
+            namespace,
+            "queueconsumers",
+            "idle",
+            {"spec": {"scaling": {"minReplicas": 0}}},
+        )
+        wait_for("2 -> 1 all the same", lambda: api.replicas() == 1, timeout=30, interval=0.2)
+        cond = wait_for(
+            "DeletionCostsSet=False",
+            lambda: (c := api.conditions("idle").get("DeletionCostsSet")) and c,
+            timeout=10,
+        )
+        assert (cond["status"], cond["reason"]) == ("False", "PodsNotPatchable"), cond
+        assert "forbidden" in cond["message"], cond
+        warnings = wait_for("a warning", lambda: api.events("PodsNotPatchable", kind="Warning"), timeout=10)
+        assert "scaling down without deletion costs" in warnings[0], warnings
+        assert all(COST not in (p.metadata.annotations or {}) for p in _live_pods(api).values())
         assert op.proc.poll() is None
     r.close()
