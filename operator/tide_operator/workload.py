@@ -176,7 +176,7 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
     for e in user:
         merged[e["name"]] = copy.deepcopy(dict(e))
     if E.SHUTDOWN_GRACE not in merged:  # a stopped worker may finish the job it holds
-        timeout = _seconds(user, E.HANDLER_TIMEOUT, E.DEFAULT_HANDLER_TIMEOUT)
+        timeout = handler_timeout(user)
         merged[E.SHUTDOWN_GRACE] = {"name": E.SHUTDOWN_GRACE, "value": f"{timeout:g}"}
     return list(merged.values())
 
@@ -190,15 +190,19 @@ def _seconds(env: list[dict[str, Any]], name: str, default: float) -> float:
                 value = float(e["value"])
             except ValueError:
                 return default
-            return value if 0 < value < float("inf") else default
+            return value if 0 <= value < float("inf") else default
     return default
+
+
+def handler_timeout(env: list[dict[str, Any]]) -> float:
+    """The worker's handler timeout as ``env`` sets it (0, no timeout: the worker's default stands in)."""
+    return _seconds(env, E.HANDLER_TIMEOUT, E.DEFAULT_HANDLER_TIMEOUT) or E.DEFAULT_HANDLER_TIMEOUT
 
 
 def termination_grace(env: list[dict[str, Any]]) -> int:
     """The pod's ``terminationGracePeriodSeconds``: the worker's shutdown grace (by default its handler
     timeout, so a stopped worker can finish the job it holds) plus GRACE_MARGIN for handing back the rest."""
-    timeout = _seconds(env, E.HANDLER_TIMEOUT, E.DEFAULT_HANDLER_TIMEOUT)
-    grace = _seconds(env, E.SHUTDOWN_GRACE, timeout)
+    grace = _seconds(env, E.SHUTDOWN_GRACE, handler_timeout(env))
     return math.ceil(grace) + GRACE_MARGIN
 
 

@@ -339,6 +339,8 @@ def test_the_worker_learns_its_pod_from_the_downward_api() -> None:
         ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "2.5"}], {}, "2.5", 18),
         ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "oops"}], {}, "300", 315),  # the worker refuses it
         ([{"name": "TIDE_SHUTDOWN_GRACE", "value": "10"}], {}, "10", 25),  # the user's shutdown grace
+        ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "0"}], {}, "300", 315),  # no timeout: the default
+        ([{"name": "TIDE_SHUTDOWN_GRACE", "value": "0"}], {}, "0", 15),
         ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "45"}], {"spec": {"terminationGracePeriodSeconds": 7}}, "45", 7),
     ],
 )  # fmt: skip
