@@ -16,8 +16,8 @@ async def paced(message: Any) -> None:
 
 
 def held(message: Any) -> None:
-    """A job of ``{"hold": seconds}``: records in Redis which pod started it (``held:started``) and which
-    finished it (``held:done``), so a test sees a job interrupted by a scale-down (started twice, or
+    """A job of ``{"hold": seconds}``: records in Redis which pod started it (``<queue>:held:started``) and
+    which finished it (``<queue>:held:done``), so a test sees a job interrupted by a scale-down (started twice, or
     started and never done). A sync handler: it runs in a thread, as long jobs do."""
     import os
     import time
@@ -28,7 +28,8 @@ def held(message: Any) -> None:
     seconds = float(body.get("hold", 0))
     r = redis.Redis.from_url(os.environ["TIDE_REDIS_URL"])
     pod = os.environ.get("TIDE_POD_NAME", "")
-    r.rpush("held:started", f"{body.get('id', '')}|{pod}")
+    queue = os.environ.get("TIDE_QUEUE", "")
+    r.rpush(f"{queue}:held:started", f"{body.get('id', '')}|{pod}|{time.time()}")
     time.sleep(seconds)
-    r.rpush("held:done", f"{body.get('id', '')}|{pod}")
+    r.rpush(f"{queue}:held:done", f"{body.get('id', '')}|{pod}|{time.time()}")
     r.close()

@@ -78,7 +78,7 @@ def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
         for i in range(2):
             producer.enqueue("iq", {"hold": JOB_SECONDS, "id": f"job{i}"})
         started = wait_for(
-            "2 jobs started", lambda: (s := r.lrange("held:started", 0, -1)) and len(s) == 2 and s
+            "2 jobs started", lambda: (s := r.lrange("iq:held:started", 0, -1)) and len(s) == 2 and s
         )
         busy = {s.decode().split("|")[1] for s in started}
         assert len(busy) == 2, started  # concurrency 1: two pods
@@ -104,10 +104,14 @@ def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
             assert int((pod.metadata.annotations or {}).get(COST, "0")) > 0, (name, pod.metadata.annotations)
         assert api.condition("idle", "DeletionCostsSet") == "True", api.conditions("idle")
         done = wait_for(
-            "both jobs done", lambda: (d := r.lrange("held:done", 0, -1)) and len(d) == 2 and d, timeout=60
+            "both jobs done", lambda: (d := r.lrange("iq:held:done", 0, -1)) and len(d) == 2 and d, timeout=60
         )
+
         # each job ran once, to its end, on the pod that took it
-        assert sorted(r.lrange("held:started", 0, -1)) == sorted(done), (started, done)
+        def runs(entries: list[bytes]) -> list[str]:
+            return sorted("|".join(e.decode().split("|")[:2]) for e in entries)
+
+        assert runs(r.lrange("iq:held:started", 0, -1)) == runs(done), (started, done)
         assert op.proc.poll() is None
     r.close()
 
