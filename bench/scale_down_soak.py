@@ -189,7 +189,7 @@ def main() -> int:
     subprocess.run([str(info.kubectl), "--kubeconfig", str(info.kubeconfig), "apply", "-f",
                     str(ROOT / "crds" / "queueconsumer.yaml")], check=True, capture_output=True)  # fmt: skip
     api = info.api_client()
-    logs = args.out / "logs"
+    logs = args.out  # soak-*.log: ignored by git (bench/results/*.log)
     logs.mkdir(parents=True, exist_ok=True)
     rng = random.Random(12)
     with RedisServer() as server:
