@@ -17,6 +17,7 @@ class Condition:
     ACTIVE: Final = "Active"
     PODS_CREATABLE: Final = "PodsCreatable"
     SCHEDULES_VALID: Final = "SchedulesValid"
+    DELETION_COSTS_SET: Final = "DeletionCostsSet"
 
 
 class Reason:
@@ -54,6 +55,9 @@ class Reason:
     # SchedulesValid (an event of each too)
     INVALID_SCHEDULE: Final = "InvalidSchedule"
     SCHEDULES_VALID: Final = "SchedulesValid"
+    # DeletionCostsSet (before a scale-down: idle pods first)
+    COSTS_SET: Final = "CostsSet"
+    PODS_NOT_PATCHABLE: Final = "PodsNotPatchable"
     # events only
     SCALED: Final = "Scaled"
     SCALE_FAILED: Final = "ScaleFailed"

@@ -30,6 +30,7 @@ import asyncio
 import collections
 import logging
 import math
+import os
 import random
 import time
 import traceback
@@ -42,7 +43,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from tide_worker.backlog import Backlog
 from tide_worker.connection import redact
 
-from tide_operator import metrics
+from tide_operator import deletion_cost, metrics
 from tide_operator.conditions import Condition, Reason
 from tide_operator.kube import Kube, KubeError, NotFound
 from tide_operator.policy import Decision, PolicyState, decide
@@ -85,6 +86,11 @@ READ_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError, ValueEr
 API_ERRORS = (KubeError, aiohttp.ClientError, TimeoutError)
 
 log = logging.getLogger("tide_operator")
+
+
+def deletion_costs_enabled() -> bool:
+    """Pod deletion costs before a scale-down (default on; TIDE_OPERATOR_DELETION_COST=false: off)."""
+    return os.environ.get("TIDE_OPERATOR_DELETION_COST", "true").lower() not in ("false", "0", "off")
 
 
 @dataclass
@@ -153,6 +159,7 @@ class Consumer:
         self.deploy_retry_at = 0.0
         self.deploy_error = ""
         self.settle_reads: collections.deque[float] = collections.deque()
+        self.pod_costs: dict[str, int] = {}  # the deletion costs last written, by pod name
         labels = (self.ns, self.name)
         # labelled children looked up once: a poll sets them without the registry's label lookups
         self.m_desired = metrics.DESIRED.labels(*labels)
@@ -415,6 +422,8 @@ class Consumer:
         if changed and not urgent:
             self.observe(spec, reading, error, decision, paused)
             await self.patch_status(force=True)
+        if changed and decision.desired < current and deletion_costs_enabled():
+            await self.set_deletion_costs()
         if changed:
             try:
                 self.current = await self.shared.k8s().set_replicas(self.ns, target, decision.desired)
@@ -441,6 +450,38 @@ class Consumer:
             metrics.READ_ERRORS.labels(self.ns, self.name).inc()
             return min(MAX_BACKOFF, interval * 2.0 ** max(0, self.state.failures - 1))
         return interval
+
+    async def set_deletion_costs(self) -> None:
+        """Before a scale-down: each reporting worker's pod gets a deletion cost from the work it holds,
+        so the ReplicaSet controller removes idle pods first. Only pods whose heartbeats name them in
+        this namespace, only costs that changed. Refused (403, say RBAC without ``patch`` on pods) or
+        failed, the scale-down goes ahead anyway; the condition and an event say why."""
+        if self.reader is None:
+            return
+        try:
+            beats = await self.reader.heartbeats()
+        except READ_ERRORS as exc:
+            log.info(f"[{self.ns}/{self.name}] no heartbeats for deletion costs: {exc}")
+            return
+        costs = deletion_cost.pod_costs(beats, self.ns, time.time())
+        self.pod_costs = {p: c for p, c in self.pod_costs.items() if p in costs}  # pods gone: forgotten
+        k = self.shared.k8s()
+        for pod, cost in deletion_cost.changed(costs, self.pod_costs).items():
+            try:
+                await k.set_pod_deletion_cost(self.ns, pod, cost)
+            except NotFound:
+                continue  # the pod went meanwhile
+            except KubeError as exc:
+                why = "forbidden to patch pods (RBAC)" if exc.status == 403 else exc.message
+                message = f"pod {pod}: {why}; scaling down without deletion costs, busy pods may go"
+                self.condition(Condition.DELETION_COSTS_SET, False, Reason.PODS_NOT_PATCHABLE, message)
+                self.warn("costs", Reason.PODS_NOT_PATCHABLE, message)
+                return
+            self.pod_costs[pod] = cost
+        self.resolve("costs")
+        n = sum(1 for c in costs.values() if c > deletion_cost.IDLE)
+        message = f"{len(costs)} reporting pods, {n} busy"
+        self.condition(Condition.DELETION_COSTS_SET, True, Reason.COSTS_SET, message)
 
     def observe_redis(self, spec: QueueConsumerSpec, reading: Reading | None, error: str) -> None:
         reachable_changed = self.condition(

@@ -26,6 +26,7 @@ import aiohttp
 import yarl
 
 from tide_operator import metrics
+from tide_operator.deletion_cost import ANNOTATION as DELETION_COST
 from tide_operator.spec import GROUP, PLURAL, VERSION, SecretKeyRef, TargetRef
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -198,6 +199,12 @@ class Kube:
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         path = api_path("apis", "apps", "v1", "namespaces", namespace, "deployments", name)
         return await self.request("GET", path, resource="deployments")
+
+    async def set_pod_deletion_cost(self, namespace: str, pod: str, cost: int) -> None:
+        """Annotate one pod with its deletion cost (merge patch of metadata.annotations only)."""
+        path = api_path("api", "v1", "namespaces", namespace, "pods", pod)
+        body = {"metadata": {"annotations": {DELETION_COST: str(cost)}}}
+        await self.request("PATCH", path, body, resource="pods")
 
     # --- the QueueConsumer ----------------------------------------------------------------------------
 

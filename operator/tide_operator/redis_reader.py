@@ -388,6 +388,7 @@ class _Reader:
     """Sends a reader's commands through the shared batcher, or in a pipeline of its own without one."""
 
     client: AsyncClient
+    keys: QueueKeys | StreamKeys
     batcher: ReadBatcher | None
     round_trips: int
 
@@ -398,6 +399,23 @@ class _Reader:
         pipe = self.client.pipeline(transaction=False)
         stage(pipe)
         return list(await pipe.execute(raise_on_error=False))
+
+    async def heartbeats(self) -> list[Heartbeat]:
+        """The live heartbeats of the registered workers (two round trips; read before a scale-down
+        only). A value that is not a heartbeat is left out."""
+        keys = self.keys
+        ids = [_text(w) for w in await self.client.zrange(keys.workers, 0, -1)]
+        out: list[Heartbeat] = []
+        if not ids:
+            return out
+        for raw in await self.client.mget([keys.worker(w) for w in ids]):
+            if raw is None:
+                continue
+            try:
+                out.append(Heartbeat.decode(raw))
+            except ValueError:
+                continue
+        return out
 
 
 def _raise_first(replies: list[Any]) -> list[Any]:
@@ -656,6 +674,10 @@ class MultiListReader:
         parts = tuple((r.keys.ready, x.backlog) for r, x in zip(self.readers, readings, strict=True))
         first = readings[0]
         return Reading(sum_backlogs(b for _, b in parts), first.rates, first.workers, parts)
+
+    async def heartbeats(self) -> list[Heartbeat]:
+        """Every worker heartbeats on each list with the same record: the first list's are all of them."""
+        return await self.readers[0].heartbeats()
 
 
 def make_reader(

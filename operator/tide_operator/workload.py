@@ -15,6 +15,7 @@ shape cannot be merged (a string where the template has an object, a container w
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,8 @@ CONTAINER_SECURITY: dict[str, Any] = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 TEMPLATE_PATH = "spec.worker.podTemplate"
+# Seconds past the worker's shutdown grace before the kubelet kills it: to hand back what is left.
+GRACE_MARGIN = 15
 
 
 def deployment_name(qc_name: str) -> str:
@@ -148,6 +151,9 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
         {"name": E.MAX_ATTEMPTS, "value": str(spec.worker.max_attempts)},
         # explicit, so the probes' port is the one the worker serves whatever the image's default
         {"name": E.METRICS_PORT, "value": str(METRICS_PORT)},
+        # the pod, for the heartbeat: the operator sets its deletion cost from the work it holds
+        {"name": E.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": E.POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     if s.lists and len(s.lists) > 1:
         value = ",".join(f"{k}:{w}" if w else k for k, w in s.lists)
@@ -172,7 +178,35 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
     merged = {e["name"]: e for e in env}
     for e in user:
         merged[e["name"]] = copy.deepcopy(dict(e))
+    if E.SHUTDOWN_GRACE not in merged:  # a stopped worker may finish the job it holds
+        timeout = handler_timeout(user)
+        merged[E.SHUTDOWN_GRACE] = {"name": E.SHUTDOWN_GRACE, "value": f"{timeout:g}"}
     return list(merged.values())
+
+
+def _seconds(env: list[dict[str, Any]], name: str, default: float) -> float:
+    """A plain numeric ``value`` of the env entry ``name``, else ``default`` (a valueFrom or a bad
+    number: the worker's own check reports it; here the default stands)."""
+    for e in env:
+        if e.get("name") == name and isinstance(e.get("value"), str):
+            try:
+                value = float(e["value"])
+            except ValueError:
+                return default
+            return value if 0 <= value < float("inf") else default
+    return default
+
+
+def handler_timeout(env: list[dict[str, Any]]) -> float:
+    """The worker's handler timeout as ``env`` sets it (0, no timeout: the worker's default stands in)."""
+    return _seconds(env, E.HANDLER_TIMEOUT, E.DEFAULT_HANDLER_TIMEOUT) or E.DEFAULT_HANDLER_TIMEOUT
+
+
+def termination_grace(env: list[dict[str, Any]]) -> int:
+    """The pod's ``terminationGracePeriodSeconds``: the worker's shutdown grace (by default its handler
+    timeout, so a stopped worker can finish the job it holds) plus GRACE_MARGIN for handing back the rest."""
+    grace = _seconds(env, E.SHUTDOWN_GRACE, handler_timeout(env))
+    return math.ceil(grace) + GRACE_MARGIN
 
 
 def build_deployment(qc: Mapping[str, Any], spec: QueueConsumerSpec) -> dict[str, Any]:
@@ -209,7 +243,7 @@ def build_deployment(qc: Mapping[str, Any], spec: QueueConsumerSpec) -> dict[str
         container.update(_probes(port))
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": termination_grace(env),
         "automountServiceAccountToken": False,  # the worker talks to Redis only
         "securityContext": copy.deepcopy(POD_SECURITY),
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],

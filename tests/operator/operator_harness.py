@@ -127,9 +127,10 @@ def run_operator(
     sa_kubeconfig: Callable[[str, str], Path],
     tmp_path: Path,
     namespaced: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Operator]:
     with operator_rbac(cluster, namespace, sa_kubeconfig, namespaced) as kubeconfig:
-        op = Operator(kubeconfig, namespace, tmp_path / "operator.log")
+        op = Operator(kubeconfig, namespace, tmp_path / "operator.log", env=env)
         try:
             yield op
         finally:

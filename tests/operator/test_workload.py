@@ -340,3 +340,37 @@ def test_lists_go_to_the_worker_as_tide_queues_which_the_worker_reads_back(lists
     cfg = worker_cli.config_from_args(parser.parse_args(["--handler", "m:f"]))
     assert cfg.queues == [x["key"] for x in lists]
     assert cfg.weights == [x["weight"] for x in lists if "weight" in x]
+
+
+# --- the pod in the heartbeat, and a grace period a busy worker can finish in ----------------------------
+
+
+def _env_of(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in _worker_container(manifest)["env"]}
+
+
+def test_the_worker_learns_its_pod_from_the_downward_api() -> None:
+    env = _env_of(build_deployment(QC, _spec({})))
+    assert env["TIDE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["TIDE_POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+@pytest.mark.parametrize(
+    ("env", "template", "shutdown_grace", "grace"),
+    [
+        ([], {}, "300", 315),  # the worker's default handler timeout, plus the margin
+        ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "45"}], {}, "45", 60),
+        ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "2.5"}], {}, "2.5", 18),
+        ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "oops"}], {}, "300", 315),  # the worker refuses it
+        ([{"name": "TIDE_SHUTDOWN_GRACE", "value": "10"}], {}, "10", 25),  # the user's shutdown grace
+        ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "0"}], {}, "300", 315),  # no timeout: the default
+        ([{"name": "TIDE_SHUTDOWN_GRACE", "value": "0"}], {}, "0", 15),
+        ([{"name": "TIDE_HANDLER_TIMEOUT", "value": "45"}], {"spec": {"terminationGracePeriodSeconds": 7}}, "45", 7),
+    ],
+)  # fmt: skip
+def test_termination_grace_follows_the_handler_timeout_unless_set(
+    env: list[dict[str, Any]], template: dict[str, Any], shutdown_grace: str, grace: int
+) -> None:
+    manifest = build_deployment(QC, _spec({"env": env, "podTemplate": template}))
+    assert manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+    assert _env_of(manifest)["TIDE_SHUTDOWN_GRACE"]["value"] == shutdown_grace

@@ -41,6 +41,9 @@ REAPER_INTERVAL = "TIDE_REAPER_INTERVAL"
 CLAIM_IDLE = "TIDE_CLAIM_IDLE"
 BLOCK_TIMEOUT = "TIDE_BLOCK_TIMEOUT"
 FETCH_COMMAND = "TIDE_FETCH_COMMAND"
+# the worker's pod, from the downward API (fieldRef metadata.name / metadata.namespace); sent in heartbeats
+POD_NAME = "TIDE_POD_NAME"
+POD_NAMESPACE = "TIDE_POD_NAMESPACE"
 
 # --- the worker's defaults ---------------------------------------------------------------------------
 

@@ -158,7 +158,10 @@ class Heartbeat:
     """The value of ``{Q}:worker:<id>``, refreshed every few seconds with a TTL.
 
     ``rate`` is messages finished per second over the last ``rate_window`` seconds; the operator sizes
-    for a drain-time objective from it.
+    for a drain-time objective from it. ``pod`` and ``namespace`` name the worker's pod (downward API;
+    empty outside Kubernetes) and ``oldest_started`` is when the oldest running message started (unix
+    seconds, 0 when none runs): from them and ``inflight`` the operator sets the pod's deletion cost
+    before a scale-down, so idle pods go first.
     """
 
     id: str
@@ -173,6 +176,9 @@ class Heartbeat:
     rate: float = 0.0
     rate_window: float = 0.0
     version: str = ""
+    pod: str = ""
+    namespace: str = ""
+    oldest_started: float = 0.0
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

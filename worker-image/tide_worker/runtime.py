@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import redis.exceptions as rexc
 
 from tide_worker import __version__, logs
+from tide_worker import environment as E
 from tide_worker.config import WorkerConfig, backoff_delay
 from tide_worker.connection import (
     AUTH_ERRORS,
@@ -144,6 +145,7 @@ class Worker:
         self.held: dict[int, Delivery] = {}  # fetched and not yet settled (acked, retried, dead, requeued)
         self.fetch_lost = False
         self.active: dict[int, Delivery] = {}  # running deliveries by id(), for stream visibility
+        self.held_since: dict[int, float] = {}  # when each running delivery started (unix seconds)
         self.abandoned_threads = 0  # stuck sync handler threads (the pool's count, mirrored for the gauge)
         # Sync handlers run in threads, except with no timeout, when they run inline (no thread hop per
         # chunk; a handler that blocks long then delays heartbeats, so keep those short).
@@ -443,6 +445,9 @@ class Worker:
             rate=round(rate, 3),
             rate_window=round(window, 3),
             version=__version__,
+            pod=os.environ.get(E.POD_NAME, ""),
+            namespace=os.environ.get(E.POD_NAMESPACE, ""),
+            oldest_started=min(self.held_since.values(), default=0.0),
         )
         await self.source.heartbeat(record.encode())
         if self.active:
@@ -640,8 +645,10 @@ class Worker:
         n = len(chunk)
         self.running += n
         self.metrics.in_flight.inc(n)
+        now = time.time()
         for d in chunk:
             self.active[id(d)] = d
+            self.held_since[id(d)] = now
         outcomes: list[tuple[Delivery, BaseException | None, float]] = []
         run = ChunkRun(chunk)
         self.runs.add(run)
@@ -683,6 +690,7 @@ class Worker:
             self.metrics.in_flight.dec(n)
             for d in chunk:
                 self.active.pop(id(d), None)
+                self.held_since.pop(id(d), None)
         for d, exc, elapsed in outcomes:
             await self._settle(d, exc, elapsed)
 
@@ -745,8 +753,10 @@ class Worker:
         self.runs.add(run)
         n = len(chunk)
         self.running += n
+        now = time.time()
         for d in chunk:
             self.active[id(d)] = d
+            self.held_since[id(d)] = now
         self.metrics.in_flight.inc(n)
         timed_out: Delivery | None = None
         leftovers: list[Delivery] = []
@@ -800,6 +810,7 @@ class Worker:
             self.running -= n
             for d in chunk:
                 self.active.pop(id(d), None)
+                self.held_since.pop(id(d), None)
             self.metrics.in_flight.dec(n)
         with run.lock:
             outcomes = list(run.outcomes)

@@ -16,6 +16,7 @@ local HEARTBEAT = {
   {'id', 'str', true}, {'host', 'str', true}, {'pid', 'int', true}, {'started', 'float', true},
   {'ts', 'float', true}, {'concurrency', 'int', true}, {'inflight', 'int'}, {'processed', 'int'},
   {'failed', 'int'}, {'rate', 'float'}, {'rate_window', 'float'}, {'version', 'str'},
+  {'pod', 'str'}, {'namespace', 'str'}, {'oldest_started', 'float'},
 }
 
 -- The heartbeat's rate (0 when it has none), or false when the value is not a heartbeat.
