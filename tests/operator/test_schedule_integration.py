@@ -116,8 +116,13 @@ def test_an_unknown_time_zone_is_reported_by_field_and_scaling_goes_on(
         assert api.replicas() == 0
         r.lpush("tzq", *range(100))
         wait_for("scaled to the cap of schedule 0", lambda: api.replicas() == 5, timeout=30)
-        st = api.get_qc("badtz")["status"]
-        assert st["lastRule"] == "schedule-max" and [w["index"] for w in st["activeSchedules"]] == [0]
+        # /scale is patched before the status is written: wait for the status of that decision
+        st = wait_for(
+            "the status of the capped decision",
+            lambda: (st := api.get_qc("badtz")["status"]).get("lastRule") == "schedule-max" and st,
+            timeout=10,
+        )
+        assert [w["index"] for w in st["activeSchedules"]] == [0]
         assert api.condition("badtz", "Ready") == "True", op.log()[-3000:]
         assert len(api.events("InvalidSchedule", "Warning", "badtz")) == 1  # once, not every poll
     r.delete("tzq")
