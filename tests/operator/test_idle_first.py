@@ -25,6 +25,13 @@ COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_SECONDS = 30
 
 
+def _lower_the_floor(api, namespace: str) -> None:
+    """minReplicas 0: the target follows the backlog, which is the jobs in flight."""
+    api.custom.patch_namespaced_custom_object(
+        "tide.dev", "v1alpha1", namespace, "queueconsumers", "idle", {"spec": {"scaling": {"minReplicas": 0}}}
+    )
+
+
 def _live_pods(api: Api) -> dict[str, Any]:
     pods = api.core.list_namespaced_pod(api.ns, label_selector="app=w").items
     return {p.metadata.name: p for p in pods if p.metadata.deletion_timestamp is None}
@@ -89,14 +96,7 @@ def test_a_scale_down_removes_the_idle_pods_and_interrupts_no_job(
             interval=0.2,
         )
         # the backlog is the 2 jobs in flight: with minReplicas 0 the target goes to 2
-        api.custom.patch_namespaced_custom_object(
-            "tide.dev",
-            "v1alpha1",
-            namespace,
-            "queueconsumers",
-            "idle",
-            {"spec": {"scaling": {"minReplicas": 0}}},
-        )
+        _lower_the_floor(api, namespace)
         wait_for("6 -> 2", lambda: api.replicas() == 2, timeout=30, interval=0.2)
         left = wait_for("2 pods left", lambda: (p := _live_pods(api)) and len(p) == 2 and p, timeout=30)
         assert set(left) == busy, (sorted(left), sorted(busy))
@@ -146,14 +146,7 @@ def test_a_refused_pod_patch_still_scales_down_and_says_why(
         wait_for(
             "the job in flight", lambda: any(b.inflight for b in _beats(r, "iq")), timeout=20, interval=0.2
         )
-        api.custom.patch_namespaced_custom_object(
-            "tide.dev",
-            "v1alpha1",
-            namespace,
-            "queueconsumers",
-            "idle",
-            {"spec": {"scaling": {"minReplicas": 0}}},
-        )
+        _lower_the_floor(api, namespace)
         wait_for("2 -> 1 all the same", lambda: api.replicas() == 1, timeout=30, interval=0.2)
         cond = wait_for(
             "DeletionCostsSet=False",
