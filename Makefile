@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: bench-vs-keda images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -53,6 +53,11 @@ bench-latency: install
 # Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.
 bench-operator: install
 	$(PY) bench/operator/bench.py
+
+# Tide against KEDA v2.21.0 (built from the Go module proxy, hack/keda) on a local stack of its own: the
+# flash trace against tide, keda-tuned and keda-defaults; bench/results/vs-keda.json and vs-keda-flash.png.
+bench-vs-keda: install
+	PYTHONPATH=. $(PY) bench/vs_keda.py
 
 cluster-up: install
 	$(PY) -m tide_local.cluster up

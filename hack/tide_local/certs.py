@@ -1,5 +1,7 @@
 """The cluster's PKI, generated locally with ``cryptography``: a CA, the apiserver's serving certificate,
-client certificates for the admin and the controller-manager, and the service-account signing key pair."""
+client certificates for the admin and the controller-manager, the service-account signing key pair, and
+the aggregation layer's front-proxy CA with the client certificate the apiserver proxies to extension API
+servers with (KEDA's metrics API server, in bench/vs_keda.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,18 @@ class Pki:
     def sa_pub(self) -> Path:
         return self.directory / "sa.pub"
 
+    @property
+    def front_proxy_ca_cert(self) -> Path:
+        return self.directory / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_client_cert(self) -> Path:
+        return self.directory / "front-proxy-client.crt"
+
+    @property
+    def front_proxy_client_key(self) -> Path:
+        return self.directory / "front-proxy-client.key"
+
     def client_cert(self, name: str) -> Path:
         return self.directory / f"{name}.crt"
 
@@ -87,13 +101,9 @@ def _builder(
     )
 
 
-def generate(directory: Path) -> Pki:
-    """Write a fresh PKI into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(directory)
-
+def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("tide-local-ca")
+    ca_name = _name(cn)
     ca_cert = (
         _builder(ca_name, ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -114,18 +124,33 @@ def generate(directory: Path) -> Pki:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_name, ca_cert
+
+
+def generate(directory: Path) -> Pki:
+    """Write a fresh PKI into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory)
+
+    ca_key, ca_name, ca_cert = _ca("tide-local-ca")
     _write_key(pki.ca_key, ca_key)
     _write_cert(pki.ca_cert, ca_cert)
 
-    def leaf(cn: str, org: str | None, server: bool) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    def leaf(
+        cn: str,
+        org: str | None,
+        server: bool,
+        issuer: tuple[ec.EllipticCurvePrivateKey, x509.Name] | None = None,
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        signer_key, signer_name = issuer or (ca_key, ca_name)
         key = ec.generate_private_key(ec.SECP256R1())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
-            _builder(_name(cn, org), ca_name, key.public_key())
+            _builder(_name(cn, org), signer_name, key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False
             )
         )
         if server:
@@ -143,7 +168,7 @@ def generate(directory: Path) -> Pki:
                 ),
                 critical=False,
             )
-        return key, builder.sign(ca_key, hashes.SHA256())
+        return key, builder.sign(signer_key, hashes.SHA256())
 
     key, cert = leaf("kube-apiserver", None, server=True)
     _write_key(pki.serving_key, key)
@@ -152,10 +177,20 @@ def generate(directory: Path) -> Pki:
     for name, cn, org in (
         ("admin", "tide-admin", "system:masters"),
         ("controller-manager", "system:kube-controller-manager", None),
+        # KEDA's processes in bench/vs_keda.py, a user of their own so the API audit can tell their writes
+        ("keda", "keda", "system:masters"),
     ):
         key, cert = leaf(cn, org, server=False)
         _write_key(pki.client_key(name), key)
         _write_cert(pki.client_cert(name), cert)
+
+    # The aggregation layer: the apiserver authenticates to extension API servers with this client
+    # certificate, and they trust the user it names because the front-proxy CA signed it.
+    fp_key, fp_name, fp_cert = _ca("tide-local-front-proxy-ca")
+    _write_cert(pki.front_proxy_ca_cert, fp_cert)
+    key, cert = leaf("front-proxy-client", None, server=False, issuer=(fp_key, fp_name))
+    _write_key(pki.front_proxy_client_key, key)
+    _write_cert(pki.front_proxy_client_cert, cert)
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki.sa_key, sa_key)

@@ -43,10 +43,24 @@ CONTROLLERS = (
     "serviceaccount-token-controller",
     "namespace-controller",
     "root-ca-certificate-publisher-controller",
+    # Idle without HorizontalPodAutoscalers (Tide makes none); KEDA's ScaledObjects drive it in bench/vs_keda.py.
+    "horizontal-pod-autoscaler-controller",
 )
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE = "state.json"
-AUTO_STOP = "auto-stop"  # marks a cluster started for test sessions: the last one to leave stops it
+AUTO_STOP = "auto-stop"
+# TIDE_APISERVER_AUDIT=1: the apiserver logs every write (who, what, when) to audit.log in the cluster's
+# directory, for benchmarks that count API writes per client (bench/vs_keda.py). Off by default.
+AUDIT_ENV = "TIDE_APISERVER_AUDIT"
+AUDIT_LOG = "audit.log"
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted", "Panic"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+"""  # marks a cluster started for test sessions: the last one to leave stops it
 
 # Popen handles of the components this process started, kept so they are not reported as leaked.
 _STARTED: list[subprocess.Popen[bytes]] = []
@@ -349,6 +363,16 @@ def _start(bin_dir: Path, directory: Path) -> ClusterInfo:
         )
 
         _log(f"==> starting kube-apiserver on {server}")
+        audit: list[str] = []
+        if os.environ.get(AUDIT_ENV) == "1":
+            (directory / "audit-policy.yaml").write_text(AUDIT_POLICY)
+            audit = [
+                f"--audit-policy-file={directory / 'audit-policy.yaml'}",
+                f"--audit-log-path={directory / AUDIT_LOG}",
+                "--audit-log-format=json",
+                "--audit-log-mode=batch",
+                "--audit-log-batch-max-wait=1s",
+            ]
         apiserver = _spawn(
             "kube-apiserver",
             [
@@ -369,9 +393,21 @@ def _start(bin_dir: Path, directory: Path) -> ClusterInfo:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
+                # The aggregation layer, for extension API servers (KEDA's external.metrics.k8s.io in
+                # bench/vs_keda.py): front-proxy authentication, and the apiserver dials an APIService's
+                # endpoints directly (no kube-proxy here). Inert while no APIService names a Service.
+                f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+                f"--proxy-client-key-file={pki.front_proxy_client_key}",
+                "--enable-aggregator-routing=true",
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--v=1",
+                *audit,
             ],
             directory,
         )
