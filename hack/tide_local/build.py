@@ -63,6 +63,14 @@ def versions() -> Versions:
     return Versions(kubernetes=k8s.group(1), etcd=etcd.group(1))
 
 
+def pinned_version(module_dir: Path, module: str) -> str:
+    """The version ``module_dir/go.mod`` requires of ``module`` (the tools pinned under ``hack/``)."""
+    found = re.search(rf"^require\s+{re.escape(module)}\s+(v\S+)", (module_dir / "go.mod").read_text(), re.M)
+    if not found:
+        raise RuntimeError(f"cannot find the pinned version of {module} in {module_dir / 'go.mod'}")
+    return found.group(1)
+
+
 def bin_dir(v: Versions | None = None) -> Path:
     v = v or versions()
     return BIN_CACHE_DIR / f"k8s-{v.kubernetes}-etcd-{v.etcd}"

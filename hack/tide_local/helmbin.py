@@ -9,12 +9,11 @@ Usage: ``python -m tide_local.helmbin [helm args...]`` runs helm; with no args p
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-from tide_local.build import _build_one, _go, file_lock
+from tide_local.build import _build_one, _go, file_lock, pinned_version
 from tide_local.paths import CACHE_DIR, REPO_ROOT
 
 HELM_MODULE_DIR = REPO_ROOT / "hack" / "helm"
@@ -22,11 +21,7 @@ PACKAGE = "helm.sh/helm/v3/cmd/helm"
 
 
 def helm_version() -> str:
-    text = (HELM_MODULE_DIR / "go.mod").read_text()
-    found = re.search(r"^require\s+helm\.sh/helm/v3\s+(v\S+)", text, re.M)
-    if not found:
-        raise RuntimeError(f"cannot find the pinned helm version in {HELM_MODULE_DIR / 'go.mod'}")
-    return found.group(1)
+    return pinned_version(HELM_MODULE_DIR, "helm.sh/helm/v3")
 
 
 def ensure_helm() -> Path:

@@ -19,7 +19,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tide_local.build import _build_one, _go, file_lock
+from tide_local.build import _build_one, _go, file_lock, pinned_version
 from tide_local.certs import Pki
 from tide_local.cluster import ClusterInfo, free_port, pid_runs, stop_pid
 from tide_local.kube import Kube, KubeError
@@ -46,11 +45,7 @@ CERT_SECRET = "kedaorg-certs"
 
 
 def keda_version() -> str:
-    text = (KEDA_MODULE_DIR / "go.mod").read_text()
-    found = re.search(r"^require\s+github\.com/kedacore/keda/v2\s+(v\S+)", text, re.M)
-    if not found:
-        raise RuntimeError(f"cannot find the pinned KEDA version in {KEDA_MODULE_DIR / 'go.mod'}")
-    return found.group(1)
+    return pinned_version(KEDA_MODULE_DIR, "github.com/kedacore/keda/v2")
 
 
 def ensure_keda() -> Path:
