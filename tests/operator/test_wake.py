@@ -49,7 +49,9 @@ class Body:
 class FakeLoop:
     """The part of a Consumer the waker reads and writes (a real reader on a real client)."""
 
-    def __init__(self, pool: ClientPool, url: str, source: dict[str, Any]) -> None:
+    def __init__(
+        self, pool: ClientPool, url: str, source: dict[str, Any], creds: Credentials | None = None
+    ) -> None:
         self.spec = parse_spec(
             {
                 "redis": {"url": url},
@@ -57,7 +59,7 @@ class FakeLoop:
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
             }
         )
-        client = pool.get(url, False, Credentials())
+        client = self.client = pool.get(url, False, creds or Credentials())
         self.reader = make_reader(client, self.spec.source, pool.batcher(client))
         self.current: int | None = 0
         self.body = Body()
@@ -95,16 +97,18 @@ def wake_on(cond: tuple[bool, str, str] | None) -> bool:
     return cond is not None and cond[0]
 
 
-async def _push_wakes(url: str, source: dict[str, Any], push: Any) -> tuple[float, FakeLoop, int]:
+async def _push_wakes(
+    url: str, source: dict[str, Any], push: Any, mode: str = "use"
+) -> tuple[float, FakeLoop, int]:
     pool = ClientPool()
-    waker = Waker("use")
+    waker = Waker(mode)
     loop = FakeLoop(pool, url, source)
     try:
         await settle(waker, loop, lambda: wake_on(loop.conditions.get(Condition.WAKE_ON_PUSH)))
         # the sleeps after arming that the subscription's confirmation ends early
         for _ in range(3):
             await waker.sleep(loop, asyncio.sleep(0.3))
-        client = loop.reader.client if hasattr(loop.reader, "client") else loop.reader.readers[0].client
+        client = loop.client
         started = time.monotonic()
         sleeping = asyncio.create_task(waker.sleep(loop, asyncio.sleep(LONG)))
         await asyncio.sleep(0.2)
@@ -125,3 +129,167 @@ def test_a_push_ends_the_sleep_of_a_resource_at_zero(notifying: RedisServer) -> 
     assert (ok, reason) == (True, Reason.KEYSPACE_EVENTS), message
     assert elapsed < LONG / 2
     assert wakes == 1  # the event, not a confirmation or the tick, ended it
+
+
+async def _armed(
+    url: str, source: dict[str, Any], mode: str = "use", creds: Credentials | None = None
+) -> tuple[ClientPool, Waker, FakeLoop]:
+    pool = ClientPool()
+    waker = Waker(mode)
+    loop = FakeLoop(pool, url, source, creds)
+    await settle(waker, loop, lambda: Condition.WAKE_ON_PUSH in loop.conditions)
+    return pool, waker, loop
+
+
+async def _sleep_through(waker: Waker, loop: FakeLoop, seconds: float, push: Any) -> tuple[float, int]:
+    """One sleep of ``seconds`` with ``push`` done 0.2 s in: how long it lasted, and the events that woke."""
+    started = time.monotonic()
+    sleeping = asyncio.create_task(waker.sleep(loop, asyncio.sleep(seconds)))
+    await asyncio.sleep(0.2)
+    await push(loop.client)
+    await sleeping
+    return time.monotonic() - started, sum(w.wakes for w in waker._watches.values())
+
+
+def test_notifications_off_says_so_and_the_sleep_lasts_until_the_poll(redis_url: str) -> None:
+    async def main() -> None:
+        pool, waker, loop = await _armed(redis_url, {"list": {"key": "q"}})
+        try:
+            ok, reason, message = loop.conditions[Condition.WAKE_ON_PUSH]
+            assert (ok, reason) == (False, Reason.NOTIFICATIONS_OFF), message
+            assert (
+                "notify-keyspace-events is ''" in message
+                and "TIDE_OPERATOR_KEYSPACE_EVENTS=configure" in message
+            )
+            lasted, wakes = await _sleep_through(waker, loop, 1.5, lambda c: c.lpush("q", "m"))
+            assert lasted >= 1.4 and wakes == 0
+            # nothing subscribed on the server
+            assert await loop.client.pubsub_numsub("__keyspace@0__:q") == [(b"__keyspace@0__:q", 0)]
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
+
+
+def test_configure_sets_the_flags_and_keeps_what_was_there() -> None:
+    with RedisServer(extra_args=["--notify-keyspace-events", "Ex"]) as server:
+        _, loop, wakes = run(
+            _push_wakes(server.url, {"list": {"key": "q"}}, lambda c: c.lpush("q", "m"), "configure")
+        )
+        assert wakes == 1 and loop.conditions[Condition.WAKE_ON_PUSH][:2] == (True, Reason.KEYSPACE_EVENTS)
+        with server.client() as c:
+            assert c.config_get("notify-keyspace-events")["notify-keyspace-events"] in (
+                "xElt",
+                "Exlt",
+                "lxtE",
+            )
+
+
+def test_use_never_changes_the_config(redis_url: str, r: Any) -> None:
+    run(_armed(redis_url, {"list": {"key": "q"}}))
+    assert r.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+
+
+@pytest.mark.parametrize("how", ["rename-command", "acl"])
+def test_a_server_refusing_config_gives_the_condition(how: str) -> None:
+    if how == "rename-command":
+        args, creds = ["--rename-command", "CONFIG", '""', "--notify-keyspace-events", "Kl"], None
+    else:
+        args = [
+            "--notify-keyspace-events",
+            "Kl",
+            "--user",
+            "tide",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-config",
+        ]
+        creds = Credentials(username="tide", password="pw")
+    with RedisServer(extra_args=args) as server:
+
+        async def main() -> None:
+            pool, waker, loop = await _armed(server.url, {"list": {"key": "q"}}, "configure", creds)
+            try:
+                ok, reason, message = loop.conditions[Condition.WAKE_ON_PUSH]
+                assert (ok, reason) == (False, Reason.CONFIG_REFUSED), message
+                assert "CONFIG GET notify-keyspace-events refused" in message
+                lasted, wakes = await _sleep_through(waker, loop, 1.0, lambda c: c.lpush("q", "m"))
+                assert lasted >= 0.9 and wakes == 0
+            finally:
+                await waker.close()
+                await pool.close()
+
+        run(main())
+
+
+def test_a_stream_and_keyevent_only_servers_wake_too() -> None:
+    with RedisServer(extra_args=["--notify-keyspace-events", "Kt"]) as server:
+        _, loop, wakes = run(
+            _push_wakes(server.url, {"stream": {"key": "ev", "group": "g"}}, lambda c: c.xadd("ev", {"a": 1}))
+        )
+        assert wakes == 1
+    with RedisServer(extra_args=["--notify-keyspace-events", "El"]) as server:
+        _, loop, wakes = run(_push_wakes(server.url, {"list": {"key": "q"}}, lambda c: c.rpush("q", "m")))
+        assert wakes == 1 and "keyevent" in loop.conditions[Condition.WAKE_ON_PUSH][2]
+
+
+def test_a_busy_resource_is_not_subscribed_and_pushes_are_coalesced(notifying: RedisServer) -> None:
+    async def main() -> None:
+        pool, waker, loop = await _armed(notifying.url, {"list": {"key": "q"}})
+        try:
+            for _ in range(3):
+                await waker.sleep(loop, asyncio.sleep(0.3))
+            channel = b"__keyspace@0__:q"
+            assert await loop.client.pubsub_numsub(channel) == [(channel, 1)]
+
+            async def flood(c: Any) -> None:
+                for _ in range(200):
+                    await c.lpush("q", "m")
+                    await asyncio.sleep(0.005)
+
+            # many pushes over about 1.2 s: the reads they cause are at most one per WAKE_MIN_GAP
+            pushing = asyncio.create_task(flood(loop.client))
+            reads, started = 0, time.monotonic()
+            while not pushing.done():
+                await waker.sleep(loop, asyncio.sleep(LONG))
+                reads += 1
+            window = time.monotonic() - started
+            assert 2 <= reads <= window / wake.WAKE_MIN_GAP + 2, (reads, window)
+            loop.current = 1  # scaled up: unsubscribed, pushes no longer wake it
+            await waker.sleep(loop, asyncio.sleep(0.3))
+            await asyncio.sleep(0.2)
+            assert await loop.client.pubsub_numsub(channel) == [(channel, 0)]
+            lasted, _ = await _sleep_through(waker, loop, 1.0, lambda c: c.lpush("q", "m"))
+            assert lasted >= 0.9
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
+
+
+def test_a_lost_connection_is_said_and_reconnected(notifying: RedisServer) -> None:
+    async def main() -> None:
+        pool, waker, loop = await _armed(notifying.url, {"list": {"key": "q"}})
+        try:
+            await settle(waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][0])
+            notifying.stop()
+            await settle(
+                waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][1] == Reason.RECONNECTING
+            )
+            notifying.start()
+            await settle(waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][0], timeout=30)
+            for _ in range(3):
+                await waker.sleep(loop, asyncio.sleep(0.3))
+            before = sum(w.wakes for w in waker._watches.values())
+            lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c: c.lpush("q", "m"))
+            assert lasted < LONG / 2 and wakes == before + 1
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
