@@ -65,7 +65,6 @@ class Reason:
     NOTIFICATIONS_OFF: Final = "NotificationsOff"
     CONFIG_REFUSED: Final = "ConfigRefused"
     RECONNECTING: Final = "Reconnecting"
-    WAKE_UNSUPPORTED: Final = "Unsupported"
     # events only
     SCALED: Final = "Scaled"
     SCALE_FAILED: Final = "ScaleFailed"

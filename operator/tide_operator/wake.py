@@ -3,9 +3,10 @@
 Polling stays the source of truth; this only shortens the wait of the transition that matters, a push onto
 the queue of a resource whose target is at zero. Where the Redis server publishes keyspace notifications
 for lists and streams (``notify-keyspace-events`` holds ``K`` or ``E``, and ``l`` / ``t``, or ``A``), one
-pub/sub connection per server (per shared client, as the read batcher is shared) subscribes to the keys of
-the resources that are at zero, and an event on one of them ends that resource's sleep: it reads, decides
-and patches ``/scale`` within milliseconds.
+pub/sub connection per server (per shared client, as the read batcher is shared; on Cluster, per master
+node, since notifications there are node-local) subscribes to the keys of the resources that are at zero,
+and an event on one of them ends that resource's sleep: it reads, decides and patches ``/scale`` within
+milliseconds.
 
 Why exact ``SUBSCRIBE __keyspace@<db>__:<key>`` channels, and only for resources at zero:
 
@@ -124,12 +125,9 @@ class Resource(Protocol):
 
 
 @dataclass(eq=False)
-class Handle:
-    """One resource's membership on one server: the keys it watches, and its sleep."""
+class Sleeper:
+    """One resource's sleep between polls, which a push on any of its servers ends early (coalesced)."""
 
-    kind: str
-    keys: tuple[str, ...]
-    armed: bool = False
     poked: bool = False  # an event (or a subscription) since the resource's last read
     last: float = -math.inf  # when its last early read was released
     future: asyncio.Future[None] | None = None
@@ -137,9 +135,8 @@ class Handle:
 
     def poke(self) -> None:
         """A push (or a new subscription): end the sleep now, or at the end of the coalescing gap."""
-        if self.armed:
-            self.poked = True
-            self._release()
+        self.poked = True
+        self._release()
 
     def _release(self) -> None:
         fut = self.future
@@ -158,6 +155,20 @@ class Handle:
         self._release()
 
 
+@dataclass(eq=False)
+class Handle:
+    """One resource's membership on one server: the keys it watches there."""
+
+    kind: str
+    keys: tuple[str, ...]
+    sleeper: Sleeper
+    armed: bool = False
+
+    def poke(self) -> None:
+        if self.armed:
+            self.sleeper.poke()
+
+
 @dataclass
 class ServerState:
     """What one server allows: its flags once read, a refusal, and whether the subscription is live."""
@@ -172,8 +183,9 @@ class ServerState:
 class ServerWatch:
     """The one pub/sub connection of one Redis server (one shared client) and what it subscribes to."""
 
-    client: aredis.Redis
+    client: Any  # redis.asyncio.Redis, or a RedisCluster with ``node`` (one watch per master node)
     mode: str
+    node: Any = None
     db: int = 0
     label: str = ""
     state: ServerState = field(default_factory=ServerState)
@@ -215,12 +227,12 @@ class ServerWatch:
                     out.setdefault(key, set()).add(h)
         return out
 
-    def set(self, resource: Any, kind: str, keys: tuple[str, ...], armed: bool) -> Handle:
+    def set(self, resource: Any, sleeper: Sleeper, kind: str, keys: tuple[str, ...], armed: bool) -> Handle:
         h = self.handles.get(resource)
         if h is None or h.kind != kind or h.keys != keys:
             if h is not None:
                 h.armed = False
-            h = self.handles[resource] = Handle(kind, keys)
+            h = self.handles[resource] = Handle(kind, keys, sleeper)
         if armed != h.armed:
             h.armed = armed
             if armed:
@@ -299,7 +311,7 @@ class ServerWatch:
         for some source. A refusal is a state; a connection error propagates (then: backoff)."""
         s = self.state
         try:
-            reply = await self.client.config_get("notify-keyspace-events")
+            reply = await self.client.config_get("notify-keyspace-events", **self._target())
         except ResponseError as exc:  # ACL without CONFIG, or a renamed command
             s.refused = (
                 f"CONFIG GET notify-keyspace-events refused ({exc}): cannot tell whether pushes are published"
@@ -311,7 +323,7 @@ class ServerWatch:
         if self.mode == "configure" and configured(flags) != flags:
             want = configured(flags)
             try:
-                await self.client.config_set("notify-keyspace-events", want)
+                await self.client.config_set("notify-keyspace-events", want, **self._target())
             except ResponseError as exc:
                 s.refused = f"CONFIG SET notify-keyspace-events {want!r} refused ({exc})"
                 s.flags, s.connected = None, False
@@ -330,7 +342,7 @@ class ServerWatch:
 
     async def _listen(self) -> None:
         """Subscribe to what the armed resources need until a recheck of the config is due."""
-        pubsub = self.client.pubsub()
+        pubsub = self.client.pubsub(node=self.node) if self.node is not None else self.client.pubsub()
         subscribed: set[str] = set()
         reader: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
@@ -376,6 +388,9 @@ class ServerWatch:
                     await reader
             with contextlib.suppress(*WAKE_ERRORS, RuntimeError):
                 await pubsub.aclose()
+
+    def _target(self) -> dict[str, Any]:
+        return {"target_nodes": self.node} if self.node is not None else {}
 
     def _channels_of(self, h: Handle) -> Iterable[str]:
         if channel_kind(self.state.flags or "") == "keyevent":
@@ -448,18 +463,37 @@ class Waker:
 
     def __init__(self, mode: str | None = None) -> None:
         self.mode = mode_from_env() if mode is None else mode
-        self._watches: dict[int, ServerWatch] = {}
-        self._where: dict[Any, ServerWatch] = {}  # resource -> the watch it is on
+        self._watches: dict[tuple[int, str], ServerWatch] = {}
+        self._where: dict[Any, list[ServerWatch]] = {}  # resource -> the watches it is on
+        self._sleepers: dict[Any, Sleeper] = {}
 
-    def watch_of(self, client: Any) -> ServerWatch:
-        w = self._watches.get(id(client))
+    def _watch(self, client: Any, node: Any = None) -> ServerWatch:
+        key = (id(client), node.name if node is not None else "")
+        w = self._watches.get(key)
         if w is None:
-            db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
-            w = self._watches[id(client)] = ServerWatch(client, self.mode, db=db, label=_label(client))
+            if node is None:
+                db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+                w = ServerWatch(client, self.mode, db=db, label=_label(client))
+            else:
+                w = ServerWatch(client, self.mode, node=node, label=f"{node.name} (Cluster node)")
+            self._watches[key] = w
             w.start()
         return w
 
-    def update(self, r: Resource) -> Handle | None:
+    def _groups(self, client: Any, keys: tuple[str, ...]) -> dict[ServerWatch, tuple[str, ...]] | None:
+        """The watch each key's events come from: the server, or on Cluster the master holding the key
+        (notifications there are node-local). None while a Cluster client has no slot map yet."""
+        if not isinstance(client, AsyncRedisCluster):
+            return {self._watch(client): keys}
+        out: dict[ServerWatch, list[str]] = {}
+        try:
+            for key in keys:
+                out.setdefault(self._watch(client, client.get_node_from_key(key)), []).append(key)
+        except (RedisClusterException, RedisError, AttributeError, IndexError, KeyError):
+            return None
+        return {w: tuple(ks) for w, ks in out.items()}
+
+    def update(self, r: Resource) -> Sleeper | None:
         """Arm (the target at zero, not paused) or disarm the resource; set its WakeOnPush condition."""
         spec, reader = r.spec, r.reader
         if self.mode == "off":
@@ -475,62 +509,64 @@ class Waker:
             self.forget(r)
             return None
         client = getattr(reader, "client", None) or reader.readers[0].client
-        if isinstance(client, AsyncRedisCluster):
-            self.forget(r)
-            r.condition(
-                Condition.WAKE_ON_PUSH,
-                False,
-                Reason.WAKE_UNSUPPORTED,
-                "waking on push is not implemented for Redis Cluster yet (notifications are node-local); polling",
-            )
-            return None
-        w = self.watch_of(client)
-        old = self._where.get(r)
-        if old is not None and old is not w:
-            old.remove(r)
-        self._where[r] = w
         kind = spec.source.kind
-        keys = spec.source.keys if kind == "list" else (spec.source.key,)
+        groups = self._groups(client, spec.source.keys if kind == "list" else (spec.source.key,))
+        if groups is None:
+            self.forget(r)
+            return None
+        for old in self._where.get(r, ()):
+            if old not in groups:
+                old.remove(r)
+        self._where[r] = list(groups)
+        sleeper = self._sleepers.get(r)
+        if sleeper is None:
+            sleeper = self._sleepers[r] = Sleeper()
         armed = r.current == 0 and not is_paused(r.body.metadata.annotations)
-        h = w.set(r, kind, keys, armed)
-        cond = w.condition(kind)
-        if cond is not None:
+        conds = []
+        for w, keys in groups.items():
+            w.set(r, sleeper, kind, keys, armed)
+            conds.append(w.condition(kind))
+        if all(c is not None for c in conds):
+            failed = [c for c in conds if c is not None and not c[0]]
+            cond = failed[0] if failed else conds[0]
+            assert cond is not None
             r.condition(Condition.WAKE_ON_PUSH, *cond)
-        return h
+        return sleeper if armed else None
 
     async def sleep(self, r: Resource, tick: Awaitable[None]) -> None:
         """Wait for ``tick`` (the next poll), or less when a push lands on the queue of an armed resource."""
-        h = self.update(r)
-        if h is None or not h.armed:
+        s = self.update(r)
+        if s is None:
             await tick
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        h.future = fut
-        if h.poked:
-            h._release()
+        s.future = fut
+        if s.poked:
+            s._release()
         ticking = asyncio.ensure_future(tick)
         try:
             await asyncio.wait({ticking, fut}, return_when="FIRST_COMPLETED")
         finally:
             if fut.done():
-                h.last = loop.time()
+                s.last = loop.time()
             else:
                 fut.cancel()
             ticking.cancel()
-            if h.timer is not None:
-                h.timer.cancel()
-                h.timer = None
-            h.future = None
-            h.poked = False  # the read that follows sees every push so far
+            if s.timer is not None:
+                s.timer.cancel()
+                s.timer = None
+            s.future = None
+            s.poked = False  # the read that follows sees every push so far
 
     def forget(self, r: Any) -> None:
-        w = self._where.pop(r, None)
-        if w is not None:
+        for w in self._where.pop(r, ()):
             w.remove(r)
+        self._sleepers.pop(r, None)
 
     async def close(self) -> None:
         for w in self._watches.values():
             await w.close()
         self._watches.clear()
         self._where.clear()
+        self._sleepers.clear()

@@ -50,7 +50,12 @@ class FakeLoop:
     """The part of a Consumer the waker reads and writes (a real reader on a real client)."""
 
     def __init__(
-        self, pool: ClientPool, url: str, source: dict[str, Any], creds: Credentials | None = None
+        self,
+        pool: ClientPool,
+        url: str,
+        source: dict[str, Any],
+        creds: Credentials | None = None,
+        cluster: bool = False,
     ) -> None:
         self.spec = parse_spec(
             {
@@ -59,7 +64,7 @@ class FakeLoop:
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
             }
         )
-        client = self.client = pool.get(url, False, creds or Credentials())
+        client = self.client = pool.get(url, cluster, creds or Credentials())
         self.reader = make_reader(client, self.spec.source, pool.batcher(client))
         self.current: int | None = 0
         self.body = Body()
@@ -293,3 +298,42 @@ def test_a_lost_connection_is_said_and_reconnected(notifying: RedisServer) -> No
             await pool.close()
 
     run(main())
+
+
+def test_on_cluster_each_master_node_wakes_for_the_keys_it_holds(redis_cluster: Any) -> None:
+    """Keyspace notifications are node-local on Cluster: one watch per master, each key on its own node's."""
+    for node in redis_cluster.nodes:
+        with node.client() as c:
+            c.config_set("notify-keyspace-events", "Kl")
+
+    async def main() -> None:
+        pool = ClientPool()
+        waker = Waker("use")
+        client = pool.get(redis_cluster.url, True, Credentials())
+        await client.initialize()
+        # two lists whose slots are on different masters
+        keys: dict[str, str] = {}
+        for i in range(100):
+            keys.setdefault(client.get_node_from_key(f"q{i}").name, f"q{i}")
+        a, b = list(keys.values())[:2]
+        loop = FakeLoop(pool, redis_cluster.url, {"lists": [{"key": a}, {"key": b}]}, cluster=True)
+        try:
+            await settle(waker, loop, lambda: wake_on(loop.conditions.get(Condition.WAKE_ON_PUSH)))
+            assert len(waker._watches) == 2 and "Cluster node" in loop.conditions[Condition.WAKE_ON_PUSH][2]
+            for _ in range(3):
+                await waker.sleep(loop, asyncio.sleep(0.3))
+            for key in (a, b):
+                before = sum(w.wakes for w in waker._watches.values())
+                lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c, k=key: c.lpush(k, "m"))
+                assert lasted < LONG / 2 and wakes == before + 1, key
+                await asyncio.sleep(wake.WAKE_MIN_GAP)
+        finally:
+            await waker.close()
+            await pool.close()
+
+    try:
+        run(main())
+    finally:
+        for node in redis_cluster.nodes:
+            with node.client() as c:
+                c.config_set("notify-keyspace-events", "")
