@@ -434,6 +434,11 @@ class ServerWatch:
                 await self._task
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _config_value(reply: Any) -> Any:
     if isinstance(reply, dict):
         for k, v in reply.items():
@@ -526,12 +531,16 @@ class Waker:
         for w, keys in groups.items():
             w.set(r, sleeper, kind, keys, armed)
             conds.append(w.condition(kind))
+        # a server known not to publish: sleep as if there were no waker (no task, no future); while the
+        # first check is under way, sleep ready to be woken (its subscription's confirmation will)
+        usable = True
         if all(c is not None for c in conds):
             failed = [c for c in conds if c is not None and not c[0]]
             cond = failed[0] if failed else conds[0]
             assert cond is not None
             r.condition(Condition.WAKE_ON_PUSH, *cond)
-        return sleeper if armed else None
+            usable = not failed
+        return sleeper if armed and (usable or sleeper.poked) else None
 
     async def sleep(self, r: Resource, tick: Awaitable[None]) -> None:
         """Wait for ``tick`` (the next poll), or less when a push lands on the queue of an armed resource."""
@@ -545,12 +554,19 @@ class Waker:
         if s.poked:
             s._release()
         ticking = asyncio.ensure_future(tick)
+        # the tick ends the sleep too (a callback: cheaper than asyncio.wait at thousands of sleeps a second)
+        ticking.add_done_callback(lambda _: _resolve(fut))
+        woken = False
         try:
-            await asyncio.wait({ticking, fut}, return_when="FIRST_COMPLETED")
-        finally:
-            if fut.done():
-                s.last = loop.time()
+            if fut.done():  # released at once (a poke before the sleep)
+                woken = True
             else:
+                await fut
+                woken = not ticking.done()
+        finally:
+            if woken:
+                s.last = loop.time()
+            if not fut.done():
                 fut.cancel()
             ticking.cancel()
             if s.timer is not None:

@@ -337,3 +337,27 @@ def test_on_cluster_each_master_node_wakes_for_the_keys_it_holds(redis_cluster: 
         for node in redis_cluster.nodes:
             with node.client() as c:
                 c.config_set("notify-keyspace-events", "")
+
+
+def test_a_new_subscription_reads_once_more_then_sleeps_until_a_push(notifying: RedisServer) -> None:
+    """A resource just at zero: its first sleep ends when the subscription is live (a push between its last
+    read and the SUBSCRIBE is not left to the poll); the next lasts until the tick when nothing is pushed."""
+
+    async def main() -> None:
+        pool = ClientPool()
+        waker = Waker("use")
+        loop = FakeLoop(pool, notifying.url, {"list": {"key": "q"}})
+        try:
+            started = time.monotonic()
+            await asyncio.wait_for(waker.sleep(loop, asyncio.sleep(LONG)), LONG / 2)
+            assert time.monotonic() - started < LONG / 2
+            assert sum(w.wakes for w in waker._watches.values()) == 0  # the confirmation, not an event
+            quiet = asyncio.create_task(waker.sleep(loop, asyncio.sleep(1.0)))
+            await asyncio.sleep(0.5)
+            assert not quiet.done()
+            await quiet
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
