@@ -341,14 +341,23 @@ class ServerWatch:
         return True
 
     async def _listen(self) -> None:
-        """Subscribe to what the armed resources need until a recheck of the config is due."""
+        """Keep the subscriptions what the armed resources need. Every ``RECHECK_SECONDS`` the config is read
+        again (on the command connection; the subscriptions stay) and the pub/sub connection pinged; returns
+        when the server stopped publishing or the channel kind changed (the caller starts over)."""
         pubsub = self.client.pubsub(node=self.node) if self.node is not None else self.client.pubsub()
         subscribed: set[str] = set()
         reader: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
+        kind = channel_kind(self.state.flags or "")
         deadline = loop.time() + RECHECK_SECONDS
         try:
-            while loop.time() < deadline:
+            while True:
+                if loop.time() >= deadline:
+                    if not await self._check() or channel_kind(self.state.flags or "") != kind:
+                        return
+                    if subscribed:
+                        await pubsub.ping()  # a dead connection fails here or in the reader
+                    deadline = loop.time() + RECHECK_SECONDS
                 self._changed.clear()
                 self._map = self.channels()
                 self._keys = self._by_key()

@@ -361,3 +361,29 @@ def test_a_new_subscription_reads_once_more_then_sleeps_until_a_push(notifying: 
             await pool.close()
 
     run(main())
+
+
+def test_the_config_is_read_again_turned_off_then_on(notifying: RedisServer, monkeypatch: Any) -> None:
+    """Notifications turned off on the server: the recheck says so (the subscriptions go); turned on again:
+    woken again, without an operator restart."""
+    monkeypatch.setattr(wake, "RECHECK_SECONDS", 0.5)
+
+    async def main() -> None:
+        pool, waker, loop = await _armed(notifying.url, {"list": {"key": "q"}})
+        cond = lambda: loop.conditions[Condition.WAKE_ON_PUSH]  # noqa: E731
+        try:
+            await settle(waker, loop, lambda: cond()[0])
+            await loop.client.config_set("notify-keyspace-events", "")
+            await settle(waker, loop, lambda: cond()[1] == Reason.NOTIFICATIONS_OFF)
+            await loop.client.config_set("notify-keyspace-events", "Kl")
+            await settle(waker, loop, lambda: cond()[0])
+            for _ in range(3):
+                await waker.sleep(loop, asyncio.sleep(0.3))
+            before = sum(w.wakes for w in waker._watches.values())
+            lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c: c.lpush("q", "m"))
+            assert lasted < LONG / 2 and wakes == before + 1
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
