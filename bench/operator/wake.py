@@ -9,9 +9,11 @@ time until a watch on the Deployment sees ``spec.replicas`` 1; delete the list, 
 
 Appends ``{"wake": "notifications"|"polling", "first_push_to_patch_p50_s", "first_push_to_patch_p99_s", ...}``
 records under the key ``wake`` of bench/results/operator.json (what else is in the file stays) and draws
-bench/results/operator-wake.png.
+bench/results/operator-wake.png. ``--idle N`` (default 1,000) then measures what waiting costs: N resources
+at zero on a server with notifications, all subscribed, operator CPU over 10 s; then the server's
+notifications turned off and, once the operator's recheck has unsubscribed them, the same again.
 
-    python bench/operator/wake.py [--rounds 50] [--interval 1]
+    python bench/operator/wake.py [--rounds 50] [--interval 1] [--idle 1000] [--skip-latency]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tide_local.cleanup import delete_namespace
 from tide_local.redisproc import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CACHE, ROOT, Operator, ScaleWatch, deployment, kubectl, qc, setup_ns
+from bench import CACHE, ROOT, Operator, ScaleWatch, create_all, deployment, kubectl, qc, setup_ns
 
 MODES = {"notifications": ["--notify-keyspace-events", "Kl"], "polling": []}
 
@@ -105,6 +107,49 @@ def run(info: Any, api_client: Any, rounds: int, interval: float) -> dict[str, A
     return {"records": records}
 
 
+def idle_cost(info: Any, api_client: Any, n: int, interval: float) -> dict[str, Any]:
+    """The waker's idle cost: ``n`` resources at zero on one server with notifications on (every one of
+    them subscribed and sleeping ready to be woken), operator CPU over 10 s; then the server's
+    notifications turned off, and the same once the operator's recheck has unsubscribed them."""
+    ns = f"bench-op-wake-idle-{int(time.time())}"
+    core = client.CoreV1Api(api_client)
+    setup_ns(core, ns)
+    server = RedisServer(extra_args=["--notify-keyspace-events", "Kl"]).start()
+    names = [f"i{i:05d}" for i in range(n)]
+    create_all(api_client, ns, names, server.url, interval)
+    op = Operator(info, ns, CACHE / "bench-operator-wake-idle.log")
+    r = redis.Redis.from_url(server.url)
+    out: dict[str, Any] = {"resources": n, "polling_interval_s": interval}
+
+    def cpu(seconds: float = 10.0) -> float:
+        _, c0 = op.stats()
+        time.sleep(seconds)
+        _, c1 = op.stats()
+        return round((c1 - c0) / seconds, 3)
+
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and len(r.pubsub_channels()) < n:  # every resource subscribed
+            time.sleep(2)
+        out["subscribed_channels"] = len(r.pubsub_channels())
+        time.sleep(5)
+        out["operator_idle_cpu_cores_notifications"] = cpu()
+        out["rss_mb_notifications"] = round(op.stats()[0], 1)
+        r.config_set("notify-keyspace-events", "")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and r.pubsub_channels():
+            time.sleep(2)
+        out["subscribed_channels_after_off"] = len(r.pubsub_channels())
+        time.sleep(5)
+        out["operator_idle_cpu_cores_off"] = cpu()
+    finally:
+        op.stop()
+        r.close()
+        server.cleanup()
+        delete_namespace(core.api_client, ns)
+    return out
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -131,6 +176,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=50, help="first pushes per mode")
     ap.add_argument("--interval", type=float, default=1.0, help="pollingIntervalSeconds of both resources")
+    ap.add_argument("--idle", type=int, default=1000, help="resources at zero for the idle cost (0: skip)")
+    ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where JSON and plot go")
     args = ap.parse_args()
     info = local_cluster.up(verbose=False)
@@ -138,7 +185,17 @@ def main() -> int:
     kubectl(info, "wait", "--for=condition=established", "crd/queueconsumers.tide.dev")
     api_client = info.api_client()
     load0 = [round(x, 2) for x in os.getloadavg()]
-    result = run(info, api_client, args.rounds, args.interval)
+    out = args.out / "operator.json"
+    previous = (json.loads(out.read_text()) if out.exists() else {}).get("wake", {})
+    result = (
+        {"records": previous.get("records", [])}
+        if args.skip_latency
+        else run(info, api_client, args.rounds, args.interval)
+    )
+    if args.idle:
+        api_client.configuration.connection_pool_maxsize = 32
+        result["idle"] = idle_cost(info, api_client, args.idle, args.interval)
+        print(json.dumps(result["idle"]), flush=True)
     api_client.close()
     result["machine"] = {
         "cpus": os.cpu_count(),
@@ -149,7 +206,6 @@ def main() -> int:
     for rec in result["records"]:
         print(json.dumps({k: v for k, v in rec.items() if k != "samples_s"}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "operator.json"
     doc = json.loads(out.read_text()) if out.exists() else {}
     doc["wake"] = result  # under its own key: the other parts of the file stay as they are
     out.write_text(json.dumps(doc, indent=2) + "\n")
