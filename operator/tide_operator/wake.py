@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from tide_worker.connection import redact
 
 from tide_operator import metrics
 from tide_operator.conditions import Condition, Reason
@@ -230,8 +231,9 @@ class ServerWatch:
     def set(self, resource: Any, sleeper: Sleeper, kind: str, keys: tuple[str, ...], armed: bool) -> Handle:
         h = self.handles.get(resource)
         if h is None or h.kind != kind or h.keys != keys:
-            if h is not None:
+            if h is not None and h.armed:
                 h.armed = False
+                self._changed.set()  # its old channels go
             h = self.handles[resource] = Handle(kind, keys, sleeper)
         if armed != h.armed:
             h.armed = armed
@@ -281,7 +283,7 @@ class ServerWatch:
         """Log a state of this server once (again only when it changes)."""
         if self._logged != (key, message):
             self._logged = (key, message)
-            log.log(level, f"keyspace notifications, {self.label}: {message}")
+            log.log(level, redact(f"keyspace notifications, {self.label}: {message}"))
 
     # --- the connection --------------------------------------------------------------------------------
 

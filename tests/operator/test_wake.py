@@ -387,3 +387,26 @@ def test_the_config_is_read_again_turned_off_then_on(notifying: RedisServer, mon
             await pool.close()
 
     run(main())
+
+
+def test_a_changed_key_moves_the_subscription_and_a_removed_resource_leaves(notifying: RedisServer) -> None:
+    async def main() -> None:
+        pool, waker, loop = await _armed(notifying.url, {"list": {"key": "q"}})
+        old, new = b"__keyspace@0__:q", b"__keyspace@0__:q2"
+        try:
+            await settle(waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][0])
+            for _ in range(2):
+                await waker.sleep(loop, asyncio.sleep(0.2))
+            assert await loop.client.pubsub_numsub(old, new) == [(old, 1), (new, 0)]
+            loop.spec = FakeLoop(pool, notifying.url, {"list": {"key": "q2"}}).spec
+            for _ in range(3):
+                await waker.sleep(loop, asyncio.sleep(0.2))
+            assert await loop.client.pubsub_numsub(old, new) == [(old, 0), (new, 1)]
+            waker.forget(loop)  # the resource is deleted
+            await asyncio.sleep(0.3)
+            assert await loop.client.pubsub_numsub(old, new) == [(old, 0), (new, 0)]
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
