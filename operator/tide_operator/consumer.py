@@ -651,7 +651,7 @@ class Consumer:
                     raise
                 except Exception as exc:  # the last resort: no error ends the loop without a word
                     delay = await self.poll_failed(exc)
-                await self.shared.waker.sleep(self, self.shared.ticker.wait(delay, self.interval, self.phase))
+                await self.shared.waker.sleep(self, self.shared.ticker.tick(delay, self.interval, self.phase))
         finally:
             self.shared.waker.forget(self)
             self.shared.daemons -= 1

@@ -445,11 +445,6 @@ class ServerWatch:
                 await self._task
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _config_value(reply: Any) -> Any:
     if isinstance(reply, dict):
         for k, v in reply.items():
@@ -554,19 +549,27 @@ class Waker:
         return sleeper if armed and (usable or sleeper.poked) else None
 
     async def sleep(self, r: Resource, tick: Awaitable[None]) -> None:
-        """Wait for ``tick`` (the next poll), or less when a push lands on the queue of an armed resource."""
+        """Wait for ``tick`` (the next poll), or less when a push lands on the queue of an armed resource.
+
+        ``tick`` is the polling grid's shared future (``Ticker.tick``: never cancelled here, a callback is
+        added to it, so a thousand sleeps cost no task each) or any awaitable (then run as a task)."""
+        shared = asyncio.isfuture(tick)
         s = self.update(r)
         if s is None:
-            await tick
+            await (asyncio.shield(tick) if shared else tick)
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         s.future = fut
         if s.poked:
             s._release()
-        ticking = asyncio.ensure_future(tick)
-        # the tick ends the sleep too (a callback: cheaper than asyncio.wait at thousands of sleeps a second)
-        ticking.add_done_callback(lambda _: _resolve(fut))
+        ticking: asyncio.Future[Any] = tick if shared else asyncio.ensure_future(tick)  # type: ignore[assignment]
+
+        def ticked(_: Any) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        ticking.add_done_callback(ticked)
         woken = False
         try:
             if fut.done():  # released at once (a poke before the sleep)
@@ -579,7 +582,9 @@ class Waker:
                 s.last = loop.time()
             if not fut.done():
                 fut.cancel()
-            ticking.cancel()
+            ticking.remove_done_callback(ticked)
+            if not shared:
+                ticking.cancel()
             if s.timer is not None:
                 s.timer.cancel()
                 s.timer = None

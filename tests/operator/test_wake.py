@@ -14,7 +14,7 @@ import pytest
 from tide_local.redisproc import RedisServer
 from tide_operator import wake
 from tide_operator.conditions import Condition, Reason
-from tide_operator.redis_reader import ClientPool, Credentials, make_reader
+from tide_operator.redis_reader import ClientPool, Credentials, Ticker, make_reader
 from tide_operator.spec import parse_spec
 from tide_operator.wake import Waker, channel_kind, classes, configured, missing_for, mode_from_env
 
@@ -124,6 +124,38 @@ async def _push_wakes(
     finally:
         await waker.close()
         await pool.close()
+
+
+def test_the_polling_grid_shared_tick_is_woken_early_and_never_cancelled(notifying: RedisServer) -> None:
+    """The loop's own sleep: the grid's shared future (Ticker.tick), which other resources wait for too."""
+
+    async def main() -> None:
+        pool, waker, loop = await _armed(notifying.url, {"list": {"key": "q"}})
+        ticker = Ticker()
+        try:
+            await settle(waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][0])
+            for _ in range(3):
+                await waker.sleep(loop, asyncio.sleep(0.3))
+            tick = ticker.tick(0.0, LONG)
+            other = asyncio.create_task(ticker.wait(0.0, LONG))  # another resource on the same grid point
+            sleeping = asyncio.create_task(waker.sleep(loop, tick))
+            await asyncio.sleep(0.2)
+            assert not sleeping.done()
+            await loop.client.lpush("q", "m")
+            await asyncio.wait_for(sleeping, LONG / 2)
+            assert not tick.done() and not tick.cancelled() and not other.done()
+            other.cancel()
+            # the plain path (a busy resource) on a shared tick: shielded too
+            loop.current = 1
+            quiet = asyncio.create_task(waker.sleep(loop, ticker.tick(0.0, 0.5)))
+            await asyncio.sleep(0.1)
+            quiet.cancel()
+            await asyncio.sleep(0.6)
+        finally:
+            await waker.close()
+            await pool.close()
+
+    run(main())
 
 
 def test_a_push_ends_the_sleep_of_a_resource_at_zero(notifying: RedisServer) -> None:
