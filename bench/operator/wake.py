@@ -121,27 +121,33 @@ def idle_cost(info: Any, api_client: Any, n: int, interval: float) -> dict[str, 
     r = redis.Redis.from_url(server.url)
     out: dict[str, Any] = {"resources": n, "polling_interval_s": interval}
 
-    def cpu(seconds: float = 10.0) -> float:
+    def cpu(seconds: float = 10.0) -> tuple[float, float]:
+        """Operator CPU cores and Kubernetes writes per second over ``seconds``."""
+        m0 = op.metrics()
         _, c0 = op.stats()
         time.sleep(seconds)
         _, c1 = op.stats()
-        return round((c1 - c0) / seconds, 3)
+        m1 = op.metrics()
+        writes = sum(
+            v - m0.get(k, 0.0) for k, v in m1.items() if k.startswith("tide_kube_requests_total:PATCH")
+        )
+        return round((c1 - c0) / seconds, 3), round(writes / seconds, 2)
 
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and len(r.pubsub_channels()) < n:  # every resource subscribed
             time.sleep(2)
         out["subscribed_channels"] = len(r.pubsub_channels())
-        time.sleep(5)
-        out["operator_idle_cpu_cores_notifications"] = cpu()
+        time.sleep(20)  # the status writes of WakeOnPush=True (one per resource) are done
+        out["operator_idle_cpu_cores_notifications"], out["kube_writes_per_s_notifications"] = cpu()
         out["rss_mb_notifications"] = round(op.stats()[0], 1)
         r.config_set("notify-keyspace-events", "")
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and r.pubsub_channels():
             time.sleep(2)
         out["subscribed_channels_after_off"] = len(r.pubsub_channels())
-        time.sleep(5)
-        out["operator_idle_cpu_cores_off"] = cpu()
+        time.sleep(20)  # the status writes of WakeOnPush=False are done
+        out["operator_idle_cpu_cores_off"], out["kube_writes_per_s_off"] = cpu()
     finally:
         op.stop()
         r.close()
