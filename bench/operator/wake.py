@@ -193,22 +193,28 @@ def main() -> int:
     load0 = [round(x, 2) for x in os.getloadavg()]
     out = args.out / "operator.json"
     previous = (json.loads(out.read_text()) if out.exists() else {}).get("wake", {})
-    result = (
-        {"records": previous.get("records", [])}
-        if args.skip_latency
-        else run(info, api_client, args.rounds, args.interval)
-    )
+    if args.skip_latency:  # the latency part of the last run stays, with its own machine load and time
+        result = {k: v for k, v in previous.items() if k in ("records", "machine", "time")}
+    else:
+        result = run(info, api_client, args.rounds, args.interval)
+        result["machine"] = {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": load0,
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+        }
+        result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if args.idle:
         api_client.configuration.connection_pool_maxsize = 32
-        result["idle"] = idle_cost(info, api_client, args.idle, args.interval)
-        print(json.dumps(result["idle"]), flush=True)
+        load1 = [round(x, 2) for x in os.getloadavg()]
+        idle = idle_cost(info, api_client, args.idle, args.interval)
+        idle["machine"] = {
+            "load_avg_at_start": load1,
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+        }
+        idle["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        result["idle"] = idle
+        print(json.dumps(idle), flush=True)
     api_client.close()
-    result["machine"] = {
-        "cpus": os.cpu_count(),
-        "load_avg_at_start": load0,
-        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     for rec in result["records"]:
         print(json.dumps({k: v for k, v in rec.items() if k != "samples_s"}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
