@@ -295,9 +295,16 @@ class SentinelProcess(RedisServer):
 class RedisSentinelSet:
     """A master, ``replicas`` replicas and ``sentinels`` sentinels watching them as ``master_name``.
 
-    ``start()`` returns once every sentinel sees the master, its replicas and the other sentinels, so a
-    failover can happen; ``kill_master()`` SIGKILLs the current master and ``wait_failover()`` waits for
-    the sentinels to name another one."""
+    ``start()`` returns once every replica has finished its initial sync (the master lists it ``online``)
+    and every sentinel sees the master, its replicas and the other sentinels, so a failover can happen
+    and promotes a replica that holds the data; ``kill_master()`` SIGKILLs the current master (after
+    checking its replicas are in sync) and ``wait_failover()`` waits for the sentinels to name another one.
+
+    A replica the master lists is not yet a copy: it shows up (and the sentinels count it) as soon as it
+    connects, in state ``wait_bgsave``, and Redis 7 starts the first full sync only after
+    ``repl-diskless-sync-delay`` (5 s by default). Sentinel will promote such a replica, empty, if the
+    master dies in that window: every message of the queue is lost. The data servers here run with
+    ``repl-diskless-sync-delay 0`` so a set is ready sooner, and ``start()`` waits for the sync."""
 
     master_name: str = "mymaster"
     replicas: int = 1
@@ -317,14 +324,17 @@ class RedisSentinelSet:
         hosts = ",".join(f"{h}:{p}" for h, p in self.addresses)
         return f"{scheme}://{auth}{hosts}/{self.master_name}/{db}"
 
-    def _auth_args(self) -> list[str]:
-        return ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+    def _server_args(self) -> list[str]:
+        args = ["--repl-diskless-sync-delay", "0"]
+        return args + (
+            ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        )
 
     def start(self, timeout: float = 30.0) -> RedisSentinelSet:
-        master = RedisServer(password=self.password, extra_args=self._auth_args()).start()
+        master = RedisServer(password=self.password, extra_args=self._server_args()).start()
         self.servers = [master]
         for _ in range(self.replicas):
-            replica_args = [*self._auth_args(), "--replicaof", master.host, str(master.port)]
+            replica_args = [*self._server_args(), "--replicaof", master.host, str(master.port)]
             self.servers.append(RedisServer(password=self.password, extra_args=replica_args).start())
         quorum = self.sentinels // 2 + 1
         for _ in range(self.sentinels):
@@ -337,12 +347,62 @@ class RedisSentinelSet:
             watcher.start()
             self.watchers.append(watcher)
         deadline = time.monotonic() + timeout
+        try:
+            self.wait_synced(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
         while time.monotonic() < deadline:
             if all(self._sees_everything(s) for s in self.watchers):
                 return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("the sentinels did not discover the replicas and each other in time")
+
+    def replication(self) -> dict[int, dict[str, object]]:
+        """``INFO replication`` of every running data server, by port, the master's read first (evidence
+        for a failover test)."""
+        out: dict[int, dict[str, object]] = {}
+        master = self.master()
+        for n in sorted(self.servers, key=lambda x: x is not master):
+            if n.running:
+                with n.client() as c:
+                    out[n.port] = dict(c.info("replication"))
+        return out
+
+    def unsynced_replicas(self) -> list[int]:
+        """Ports of running replicas of the current master that have not finished a sync with it: not
+        listed ``online`` by the master, or their own link not ``up``."""
+        master = self.master()
+        with master.client() as c:
+            info = c.info("replication")
+        online = {
+            int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+            and v.get("state") == "online"
+        }  # fmt: skip
+        behind = []
+        for n in self.servers:
+            if n is master or not n.running:
+                continue
+            with n.client() as c:
+                link = c.info("replication").get("master_link_status")
+            if n.port not in online or link != "up":
+                behind.append(n.port)
+        return behind
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every running replica has finished its full sync with the current master."""
+        deadline = time.monotonic() + timeout
+        behind: list[int] = []
+        while time.monotonic() < deadline:
+            try:
+                behind = self.unsynced_replicas()
+            except (redis.ConnectionError, redis.TimeoutError, StopIteration):
+                behind = [-1]
+            if not behind:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"replicas {behind} did not finish their sync with the master in {timeout}s")
 
     def _sees_everything(self, s: SentinelProcess) -> bool:
         with s.client() as c:
@@ -365,8 +425,11 @@ class RedisSentinelSet:
         _, port = self.master_address()
         return next(s for s in self.servers if s.port == port)
 
-    def kill_master(self) -> RedisServer:
-        """SIGKILL the current master (it stays down; ``restart_old`` brings it back as a replica)."""
+    def kill_master(self, require_synced: bool = True) -> RedisServer:
+        """SIGKILL the current master (it stays down). By default first check that every replica has
+        finished its initial sync (else the promoted one would be empty: not the failover meant)."""
+        if require_synced and (behind := self.unsynced_replicas()):
+            raise RuntimeError(f"replicas {behind} are not in sync with the master: a kill now loses all")
         m = self.master()
         m.kill()
         return m

@@ -5,8 +5,14 @@ SIGKILLed about every second and replaced, and once 8,000 messages are queued th
 Sentinel promotes one of the two replicas and the other follows it. Handlers record each run
 in a separate Redis (a failover must not eat the evidence). Lost = acknowledged to the producer, never
 run; duplicates = extra runs. With the durable enqueue (``wait_replicas=1``) nothing acknowledged may
-be lost; without it the count is reported (a push acknowledged by the old master and not replicated is
-lost, so it may be above zero, by how much depends on the replication lag at the moment of the kill).
+be lost. Without it, a push acknowledged by the old master and not yet replicated is lost: the count is
+reported, and nothing acknowledged before a sync point (a write the replicas confirmed 0.2-0.4 s before
+the kill) may be lost, in either mode.
+
+The set's replicas have finished their initial sync before the kill (``RedisSentinelSet`` waits for it,
+``kill_master`` checks it). An earlier version killed the master 3.5 s after the set started, while both
+replicas still waited for their first full sync (Redis 7 starts it ``repl-diskless-sync-delay`` = 5 s
+after they connect): Sentinel promoted an empty replica, and the whole queue (~5,800 of 20,000) was lost.
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ KILL_MASTER_AT = N * 2 // 5
 K = QueueKeys("chaos")
 
 
+def _lag_bytes(info: dict[int, dict[str, object]], master_port: int) -> dict[int, int]:
+    """How far each replica's own processed offset was behind the master's, in bytes of the replication
+    stream (read one server after the other, master first: an upper bound near the kill)."""
+    offset = int(str(info[master_port]["master_repl_offset"]))
+    return {
+        port: max(0, offset - int(str(r.get("slave_repl_offset", 0))))
+        for port, r in info.items()
+        if port != master_port
+    }
+
+
 def _backlog(s: RedisSentinelSet) -> int:
     with s.master().client() as c:
         return int(c.llen("chaos")) + sum(
@@ -46,9 +63,9 @@ def _backlog(s: RedisSentinelSet) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("durable", [False, True], ids=["plain", "durable"])
 def test_chaos_through_a_failover(redis_url: str, spawn, durable):
-    # Two replicas: after the failover one is left for the durable WAIT. The dead master stays dead:
-    # restarting a master without persistence came back empty and, in one run, ~half the queue vanished
-    # (the documented hazard of auto-restarting a non-persistent master under Sentinel).
+    # Two replicas: after the failover one is left for the durable WAIT. The dead master stays dead
+    # (restarting a master without persistence brings it back empty: the documented hazard of
+    # auto-restarting a non-persistent master under Sentinel).
     with RedisSentinelSet(
         replicas=2, password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD
     ) as s:
@@ -95,6 +112,8 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
     kills = 0
     master_killed = False
     gap = 0.0
+    safe = at_kill = 0
+    lag: dict[int, int] = {}
     deadline = time.monotonic() + 150
     while (not done.is_set() or log.llen("chaos-log") < N * 0.9) and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.7, 1.3))
@@ -107,11 +126,23 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
                 f"t={time.monotonic() - deadline + 150:.1f} queued={len(acknowledged)} runs={log.llen('chaos-log')}"
             )
         if not master_killed and len(acknowledged) >= KILL_MASTER_AT:
+            # A sync point: what was acknowledged before a write that a replica confirmed (WAIT on the
+            # test's own connection covers every earlier write of the master) must survive in both
+            # modes; only what is acknowledged in the ~0.3 s between it and the kill may be lost.
+            safe = len(acknowledged)
+            with s.master().client() as c:
+                c.set("chaos-sync-point", safe)
+                confirmed = int(c.wait(len(s.servers) - 1, 5000))
+            assert confirmed >= 1, f"no replica confirmed the sync point: {s.replication()}"
+            time.sleep(rng.uniform(0.2, 0.4))
+            before = s.replication()
             old = s.kill_master()
             t0 = time.monotonic()
             s.wait_failover(old.port)
             gap = time.monotonic() - t0
             master_killed = True
+            at_kill = len(acknowledged)
+            lag = _lag_bytes(before, old.port)
     assert master_killed, "the master was never killed: the producer did not get far enough"
     producer.join(60)
     assert done.is_set(), f"the producer did not finish ({len(acknowledged)} acknowledged, {retries})"
@@ -152,10 +183,14 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
     duplicates = sum(c - 1 for c in counts.values())
     print(
         f"\nsentinel chaos ({'durable' if durable else 'plain'}): {kills} worker kills, master killed at "
-        f"{KILL_MASTER_AT} queued, failover {gap:.1f}s, producer retries {dict(retries)}, "
-        f"lost {len(lost)}, duplicate runs {duplicates}"
+        f"{at_kill} acknowledged (sync point {safe}), replica lag at the kill {lag} bytes, failover "
+        f"{gap:.1f}s, producer retries {dict(retries)}, lost {len(lost)}, duplicate runs {duplicates}"
     )
     assert set(counts) <= set(bodies)  # nothing ran that was not produced
+    early = lost & set(bodies[:safe])
+    assert not early, (
+        f"{len(early)} messages acknowledged before the replicated sync point lost, e.g. {sorted(early)[:5]}"
+    )
     if durable:
         assert not lost, f"{len(lost)} acknowledged messages lost, e.g. {sorted(lost)[:5]}"
     log.close()
