@@ -283,12 +283,23 @@ class SentinelProcess(RedisServer):
             lines.append(f"sentinel auth-pass {name} {self.master_password}")
         if self.password:
             lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
+        if self.tls:  # TLS for its clients, and (tls-replication) to the data servers and other sentinels
+            lines[0] = "port 0"
+            lines += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.server_cert}",
+                f"tls-key-file {self.tls.server_key}",
+                f"tls-ca-cert-file {self.tls.ca_cert}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+            ]
         conf = self.workdir / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
         conf.write_text("\n".join(lines) + "\n")
         return [redis_server_binary(), str(conf), "--sentinel"]
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5)
+        tls: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca_cert)} if self.tls else {}
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5, **tls)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -312,6 +323,7 @@ class RedisSentinelSet:
     password: str | None = None  # the data servers' requirepass (and masterauth)
     sentinel_password: str | None = None
     down_after_ms: int = 1000
+    tls: TLSFiles | None = None  # TLS on every server and sentinel, replication included
     servers: list[RedisServer] = field(default_factory=list)
     watchers: list[SentinelProcess] = field(default_factory=list)
 
@@ -319,27 +331,31 @@ class RedisSentinelSet:
     def addresses(self) -> list[tuple[str, int]]:
         return [(s.host, s.port) for s in self.watchers]
 
-    def url(self, db: int = 0, scheme: str = "redis+sentinel") -> str:
+    def url(self, db: int = 0, scheme: str | None = None) -> str:
+        scheme = scheme or ("rediss+sentinel" if self.tls else "redis+sentinel")
         auth = f":{self.password}@" if self.password else ""
         hosts = ",".join(f"{h}:{p}" for h, p in self.addresses)
         return f"{scheme}://{auth}{hosts}/{self.master_name}/{db}"
 
     def _server_args(self) -> list[str]:
-        args = ["--repl-diskless-sync-delay", "0"]
+        args = ["--repl-diskless-sync-delay", "0"] + (["--tls-replication", "yes"] if self.tls else [])
         return args + (
             ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
         )
 
     def start(self, timeout: float = 30.0) -> RedisSentinelSet:
-        master = RedisServer(password=self.password, extra_args=self._server_args()).start()
+        master = RedisServer(password=self.password, tls=self.tls, extra_args=self._server_args()).start()
         self.servers = [master]
         for _ in range(self.replicas):
             replica_args = [*self._server_args(), "--replicaof", master.host, str(master.port)]
-            self.servers.append(RedisServer(password=self.password, extra_args=replica_args).start())
+            self.servers.append(
+                RedisServer(password=self.password, tls=self.tls, extra_args=replica_args).start()
+            )
         quorum = self.sentinels // 2 + 1
         for _ in range(self.sentinels):
             watcher = SentinelProcess(
                 password=self.sentinel_password,
+                tls=self.tls,
                 monitor=(self.master_name, master.host, master.port, quorum),
                 master_password=self.password,
                 down_after_ms=self.down_after_ms,
