@@ -190,3 +190,26 @@ def test_bad_sentinel_settings_give_a_condition_and_an_event_and_hold_the_replic
         for name in cases:
             assert api.replicas(f"w-{name}") == 2, name
         assert op.proc.poll() is None
+
+
+def test_sentinel_over_tls_with_the_ca_from_a_secret(
+    crds, namespace, k8s, sa_kubeconfig, redis_sentinel_tls, tls_files, tmp_path
+):
+    """spec.redis.sentinel with tls.enabled and tls.caSecretRef: the operator reads the CA from the Secret
+    and reaches TLS-only sentinels and master with it (rediss+sentinel://)."""
+    from pathlib import Path
+
+    s = redis_sentinel_tls
+    api = Api(k8s, namespace)
+    _secrets(api)
+    api.create_secret("redis-ca", {"ca.crt": Path(tls_files.ca_cert).read_text()})
+    api.create_deployment(deployment("w", {}))
+    body = qc("tq", "unused", {"list": {"key": "tq"}}, {"targetBacklogPerReplica": 10, "maxReplicas": 5})
+    tls = {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "ca.crt"}}
+    body["spec"]["redis"] = {**_redis(s), "tls": tls}
+    api.create_qc(body)
+    with s.master().client() as c:
+        c.lpush("tq", *range(30))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op, _explained(op, api, "tq"):
+        wait_for("3 replicas read over TLS through the sentinels", lambda: api.replicas() == 3, timeout=60)
+        wait_for("RedisReachable=True", lambda: api.condition("tq", "RedisReachable") == "True", timeout=20)
