@@ -8,7 +8,7 @@ SIGKILLed mid-backlog: the operator's reads fail for the seconds of the failover
 and a RedisUnreachable event, one line), the replicas are held, never dropped to zero, the readings
 resume on the promoted replica and the workers carry on there. A wrong master name, unreachable
 sentinels and a refused sentinel password each give a condition and an event naming the cause, and hold
-the replicas.
+the replicas. With TLS (tls.enabled, the CA from a Secret) the operator reads through TLS-only sentinels.
 """
 
 from __future__ import annotations
