@@ -441,6 +441,17 @@ class RedisSentinelSet:
         _, port = self.master_address()
         return next(s for s in self.servers if s.port == port)
 
+    def failovers(self) -> int:
+        """How many times the master was switched (``+switch-master`` in the sentinels' logs, the most any
+        one sentinel saw). More than the kills means a sentinel took a live master for dead: a second
+        failover, with the first promoted replica left a master until a sentinel converts it."""
+        counts = []
+        for s in self.watchers:
+            assert s.workdir is not None
+            log = s.workdir / "redis.log"
+            counts.append(log.read_text(errors="replace").count("+switch-master") if log.exists() else 0)
+        return max(counts, default=0)
+
     def kill_master(self, require_synced: bool = True) -> RedisServer:
         """SIGKILL the current master (it stays down). By default first check that every replica has
         finished its initial sync (else the promoted one would be empty: not the failover meant)."""

@@ -18,6 +18,7 @@ after they connect): Sentinel promoted an empty replica, and the whole queue (~5
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import random
 import signal
@@ -33,13 +34,14 @@ from tide_worker.producer import NotReplicated, Producer
 
 from tests.conftest import SENTINEL_DATA_PASSWORD, SENTINEL_PASSWORD
 
-from .conftest import wait_until
+from .conftest import WorkerProcess, wait_until
 
 N = int(os.environ.get("TIDE_SENTINEL_CHAOS_N", "20000"))
 CHUNK = 100
 WORKERS = 4
 KILL_MASTER_AT = N * 2 // 5
 K = QueueKeys("chaos")
+DOWN_AFTER_MS = 3000
 
 
 def _lag_bytes(info: dict[int, dict[str, object]], master_port: int) -> dict[int, int]:
@@ -66,8 +68,14 @@ def test_chaos_through_a_failover(redis_url: str, spawn, durable):
     # Two replicas: after the failover one is left for the durable WAIT. The dead master stays dead
     # (restarting a master without persistence brings it back empty: the documented hazard of
     # auto-restarting a non-persistent master under Sentinel).
+    # down-after 3 s, not the fixture's 1 s: on a loaded machine a sentinel could take the freshly
+    # promoted replica for dead within a second of the switch and fail over a second time, leaving the
+    # first one a master for ~11 s (a split brain: its acks were later discarded, ~9,000 duplicates).
     with RedisSentinelSet(
-        replicas=2, password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD
+        replicas=2,
+        password=SENTINEL_DATA_PASSWORD,
+        sentinel_password=SENTINEL_PASSWORD,
+        down_after_ms=DOWN_AFTER_MS,
     ) as s:
         _chaos(s, redis_url, spawn, durable)
 
@@ -105,7 +113,24 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
     env = {"TIDE_TEST_LOG": "chaos-log", "TIDE_TEST_LOG_URL": redis_url, "TIDE_TEST_SLEEP": "0.001",
            "TIDE_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD}  # fmt: skip
     url = s.url()
-    workers = [spawn(*args, env=env, url=url) for _ in range(WORKERS)]
+    spawned = itertools.count()
+
+    def start() -> tuple[str, WorkerProcess]:
+        """A worker with an id of the test's, so the test can tell when it runs (its heartbeat exists:
+        its SIGTERM handler is installed by then; on a machine at load 15 that took over 4 s once)."""
+        wid = f"chaos-{next(spawned)}"
+        return wid, spawn(*args, env={**env, "TIDE_WORKER_ID": wid}, url=url)
+
+    def running(ids: list[str]) -> bool:
+        try:
+            with s.master().client() as c:
+                return all(c.exists(K.worker(i)) for i in ids)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    started = [start() for _ in range(WORKERS)]
+    workers = [w for _, w in started]
+    ids = [i for i, _ in started]
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     rng = random.Random(15)
@@ -120,7 +145,7 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
         victim = rng.randrange(WORKERS)
         workers[victim].kill()
         kills += 1
-        workers[victim] = spawn(*args, env=env, url=url)
+        ids[victim], workers[victim] = start()
         if os.environ.get("TIDE_SENTINEL_CHAOS_TRACE"):
             print(
                 f"t={time.monotonic() - deadline + 150:.1f} queued={len(acknowledged)} runs={log.llen('chaos-log')}"
@@ -157,12 +182,14 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
         return runs >= N * 0.95 or (not durable and runs == last)
 
     wait_until(most_or_stalled, timeout=60, interval=3.0, what="most runs")
-    time.sleep(3)  # the last replacement has installed its signal handlers (a SIGTERM before exits -15)
+    # a SIGTERM before a worker's handlers are installed ends it with -15: wait until each one runs
+    wait_until(lambda: running(ids), timeout=60, interval=0.2, what="the last replacements running")
     for w in workers:
         w.signal(signal.SIGTERM)
     for w in workers:
         assert w.wait(60) == 0, w.logs()[-2000:]
-    final = [spawn(*args, env=env, url=url) for _ in range(2)]
+    final_started = [start() for _ in range(2)]
+    final = [w for _, w in final_started]
 
     def settled() -> bool:
         before = log.llen("chaos-log")
@@ -172,11 +199,12 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
         return log.llen("chaos-log") == before and _backlog(s) == 0
 
     wait_until(settled, timeout=60, interval=0.2, what="queue drained")
-    time.sleep(1)
+    wait_until(lambda: running([i for i, _ in final_started]), timeout=60, interval=0.2, what="final running")
     for w in final:
         w.signal(signal.SIGTERM)
     for w in final:
-        assert w.wait(60) == 0
+        code = w.wait(60)
+        assert code == 0, (code, w.logs()[-2000:])
     runs = [x.decode() for x in log.lrange("chaos-log", 0, -1)]
     counts = collections.Counter(runs)
     lost = set(acknowledged) - set(counts)
@@ -184,7 +212,8 @@ def _chaos(s: RedisSentinelSet, redis_url: str, spawn, durable: bool) -> None:
     print(
         f"\nsentinel chaos ({'durable' if durable else 'plain'}): {kills} worker kills, master killed at "
         f"{at_kill} acknowledged (sync point {safe}), replica lag at the kill {lag} bytes, failover "
-        f"{gap:.1f}s, producer retries {dict(retries)}, lost {len(lost)}, duplicate runs {duplicates}"
+        f"{gap:.1f}s, failovers {s.failovers()}, producer retries {dict(retries)}, lost {len(lost)}, "
+        f"duplicate runs {duplicates}"
     )
     assert set(counts) <= set(bodies)  # nothing ran that was not produced
     early = lost & set(bodies[:safe])
