@@ -1,0 +1,233 @@
+"""The control loops on a simulated clock, and one run of a trace against one system.
+
+- ``tide``: ``tide_operator.policy.decide`` itself, unchanged, fed as ``consumer.Consumer.poll`` feeds it:
+  every ``pollingIntervalSeconds`` a ``Backlog`` (ready = ``LLEN``, in flight = what the workers hold,
+  ``oldest_age`` of the message at the consuming end), the workers' rates, the current ``/scale`` replicas,
+  the ``PolicyState`` the last decision returned, and ``now``; a change is written to ``/scale`` at once,
+  and before a scale-down each pod's deletion cost (``World.scale(idle_first=True)``, which calls
+  ``tide_operator.deletion_cost.pod_costs``).
+- ``keda-*``: ``keda_hpa.Keda.poll`` every ``pollingInterval`` and ``keda_hpa.Hpa.sync`` every 15 s, each on
+  a phase of its own (seeded), both writing the same ``/scale``.
+
+The phases of the loops against the trace are drawn from the seed: the real runs had one phase each, so a
+validation replays many seeds and reports their spread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tide_operator.policy import PolicyState, decide
+from tide_operator.spec import Scaling, parse_scaling
+from tide_worker.backlog import Backlog
+
+from bench.sim import keda_hpa
+from bench.sim.world import World, WorldConfig, percentiles
+
+EPOCH = datetime.datetime(2026, 1, 5, tzinfo=datetime.UTC).timestamp()  # a Monday, 00:00 UTC: t = 0
+
+
+@dataclass(frozen=True)
+class KedaConfig:
+    """A ScaledObject as bench/vs_keda.py writes it."""
+
+    list_length: int
+    max_replicas: int
+    polling: float = keda_hpa.KEDA_DEFAULT_POLLING
+    cooldown: float = keda_hpa.KEDA_DEFAULT_COOLDOWN
+    activation_list_length: int = 0
+    behavior: dict[str, Any] | None = None  # advanced.horizontalPodAutoscalerConfig.behavior
+    hpa_sync: float = keda_hpa.DEFAULT_SYNC_SECONDS
+
+
+def keda_defaults(target: int, max_replicas: int) -> KedaConfig:
+    return KedaConfig(target, max_replicas)
+
+
+def keda_tuned(target: int, max_replicas: int, cooldown: float = 30.0) -> KedaConfig:
+    """bench/vs_keda.py ``scaled_object(tuned=True)``: polling 1 s, Tide's cooldown, Tide's behavior."""
+    return KedaConfig(
+        target,
+        max_replicas,
+        polling=1.0,
+        cooldown=cooldown,
+        behavior={
+            "scaleUp": {
+                "stabilizationWindowSeconds": 0,
+                "policies": [{"type": "Pods", "value": max_replicas, "periodSeconds": 1}],
+            },
+            "scaleDown": {
+                "stabilizationWindowSeconds": 30,
+                "policies": [{"type": "Percent", "value": 50, "periodSeconds": 5}],
+            },
+        },
+    )
+
+
+@dataclass
+class Trace:
+    """Arrivals ``(time, count, duration or None)`` in time order, and the end of the run."""
+
+    name: str
+    arrivals: Sequence[tuple[float, int, float | None]]
+    horizon: float  # stop here at the latest
+    stop_when_idle: bool = True  # stop once everything is done and no pod is left (after the last arrival)
+
+
+@dataclass
+class Result:
+    system: str
+    wait_p50_s: float | None
+    wait_p95_s: float | None
+    wait_p99_s: float | None
+    pod_seconds: float
+    interrupted: int
+    scale_changes: int
+    messages: int
+    processed: int
+    end_s: float
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0  # the simulator's own run time
+
+    def figures(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "timeline"}
+
+
+class TideLoop:
+    def __init__(self, scaling: Scaling) -> None:
+        self.scaling = scaling
+        self.interval = scaling.polling_interval_seconds
+        self.state = PolicyState()
+
+    def tick(self, now: float, world: World) -> None:
+        reading = Backlog(
+            ready=world.in_list(now), inflight=world.held(now), oldest_age=world.oldest_age(now)
+        )
+        d = decide(self.scaling, reading, world.rates(now), world.spec, self.state, EPOCH + now)
+        self.state = d.state
+        if d.desired != world.spec:
+            world.scale(now, d.desired, idle_first=d.desired < world.spec)
+
+
+class KedaLoop:
+    def __init__(self, cfg: KedaConfig) -> None:
+        self.cfg = cfg
+        self.keda = keda_hpa.Keda(cooldown=cfg.cooldown, activation_list_length=cfg.activation_list_length)
+        self.hpa = keda_hpa.Hpa(
+            min_replicas=1,  # GetHPAMinReplicas: minReplicaCount 0 -> 1
+            max_replicas=cfg.max_replicas,
+            target=float(cfg.list_length),
+            behavior=keda_hpa.behavior_from_spec(cfg.behavior),
+        )
+
+    def poll(self, now: float, world: World) -> None:
+        n = self.keda.poll(now, world.in_list(now), world.spec)
+        if n != world.spec:
+            world.scale(now, n, idle_first=False)
+
+    def sync(self, now: float, world: World) -> None:
+        n = self.hpa.sync(now, world.spec, len(world.pods), float(world.in_list(now)))
+        if n != world.spec:
+            world.scale(now, n, idle_first=False)
+
+
+def _next_tick(first: float, interval: float, t: float) -> float:
+    """The first tick of the grid ``first + k x interval`` at or after ``t``."""
+    if t <= first:
+        return first
+    return first + math.ceil((t - first) / interval - 1e-9) * interval
+
+
+def simulate(
+    trace: Trace,
+    cfg: WorldConfig,
+    system: str,
+    *,
+    tide: Scaling | None = None,
+    keda: KedaConfig | None = None,
+    dt: float = 0.1,
+    seed: int = 0,
+    sample_every: float | None = None,
+) -> Result:
+    """Replay ``trace`` against ``system`` ("tide" with ``tide`` set, or a KEDA system with ``keda``)."""
+    started = time.perf_counter()
+    rng = random.Random(f"{seed}:{system}:{trace.name}")
+    world = World(cfg, seed=rng.randrange(2**32))
+    ticks: list[list[Any]] = []  # [next time, interval, action]
+    if tide is not None:
+        loop = TideLoop(tide)
+        ticks.append([rng.uniform(0, loop.interval), loop.interval, loop.tick])
+    else:
+        assert keda is not None
+        k = KedaLoop(keda)
+        ticks.append([rng.uniform(0, keda.polling), keda.polling, k.poll])
+        ticks.append([rng.uniform(0, keda.hpa_sync), keda.hpa_sync, k.sync])
+    arrivals = trace.arrivals
+    i, t, steps = 0, 0.0, 0
+    last_arrival = arrivals[-1][0] if arrivals else 0.0
+    samples: list[tuple[float, int, int]] = []
+    next_sample = 0.0
+    while t < trace.horizon:
+        if i < len(arrivals) and world.idle() and world.spec == 0 and arrivals[i][0] > t + dt:
+            # nothing to do until the next arrival: every loop would hold 0 (exact for the default specs;
+            # Tide's recommendations at 0 never raise a later window's maximum)
+            t = math.floor(arrivals[i][0] / dt) * dt
+            for tk in ticks:
+                tk[0] = _next_tick(tk[0], tk[1], t)
+        end = t + dt
+        while i < len(arrivals) and arrivals[i][0] < end:
+            at, count, duration = arrivals[i]
+            world.arrive(at, count, duration)
+            i += 1
+        for tk in ticks:
+            while tk[0] < end:
+                tk[2](max(t, tk[0]), world)
+                tk[0] += tk[1]
+        world.step(t, dt)
+        steps += 1
+        t = end
+        if sample_every is not None and t >= next_sample:
+            samples.append((round(t, 3), world.spec, world.ready_pods(t)))
+            next_sample = t + sample_every
+        if (
+            trace.stop_when_idle
+            and i >= len(arrivals)
+            and t > last_arrival
+            and world.idle()
+            and world.spec == 0
+        ):
+            break
+    s = world.stats
+    p50, p95, p99 = percentiles(s.waits, (0.50, 0.95, 0.99))
+    timeline = s.timeline if sample_every is None else samples
+    return Result(
+        system=system,
+        wait_p50_s=_round(p50),
+        wait_p95_s=_round(p95),
+        wait_p99_s=_round(p99),
+        pod_seconds=round(s.pod_seconds, 1),
+        interrupted=s.interrupted,
+        scale_changes=s.scale_changes,
+        messages=s.created,
+        processed=s.done,
+        end_s=round(t, 2),
+        timeline=timeline,
+        steps=steps,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def tide_scaling(**spec: Any) -> Scaling:
+    """A QueueConsumer's ``spec.scaling`` through the operator's own parser (its defaults included)."""
+    return parse_scaling(spec)
