@@ -72,10 +72,11 @@ def keda_tuned(target: int, max_replicas: int, cooldown: float = 30.0) -> KedaCo
 
 @dataclass
 class Trace:
-    """Arrivals ``(time, count, duration or None)`` in time order, and the end of the run."""
+    """Arrivals ``(time, count, duration or None[, spread])`` in time order (``count`` messages evenly
+    over [time, time + spread]), and the end of the run."""
 
     name: str
-    arrivals: Sequence[tuple[float, int, float | None]]
+    arrivals: Sequence[tuple[Any, ...]]
     horizon: float  # stop here at the latest
     stop_when_idle: bool = True  # stop once everything is done and no pod is left (after the last arrival)
 
@@ -92,12 +93,14 @@ class Result:
     messages: int
     processed: int
     end_s: float
-    timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (t, spec, ready) at each change
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, spec, ready) every sample_every
+    waits: list[tuple[float, int]] | None = None  # (wait, count) of every first start, when kept
     steps: int = 0
     seconds: float = 0.0  # the simulator's own run time
 
     def figures(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "timeline"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("timeline", "samples", "waits")}
 
 
 class TideLoop:
@@ -155,6 +158,7 @@ def simulate(
     dt: float = 0.1,
     seed: int = 0,
     sample_every: float | None = None,
+    keep_waits: bool = False,
 ) -> Result:
     """Replay ``trace`` against ``system`` ("tide" with ``tide`` set, or a KEDA system with ``keda``)."""
     started = time.perf_counter()
@@ -171,42 +175,56 @@ def simulate(
         ticks.append([rng.uniform(0, keda.hpa_sync), keda.hpa_sync, k.sync])
     arrivals = trace.arrivals
     i, t, steps = 0, 0.0, 0
-    last_arrival = arrivals[-1][0] if arrivals else 0.0
+    carry: tuple[Any, ...] | None = None  # the part of a spread cohort that arrives after this step
+    last_arrival = max((a[0] + (a[3] if len(a) > 3 else 0.0) for a in arrivals), default=0.0)
     samples: list[tuple[float, int, int]] = []
     next_sample = 0.0
     while t < trace.horizon:
-        if i < len(arrivals) and world.idle() and world.spec == 0 and arrivals[i][0] > t + dt:
+        upcoming = carry if carry is not None else (arrivals[i] if i < len(arrivals) else None)
+        if upcoming is not None and world.idle() and world.spec == 0 and upcoming[0] > t + dt:
             # nothing to do until the next arrival: every loop would hold 0 (exact for the default specs;
             # Tide's recommendations at 0 never raise a later window's maximum)
-            t = math.floor(arrivals[i][0] / dt) * dt
+            t = upcoming[0]
             for tk in ticks:
                 tk[0] = _next_tick(tk[0], tk[1], t)
-        end = t + dt
-        while i < len(arrivals) and arrivals[i][0] < end:
-            at, count, duration = arrivals[i]
-            world.arrive(at, count, duration)
-            i += 1
-        for tk in ticks:
-            while tk[0] < end:
-                tk[2](max(t, tk[0]), world)
-                tk[0] += tk[1]
-        world.step(t, dt)
+        # event-driven: the world runs up to the next loop tick (at most dt at a time), then the loop acts
+        end = min(t + dt, min(tk[0] for tk in ticks), trace.horizon)
+        if end <= t:
+            end = t + 1e-9
+        while True:
+            if carry is not None:
+                cur, carry = carry, None
+            elif i < len(arrivals):
+                cur = arrivals[i]
+                i += 1
+            else:
+                break
+            if cur[0] >= end:
+                carry = cur
+                break
+            at, count, duration, *rest = cur
+            spread = rest[0] if rest else 0.0
+            if spread > 0 and at + spread > end:  # only what has arrived by the end of this step
+                k = round(count * (end - at) / spread)
+                world.arrive(at, k, duration, end - at)
+                carry = (end, count - k, duration, at + spread - end)
+                break
+            world.arrive(at, count, duration, spread)
+        world.step(t, end - t)
         steps += 1
         t = end
+        for tk in ticks:
+            while tk[0] <= t:
+                tk[2](t, world)
+                tk[0] += tk[1]
         if sample_every is not None and t >= next_sample:
             samples.append((round(t, 3), world.spec, world.ready_pods(t)))
             next_sample = t + sample_every
-        if (
-            trace.stop_when_idle
-            and i >= len(arrivals)
-            and t > last_arrival
-            and world.idle()
-            and world.spec == 0
-        ):
+        done = i >= len(arrivals) and carry is None and t > last_arrival
+        if trace.stop_when_idle and done and world.idle() and world.spec == 0:
             break
     s = world.stats
     p50, p95, p99 = percentiles(s.waits, (0.50, 0.95, 0.99))
-    timeline = s.timeline if sample_every is None else samples
     return Result(
         system=system,
         wait_p50_s=_round(p50),
@@ -218,7 +236,9 @@ def simulate(
         messages=s.created,
         processed=s.done,
         end_s=round(t, 2),
-        timeline=timeline,
+        timeline=s.timeline,
+        samples=samples,
+        waits=s.waits if keep_waits else None,
         steps=steps,
         seconds=round(time.perf_counter() - started, 3),
     )

@@ -104,7 +104,7 @@ class World:
         self.next_uid = 0
         self.stats = Stats()
         # fluid mode
-        self.running: deque[list] = deque()  # [end, count]
+        self.running: deque[list] = deque()  # [first start, last start, count], starts spread evenly
         self.n_running = 0
         self.carry = 0.0
         self.recent_done: deque[tuple[float, int]] = deque()  # (t, finished) for the heartbeats' rate
@@ -130,9 +130,22 @@ class World:
             return sum(len(p.running) for p in self.pods) + sum(len(p.running) for p in self.terminating)
         return self.n_running
 
+    def running_now(self, now: float) -> int:
+        """Handlers running at ``now`` (fluid: a chunk's starts are spread over [first, last], each runs
+        ``job_seconds``)."""
+        if self.cfg.discrete:
+            return self.running_count()
+        d, n = self.cfg.job_seconds, 0.0
+        for s0, s1, k in self.running:
+            if s1 > s0:
+                n += k * max(0.0, min(s1, now) - max(s0, now - d)) / (s1 - s0)
+            elif now - d < s0 <= now:
+                n += k
+        return round(n)
+
     def held(self, now: float) -> int:
         """In flight as Tide reads it: in the workers' processing lists (fetched or running)."""
-        return self.running_count() + self.prefetched(now)
+        return self.running_now(now) + self.prefetched(now)
 
     def oldest_age(self, now: float) -> float | None:
         """Age of the message at the consuming end of the list (None when the list is empty)."""
@@ -161,15 +174,16 @@ class World:
 
     # --- what the trace does ----------------------------------------------------------------------------
 
-    def arrive(self, at: float, count: int, duration: float | None = None) -> None:
+    def arrive(self, at: float, count: int, duration: float | None = None, spread: float = 0.0) -> None:
+        """``count`` messages arriving evenly over [at, at + spread] (fluid mode; discrete: at ``at``)."""
         if count <= 0:
             return
         if self.cfg.discrete:  # one entry per message: each goes to one lane
             if duration is None:
                 raise ValueError("discrete mode: each message needs its duration")
-            self.queue.extend([at, 1, duration, True] for _ in range(count))
+            self.queue.extend([at, 1, duration, True, 0.0] for _ in range(count))
         else:
-            self.queue.append([at, count, duration, True])
+            self.queue.append([at, count, duration, True, spread])
         self.queued += count
         self.stats.created += count
 
@@ -267,13 +281,17 @@ class World:
         self.stats.done += n
         self.recent_done.append((t, n))
 
-    def _take(self, n: int) -> Iterator[tuple[list, int, int]]:
-        """Take ``n`` messages off the head: (cohort, how many of it, position of the first taken)."""
+    def _take(self, n: int) -> Iterator[tuple[float, float, bool, int, int]]:
+        """Take ``n`` messages off the head: (first arrival, arrival spread, first run?, how many, position of
+        the first taken); a cohort taken in part keeps its later arrivals."""
         pos = 0
         while n > 0 and self.queue:
             head = self.queue[0]
             k = min(n, head[1])
-            yield head, k, pos
+            part = head[4] * k / head[1]
+            yield head[0], part, head[3], k, pos
+            head[0] += part
+            head[4] -= part
             head[1] -= k
             if head[1] == 0:
                 self.queue.popleft()
@@ -283,28 +301,30 @@ class World:
 
     def _step_fluid(self, t: float, dt: float) -> None:
         cfg = self.cfg
-        while self.running and self.running[0][0] <= t:
-            _, n = self.running.popleft()
-            self.n_running -= n
-            self._record_done(t, n)
+        end = t + dt
         ready = self.ready_pods(t)
-        if ready == 0 or self.queued == 0:
+        if ready and self.queued:
+            # lanes cycle at concurrency / job_seconds each: messages start that fast from the step's start,
+            # none before it arrives
+            rate = ready * cfg.concurrency / cfg.job_seconds
+            if cfg.machine_rate is not None:
+                rate = min(rate, cfg.machine_rate)
+            cap = rate * dt + self.carry
+            n = min(self.queued, int(cap))
+            self.carry = cap - n if n == int(cap) else 0.0
+            for arrival, spread, first, k, pos in self._take(n):
+                s0 = max(arrival, t + pos / rate)
+                s1 = max(arrival + spread, t + (pos + k) / rate)
+                if first:
+                    self.stats.waits.append((max(0.0, (s0 + s1) / 2 - (arrival + spread / 2)), k))
+                self.running.append([s0, s1, k])
+                self.n_running += k
+        else:
             self.carry = 0.0
-            return
-        # lanes cycle at concurrency / job_seconds each (Little's law keeps ~concurrency of them running)
-        cap = ready * cfg.concurrency * dt / cfg.job_seconds + self.carry
-        if cfg.machine_rate is not None:
-            cap = min(cap, cfg.machine_rate * dt + self.carry)
-        n = min(self.queued, int(cap))
-        self.carry = cap - n if n == int(cap) else 0.0
-        if n <= 0:
-            return
-        for cohort, k, pos in self._take(n):
-            if cohort[3]:  # starts spread over the step, in FIFO order
-                start = t + dt * (pos + k / 2) / n
-                self.stats.waits.append((max(0.0, start - cohort[0]), k))
-        self.running.append([t + cfg.job_seconds, n])
-        self.n_running += n
+        while self.running and self.running[0][1] + cfg.job_seconds <= end:
+            s0, s1, k = self.running.popleft()
+            self.n_running -= k
+            self._record_done(s1 + cfg.job_seconds, k)
 
     def _step_discrete(self, t: float, dt: float) -> None:
         end = t + dt
@@ -316,7 +336,7 @@ class World:
                 elif pod.removed + self.cfg.grace <= end:
                     # the grace is over: handed back to the head of the list, the run interrupted
                     self.stats.interrupted += 1
-                    self.queue.appendleft([job[2], 1, job[3], False])
+                    self.queue.appendleft([job[2], 1, job[3], False, 0.0])
                     self.queued += 1
                 else:
                     keep.append(job)
