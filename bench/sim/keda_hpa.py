@@ -284,10 +284,13 @@ class Keda:
         """RequestScale: the replica count KEDA writes (``current`` when it writes nothing)."""
         active = list_length > self.activation_list_length
         if active:
+            # status.lastActiveTime is a metav1.Time, stored to the second (RFC 3339 without fraction): the
+            # cooldown runs from the whole second, so a poll on the same phase 300 s later is past it
+            stamp = float(math.floor(now))
             if current == 0:  # scaleFromZeroOrIdle: to minReplicaCount, or 1
-                self.last_active = now
+                self.last_active = stamp
                 return self.min_replica_count if self.min_replica_count > 0 else 1
-            self.last_active = now  # "triggers are active, but we didn't need to scale"
+            self.last_active = stamp  # "triggers are active, but we didn't need to scale"
             return current
         if current > 0 and self.min_replica_count == 0:
             # scaleToZeroOrIdle: straight to minReplicaCount (0) once the cooldown has passed

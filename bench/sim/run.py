@@ -220,6 +220,11 @@ def validate(records: list[dict[str, Any]], cal: dict[str, float], seeds: int) -
                     "pod_seconds": _ratio(figures["pod_seconds"]["median"], real["pod_seconds"]),
                     "end": _ratio(figures["end_s"]["median"], real_end),
                 },
+                # where the one real run falls among the seeds (0: below every seed, 1: above every seed)
+                "real_rank_among_seeds": {
+                    k: round(sum(1 for r in runs if (getattr(r, k) or 0) < (real.get(k) or 0)) / len(runs), 2)
+                    for k in ("wait_p99_s", "pod_seconds", "scale_changes")
+                },
                 "replicas_mean_abs_error": _spread(errors),
                 "real_timeline": {"t": real_t, "replicas": real_spec},
                 "sim_timelines": [[list(x) for x in run.timeline] for run in runs[:5]],

@@ -99,6 +99,7 @@ class World:
         self.queue: deque[list] = deque()  # [arrival, count, duration, first]
         self.queued = 0  # messages in self.queue (the list plus, in fluid mode, what pods fetched ahead)
         self.pods: list[Pod] = []  # not terminating, creation order
+        self.ready_times: list[float] = []  # their ready_at, in the same order
         self.terminating: list[Pod] = []
         self.spec = 0
         self.next_uid = 0
@@ -112,7 +113,8 @@ class World:
     # --- what the scalers read --------------------------------------------------------------------------
 
     def ready_pods(self, now: float) -> int:
-        return sum(1 for p in self.pods if p.ready_at <= now)
+        # pods are created in order and all take ``startup``: their ready times are sorted
+        return bisect.bisect_right(self.ready_times, now)
 
     def prefetched(self, now: float) -> int:
         if self.cfg.discrete:
@@ -202,12 +204,14 @@ class World:
             self.next_uid += 1
         excess = len(self.pods) - replicas
         if excess <= 0:
+            self.ready_times = [p.ready_at for p in self.pods]
             return
         if idle_first:
             self._write_costs(now)
         for pod in sorted(self.pods, key=lambda p: self._rank(p, now))[:excess]:
             self._remove(pod, now)
         self.pods = [p for p in self.pods if p.removed is None]
+        self.ready_times = [p.ready_at for p in self.pods]
 
     def _write_costs(self, now: float) -> None:
         """consumer.Consumer.set_deletion_costs: each reporting (Ready) pod's cost from its heartbeat."""

@@ -165,6 +165,15 @@ def test_keda_activation_and_cooldown(list_length, current, last_active, activat
     assert keda.poll(now, list_length, current) == want, why
 
 
+def test_keda_cooldown_counts_from_the_whole_second():
+    """status.lastActiveTime is stored to the second: a poll on the same sub-second phase one cooldown later
+    is already past it."""
+    keda = Keda(cooldown=300.0)
+    assert keda.poll(23.4, 100, 0) == 1
+    assert keda.last_active == 23.0
+    assert keda.poll(323.4, 0, 10) == 0
+
+
 def test_keda_active_poll_moves_last_active_time():
     keda = Keda(cooldown=30.0)
     assert keda.poll(0.0, 10, 2) == 2
