@@ -104,8 +104,9 @@ class Result:
 
 
 class TideLoop:
-    def __init__(self, scaling: Scaling) -> None:
+    def __init__(self, scaling: Scaling, deletion_costs: bool = True) -> None:
         self.scaling = scaling
+        self.deletion_costs = deletion_costs  # TIDE_OPERATOR_DELETION_COST (default on)
         self.interval = scaling.polling_interval_seconds
         self.state = PolicyState()
 
@@ -116,7 +117,7 @@ class TideLoop:
         d = decide(self.scaling, reading, world.rates(now), world.spec, self.state, EPOCH + now)
         self.state = d.state
         if d.desired != world.spec:
-            world.scale(now, d.desired, idle_first=d.desired < world.spec)
+            world.scale(now, d.desired, idle_first=self.deletion_costs and d.desired < world.spec)
 
 
 class KedaLoop:
@@ -159,6 +160,7 @@ def simulate(
     seed: int = 0,
     sample_every: float | None = None,
     keep_waits: bool = False,
+    deletion_costs: bool = True,
 ) -> Result:
     """Replay ``trace`` against ``system`` ("tide" with ``tide`` set, or a KEDA system with ``keda``)."""
     started = time.perf_counter()
@@ -166,7 +168,7 @@ def simulate(
     world = World(cfg, seed=rng.randrange(2**32))
     ticks: list[list[Any]] = []  # [next time, interval, action]
     if tide is not None:
-        loop = TideLoop(tide)
+        loop = TideLoop(tide, deletion_costs)
         ticks.append([rng.uniform(0, loop.interval), loop.interval, loop.tick])
     else:
         assert keda is not None
