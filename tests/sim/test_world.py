@@ -200,3 +200,38 @@ def test_runs_are_deterministic():
     a = simulate(FLASH, CFG, "keda-tuned", keda=keda_tuned(10, 10), seed=7)
     b = simulate(FLASH, CFG, "keda-tuned", keda=keda_tuned(10, 10), seed=7)
     assert a.figures() | {"seconds": 0} == b.figures() | {"seconds": 0} and a.timeline == b.timeline
+
+
+def test_in_flight_follows_littles_law_at_one_second_steps():
+    """A second of Poisson arrivals is one cohort spread over the second: what a scaler reads as running at
+    any instant is about rate x job duration, not a whole second's arrivals."""
+    w = World(WorldConfig(concurrency=16, batch=1, job_seconds=0.2, startup=0.0), seed=0)
+    w.scale(0.0, 4, idle_first=False)
+    seen = []
+    for k in range(200):
+        w.arrive(float(k), 100, None, 1.0)
+        w.step(float(k), 0.5)
+        w.step(k + 0.5, 0.5)
+        seen.append(w.running_now(k + 1.0))
+        assert conserved(w)
+    mean = sum(seen[10:]) / len(seen[10:])
+    assert 15 <= mean <= 25, f"100 msgs/s x 0.2 s = 20 running, got {mean}"
+    assert w.in_list(200.0) == 0
+
+
+LONG = Trace(
+    "long",
+    [(i * 0.5, 1, 30.0 + 5 * i) for i in range(20)],  # 20 jobs of 30-125 s arriving over 10 s
+    horizon=900.0,
+)
+LONG_CFG = WorldConfig(concurrency=1, batch=1, startup=1.0, discrete=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tide_counts_in_flight_and_interrupts_nothing_where_keda_tuned_does(seed):
+    tide = simulate(
+        LONG, LONG_CFG, "tide", tide=tide_scaling(maxReplicas=10, targetBacklogPerReplica=1), seed=seed
+    )
+    keda = simulate(LONG, LONG_CFG, "keda-tuned", keda=keda_tuned(1, 10), seed=seed)
+    assert tide.interrupted == 0 and tide.processed == 20
+    assert keda.interrupted > 0, "LLEN reads 0 once every job has started: the HPA scales down under them"
