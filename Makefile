@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bench-vs-keda images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: bench-sim bench-vs-keda images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -59,6 +59,11 @@ bench-operator: install
 # flash trace against tide, keda-tuned and keda-defaults; bench/results/vs-keda.json and vs-keda-flash.png.
 bench-vs-keda: install
 	PYTHONPATH=. $(PY) bench/vs_keda.py
+
+# The simulator (bench/sim): Tide's policy.decide and a model of KEDA + the HPA, validated against the
+# bench-vs-keda runs, then a week-long bursty trace and 10,000 queues; bench/results/sim.json and sim-*.png.
+bench-sim: install
+	PYTHONPATH=. $(PY) bench/sim/run.py
 
 cluster-up: install
 	$(PY) -m tide_local.cluster up

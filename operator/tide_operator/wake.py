@@ -465,7 +465,13 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
 
 
 def _label(client: aredis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
+    """Where the watch subscribes, for conditions and logs (no credentials): host:port/db, or for a client
+    through Sentinel the master's name (the address changes with each failover)."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"Sentinel master {service}/{kw.get('db', 0)}"
     return f"{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
