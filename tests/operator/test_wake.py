@@ -59,7 +59,7 @@ class FakeLoop:
     ) -> None:
         self.spec = parse_spec(
             {
-                "redis": {"url": url},
+                "redis": {"url": "redis://spec-url-unused:6379/0"},  # the client below is what counts
                 "source": source,
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
             }
@@ -442,3 +442,36 @@ def test_a_changed_key_moves_the_subscription_and_a_removed_resource_leaves(noti
             await pool.close()
 
     run(main())
+
+
+def test_through_sentinel_the_master_wakes_it(redis_sentinel: Any) -> None:
+    """A client through Sentinel (the operator's spec.redis.sentinel): the pub/sub connection goes to the
+    master the sentinels name, and the condition names the master by its name, not an address."""
+    from tests.conftest import SENTINEL_PASSWORD
+
+    with redis_sentinel.master().client() as c:
+        c.config_set("notify-keyspace-events", "Kl")
+    try:
+        creds = Credentials(sentinel_password=SENTINEL_PASSWORD)
+
+        async def main() -> tuple[FakeLoop, int]:
+            pool = ClientPool()
+            waker = Waker("use")
+            loop = FakeLoop(pool, redis_sentinel.url(), {"list": {"key": "q"}}, creds)
+            try:
+                await settle(waker, loop, lambda: wake_on(loop.conditions.get(Condition.WAKE_ON_PUSH)))
+                for _ in range(3):
+                    await waker.sleep(loop, asyncio.sleep(0.3))
+                lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c: c.lpush("q", "m"))
+                assert lasted < LONG / 2
+                return loop, wakes
+            finally:
+                await waker.close()
+                await pool.close()
+
+        loop, wakes = run(main())
+        assert wakes == 1
+        assert loop.conditions[Condition.WAKE_ON_PUSH][2].startswith("Sentinel master mymaster/0:")
+    finally:
+        with redis_sentinel.master().client() as c:
+            c.config_set("notify-keyspace-events", "")
