@@ -53,6 +53,7 @@ bench-latency: install
 # Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.
 bench-operator: install
 	$(PY) bench/operator/bench.py
+	$(PY) bench/operator/wake.py
 
 # Tide against KEDA v2.21.0 (built from the Go module proxy, hack/keda) on a local stack of its own: the
 # flash trace against tide, keda-tuned and keda-defaults; bench/results/vs-keda.json and vs-keda-flash.png.

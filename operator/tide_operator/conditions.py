@@ -18,6 +18,7 @@ class Condition:
     PODS_CREATABLE: Final = "PodsCreatable"
     SCHEDULES_VALID: Final = "SchedulesValid"
     DELETION_COSTS_SET: Final = "DeletionCostsSet"
+    WAKE_ON_PUSH: Final = "WakeOnPush"
 
 
 class Reason:
@@ -58,6 +59,12 @@ class Reason:
     # DeletionCostsSet (before a scale-down: idle pods first)
     COSTS_SET: Final = "CostsSet"
     PODS_NOT_PATCHABLE: Final = "PodsNotPatchable"
+    # WakeOnPush (keyspace notifications end the sleep of a resource at zero; tide_operator/wake.py)
+    KEYSPACE_EVENTS: Final = "KeyspaceEvents"
+    WAKE_DISABLED: Final = "Disabled"
+    NOTIFICATIONS_OFF: Final = "NotificationsOff"
+    CONFIG_REFUSED: Final = "ConfigRefused"
+    RECONNECTING: Final = "Reconnecting"
     # events only
     SCALED: Final = "Scaled"
     SCALE_FAILED: Final = "ScaleFailed"

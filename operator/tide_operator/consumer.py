@@ -61,6 +61,7 @@ from tide_operator.redis_reader import (
 )
 from tide_operator.spec import QueueConsumerSpec, SpecError, TargetRef, is_paused, parse_spec
 from tide_operator.status import backlog_status, build_status, iso, parse_iso
+from tide_operator.wake import Waker
 from tide_operator.workload import build_deployment, target_for
 
 STATUS_MIN_INTERVAL = 2.0
@@ -103,6 +104,7 @@ class Shared:
     kube: Kube | None = None
     daemons: int = 0
     ticker: Ticker = field(default_factory=Ticker)
+    waker: Waker = field(default_factory=Waker)  # keyspace notifications end a sleep at zero early
 
     def k8s(self) -> Kube:
         if self.kube is None:
@@ -110,6 +112,7 @@ class Shared:
         return self.kube
 
     async def close(self) -> None:
+        await self.waker.close()
         await self.pool.close()
         if self.kube is not None:
             await self.kube.close()
@@ -660,7 +663,8 @@ class Consumer:
                     raise
                 except Exception as exc:  # the last resort: no error ends the loop without a word
                     delay = await self.poll_failed(exc)
-                await self.shared.ticker.wait(delay, self.interval, self.phase)
+                await self.shared.waker.sleep(self, self.shared.ticker.tick(delay, self.interval, self.phase))
         finally:
+            self.shared.waker.forget(self)
             self.shared.daemons -= 1
             metrics.forget(self.ns, self.name)

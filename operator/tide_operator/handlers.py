@@ -40,7 +40,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     port = os.environ.get("TIDE_OPERATOR_METRICS_PORT", "9090")
     if port not in ("", "off"):
         start_http_server(int(port))
-    memo.shared = Shared()
+    try:
+        memo.shared = Shared()
+    except ValueError as exc:  # an operator setting such as TIDE_OPERATOR_KEYSPACE_EVENTS: stop, say why
+        raise kopf.PermanentError(str(exc)) from None
     memo.shared.k8s()
 
 

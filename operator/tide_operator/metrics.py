@@ -27,6 +27,7 @@ SCALE_CHANGES = Counter("tide_scale_changes_total", "Patches of /scale", [*LABEL
 REDIS_ROUND_TRIPS = Counter(
     "tide_redis_round_trips_total", "Pipelines sent to Redis (one carries the reads of many resources)"
 )
+WAKEUPS = Counter("tide_wakeups_total", "Early reads released by a keyspace notification (a push at zero)")
 REDIS_READS = Counter("tide_redis_reads_total", "Backlog reads of all resources")
 KUBE_REQUESTS = Counter("tide_kube_requests_total", "Requests to the API server", ["verb", "resource"])
 KUBE_SECONDS = Histogram(

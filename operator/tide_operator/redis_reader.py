@@ -188,6 +188,12 @@ class Ticker:
         return (zlib.crc32(key.encode()) % cls.SLOTS) / cls.SLOTS
 
     async def wait(self, delay: float, interval: float, phase: float = 0.0) -> None:
+        # shielded: a cancelled daemon must not cancel the tick the others wait for
+        await asyncio.shield(self.tick(delay, interval, phase))
+
+    def tick(self, delay: float, interval: float, phase: float = 0.0) -> asyncio.Future[None]:
+        """The grid point ``wait`` waits for, as the future every waiter of that point shares (never cancel
+        it; the waker of ``tide_operator.wake`` adds a callback to it instead of a task per sleep)."""
         loop = asyncio.get_running_loop()
         interval = max(interval, 0.01)
         offset = phase * interval
@@ -200,8 +206,7 @@ class Ticker:
         if tick is None:
             tick = self._ticks[key] = loop.create_future()
             loop.call_at(n * interval + offset, self._fire, key)
-        # shielded: a cancelled daemon must not cancel the tick the others wait for
-        await asyncio.shield(tick)
+        return tick
 
     def _fire(self, key: tuple[float, float, int]) -> None:
         tick = self._ticks.pop(key, None)

@@ -52,6 +52,10 @@ def test_helm_lint_is_clean() -> None:
         ("ports.metrics=70000", "at '/ports/metrics': maximum: got 70,000, want 65,535"),
         ("metrics.serviceMonitor.interval=soon", "at '/metrics/serviceMonitor/interval'"),
         ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
+        (
+            "operator.keyspaceEvents=on",
+            "at '/operator/keyspaceEvents': value must be one of 'off', 'use', 'configure'",
+        ),
     ],
 )
 def test_invalid_values_fail_with_the_schema_message(values: str, message: str) -> None:
@@ -76,6 +80,15 @@ def test_secure_defaults() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # no Secret values in the chart: credentials are referenced by QueueConsumers, not stored here
     assert not by_kind(docs, "Secret")
+
+
+def test_keyspace_events_setting_reaches_the_operator() -> None:
+    def env(*sets: str) -> dict[str, Any]:
+        (dep,) = by_kind(render(*sets), "Deployment")
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env()["TIDE_OPERATOR_KEYSPACE_EVENTS"] == "use"  # the default never changes a server's config
+    assert env("operator.keyspaceEvents=configure")["TIDE_OPERATOR_KEYSPACE_EVENTS"] == "configure"
 
 
 def test_admission_policy_in_chart_is_the_one_in_crds() -> None:
