@@ -12,14 +12,17 @@ created, then its scaler:
 - ``keda-tuned``: pollingInterval 1, cooldownPeriod = Tide's cooldown, the HPA's behavior set to Tide's
   scale-up and scale-down defaults.
 
-Trace ``flash``: 20,000 messages at once onto the idle list, jobs of 20 ms of I/O. Measured from Redis
+Traces: ``flash``, 20,000 messages at once onto the idle list, jobs of 20 ms of I/O (concurrency 16 per
+pod, target 10 per replica); ``long``, 20 jobs of 30 to 120 s arriving over ~10 s and then nothing while
+they run (concurrency 1, target 1 per replica, for both systems). Measured from Redis
 (the handler records each start and end, bench/vs_keda_handler.py) and the API server (a watch on the
 Deployment, and the audit log for writes): message wait p50/p95/p99 (enqueue to handler start), first
 message to first pod Ready, pod-seconds (status.replicas integrated until back to zero or the time cap),
 runs interrupted (a start without an end from the same pod), scale changes (spec.replicas changes) and API
 writes by the scaler (Tide's operator; KEDA's user plus the HPA controller).
 
-Writes bench/results/vs-keda.json (the records and the timelines) and bench/results/vs-keda-flash.png.
+Writes bench/results/vs-keda.json (the records and the timelines; a run of some traces replaces only
+theirs) and bench/results/vs-keda-<trace>.png.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -44,6 +48,7 @@ os.environ["TIDE_APISERVER_AUDIT"] = "1"
 
 import redis  # noqa: E402
 from tide_local import cluster, keda  # noqa: E402
+from tide_local.kube import KubeError  # noqa: E402
 from tide_operator.spec import parse_spec  # noqa: E402
 from tide_operator.workload import build_deployment  # noqa: E402
 from tide_worker.connection import RedisSettings  # noqa: E402
@@ -61,6 +66,34 @@ TARGET = 10  # backlog per replica: Tide's default, given to KEDA's listLength t
 MAX_REPLICAS = 10  # Tide's default maxReplicas, given to KEDA's maxReplicaCount (its own default is 100)
 TIDE_COOLDOWN = 30
 SYSTEMS = ("tide", "keda-tuned", "keda-defaults")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A seeded schedule: ``(seconds after the start, body)`` per message, and the worker it is for."""
+
+    name: str
+    schedule: tuple[tuple[float, dict[str, Any]], ...]
+    target: int  # backlog per replica, for Tide and for KEDA's listLength
+    concurrency: int  # handler slots per worker pod
+    title: str
+
+
+def flash(messages: int) -> Trace:
+    """All at once onto the idle list; each job 20 ms of I/O."""
+    return Trace("flash", tuple((0.0, {"i": i}) for i in range(messages)), TARGET, 16,
+                 f"flash: {messages} messages at once, 20 ms jobs")  # fmt: skip
+
+
+def long_jobs(jobs: int, seed: int = 11) -> Trace:
+    """Jobs of 30 to 120 s arriving over the first ~10 s, then nothing while they run: the in-flight case.
+    One job per pod (concurrency 1, target 1 per replica for both systems), so a pod stopped mid-job shows."""
+    rng = random.Random(seed)
+    t, schedule = 0.0, []
+    for i in range(jobs):
+        schedule.append((round(t, 3), {"i": i, "work": round(rng.uniform(30, 120), 1)}))
+        t += rng.expovariate(jobs / 10.0)
+    return Trace("long", tuple(schedule), 1, 1, f"long jobs: {jobs} jobs of 30-120 s over ~10 s, then none")
 
 
 @dataclass
@@ -106,13 +139,14 @@ class DeploymentWatch:
                         break
 
 
-def worker_env(backend: LocalBackend) -> list[dict[str, str]]:
-    env = {"TIDE_BATCH_SIZE": "32", "TIDE_HEARTBEAT_TTL": "5", "TIDE_REAPER_INTERVAL": "1",
-           "TIDE_SHUTDOWN_GRACE": "10", "VK_WORK_SECONDS": "0.02", **backend.worker_env()}  # fmt: skip
+def worker_env(backend: LocalBackend, trace: Trace) -> list[dict[str, str]]:
+    # the worker's own shutdown grace (25 s) inside the pod's 30 s: a job still running then is interrupted
+    env = {"TIDE_BATCH_SIZE": "32" if trace.concurrency > 1 else "1", "TIDE_HEARTBEAT_TTL": "5",
+           "TIDE_REAPER_INTERVAL": "1", **backend.worker_env()}  # fmt: skip
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def worker_deployment(backend: LocalBackend) -> dict[str, Any]:
+def worker_deployment(backend: LocalBackend, trace: Trace) -> dict[str, Any]:
     """The Deployment Tide's operator would make for this worker, made here so every system scales the same one."""
     qc: dict[str, Any] = {
         "metadata": {"name": "vk", "uid": "00000000-0000-0000-0000-000000000000"},
@@ -123,8 +157,8 @@ def worker_deployment(backend: LocalBackend) -> dict[str, Any]:
             "worker": {
                 "image": backend.worker_image,
                 "handler": "bench.vs_keda_handler:handle",
-                "concurrency": 16,
-                "env": worker_env(backend),
+                "concurrency": trace.concurrency,
+                "env": worker_env(backend, trace),
             },
         },
     }
@@ -135,7 +169,7 @@ def worker_deployment(backend: LocalBackend) -> dict[str, Any]:
     return dep
 
 
-def queue_consumer(backend: LocalBackend) -> dict[str, Any]:
+def queue_consumer(backend: LocalBackend, trace: Trace) -> dict[str, Any]:
     return {
         "apiVersion": "tide.dev/v1alpha1",
         "kind": "QueueConsumer",
@@ -143,13 +177,18 @@ def queue_consumer(backend: LocalBackend) -> dict[str, Any]:
         "spec": {
             "redis": {"url": backend.pod_redis_url},
             "source": {"list": {"key": QUEUE}},
-            "scaling": {"minReplicas": 0, "maxReplicas": MAX_REPLICAS},  # the rest at the operator's defaults
+            # the rest at the operator's defaults (the target is the trace's: 10 is Tide's default)
+            "scaling": {
+                "minReplicas": 0,
+                "maxReplicas": MAX_REPLICAS,
+                "targetBacklogPerReplica": trace.target,
+            },
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT},
         },
     }
 
 
-def scaled_object(backend: LocalBackend, tuned: bool) -> dict[str, Any]:
+def scaled_object(backend: LocalBackend, trace: Trace, tuned: bool) -> dict[str, Any]:
     host, port = backend.redis.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     spec: dict[str, Any] = {
         "scaleTargetRef": {"name": DEPLOYMENT},
@@ -161,7 +200,7 @@ def scaled_object(backend: LocalBackend, tuned: bool) -> dict[str, Any]:
                 "metadata": {
                     "address": f"{host}:{port}",
                     "listName": QueueKeys(QUEUE).ready,
-                    "listLength": str(TARGET),
+                    "listLength": str(trace.target),
                     "databaseIndex": "0",
                 },
             }
@@ -233,7 +272,7 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: float) -> dict[str, Any]:
+def run_one(backend: LocalBackend, trace: Trace, system: str, cap_seconds: float) -> dict[str, Any]:
     from tide_local.kube import Kube
 
     assert backend.kubeconfig is not None
@@ -241,14 +280,15 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
     ns = backend.namespace
     r = redis.Redis.from_url(backend.redis_url)
     keys = QueueKeys(QUEUE)
-    r.delete(keys.ready, keys.delayed, keys.dead, handler.STARTS, handler.DONES)
-    kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", worker_deployment(backend))
+    r.delete(keys.ready, keys.delayed, keys.dead, handler.STARTS, handler.DONES, handler.DONE_IDS)
+    messages = len(trace.schedule)
+    kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", worker_deployment(backend, trace))
     if system == "tide":
-        kube.post(f"/apis/tide.dev/v1alpha1/namespaces/{ns}/queueconsumers", queue_consumer(backend))
+        kube.post(f"/apis/tide.dev/v1alpha1/namespaces/{ns}/queueconsumers", queue_consumer(backend, trace))
     else:
         kube.post(
             f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects",
-            scaled_object(backend, system == "keda-tuned"),
+            scaled_object(backend, trace, system == "keda-tuned"),
         )
         deadline = time.monotonic() + 60  # KEDA makes its HPA; the HPA controller then sees its metric
         while True:
@@ -266,11 +306,14 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
     time.sleep(1)
     producer = Producer(settings=RedisSettings(url=backend.redis_url))
     t0 = time.time()
-    producer.enqueue_many(QUEUE, [{"i": i} for i in range(messages)])  # flash: all at once
-    print(f"    {system}: {messages} messages pushed in {time.time() - t0:.1f}s", flush=True)
+    pending = list(trace.schedule)
     tl = Timeline()
     end = t0 + cap_seconds
     while time.time() < end:
+        due = [body for at, body in pending if at <= time.time() - t0]
+        if due:
+            producer.enqueue_many(QUEUE, due)
+            pending = pending[len(due) :]
         now = time.time()
         backlog = unfinished(r)
         spec, _, ready = watch.events[-1][1:] if watch.events else (0, 0, 0)
@@ -282,9 +325,10 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
             print(
                 f"    {system}: t={tl.t[-1]:.0f}s backlog {backlog} replicas {spec} ready {ready}", flush=True
             )
-        if backlog == 0 and r.llen(handler.DONES) >= messages and watch.events and watch.events[-1][2] == 0:
+        finished = not pending and backlog == 0 and r.scard(handler.DONE_IDS) >= messages
+        if finished and watch.events and watch.events[-1][2] == 0:
             break
-        time.sleep(0.5)
+        time.sleep(0.1 if pending else 0.5)
     t_end = time.time()
     watch.stop.set()
     thread.join(10)
@@ -314,7 +358,7 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
     audit = Path(os.environ["TIDE_CLUSTER_DIR"]) / cluster.AUDIT_LOG
     time.sleep(2)  # the audit log is written in batches of up to 1 s
     record = {
-        "trace": "flash",
+        "trace": trace.name,
         "system": system,
         "wait_p50_s": round(pct(waits, 0.50), 2) if waits else None,
         "wait_p95_s": round(pct(waits, 0.95), 2) if waits else None,
@@ -324,7 +368,7 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
         "interrupted": interrupted,
         "scale_changes": changes,
         "api_writes": writes_by(audit, t0, t_end, users),
-        "processed": len(first_start),
+        "processed": int(r.scard(handler.DONE_IDS)),
         "messages": messages,
         "back_to_zero_s": round(t_end - t0, 1) if t_end < end else None,
         "capped_at_s": None if t_end < end else cap_seconds,
@@ -351,17 +395,20 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
     kube.delete(
         f"/apis/apps/v1/namespaces/{ns}/deployments/{DEPLOYMENT}", {"propagationPolicy": "Foreground"}
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the pods, then the Deployment itself (foreground deletion)
         pods = kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector="tide.dev/queueconsumer=vk")["items"]
         if not pods:
-            break
+            try:
+                kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{DEPLOYMENT}")
+            except KubeError:
+                break
         time.sleep(0.5)
     r.close()
     return record
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
+def plot(records: list[dict[str, Any]], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,9 +424,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     top.set_ylabel("unfinished messages")
     top.set_ylim(bottom=0)
     top.legend(loc="upper right")
-    top.set_title(
-        f"flash: {records[0]['messages']} messages at once, 20 ms jobs (same Deployment, Redis, cluster)"
-    )
+    top.set_title(f"{title} (same Deployment, Redis, cluster)")
     bottom.set_ylabel("replicas (spec)")
     bottom.set_xlabel("seconds since the push")
     bottom.set_ylim(bottom=0, top=MAX_REPLICAS + 1)
@@ -388,13 +433,35 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def save(records: list[dict[str, Any]], traces: dict[str, Trace]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "vs-keda.json"
+    # a run of some traces or systems replaces only their records
+    new = {(rec["trace"], rec["system"]) for rec in records}
+    kept = [
+        rec
+        for rec in (json.loads(out.read_text()) if out.exists() else [])
+        if (rec["trace"], rec["system"]) not in new
+    ]
+    merged = kept + records
+    out.write_text(json.dumps(merged, indent=1))
+    for name in sorted({rec["trace"] for rec in merged}):
+        recs = [rec for rec in merged if rec["trace"] == name]
+        plot(recs, traces[name].title if name in traces else name, RESULTS / f"vs-keda-{name}.png")
+        print(f"==> wrote {RESULTS / f'vs-keda-{name}.png'}")
+    print(f"==> wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench-vs-keda", description=__doc__)
-    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--messages", type=int, default=20_000, help="flash: messages pushed at once")
+    parser.add_argument("--jobs", type=int, default=20, help="long: jobs of 30-120 s")
+    parser.add_argument("--traces", default="flash,long")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--cap-seconds", type=float, default=480.0,
-                        help="stop a run this long after the push even if not back to zero")  # fmt: skip
+                        help="stop a run this long after the start even if not back to zero")  # fmt: skip
     args = parser.parse_args(argv)
+    traces = {"flash": flash(args.messages), "long": long_jobs(args.jobs)}
     backend = LocalBackend()
     records: list[dict[str, Any]] = []
     running: keda.Keda | None = None
@@ -411,20 +478,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         running = keda.start(info, Path(os.environ["TIDE_CLUSTER_DIR"]) / "keda")
-        for system in args.systems.split(","):
-            print(f"==> flash against {system}", flush=True)
-            records.append(run_one(backend, system, args.messages, args.cap_seconds))
-            print(json.dumps({k: v for k, v in records[-1].items() if k != "timeline"}), flush=True)
+        for name in args.traces.split(","):
+            for system in args.systems.split(","):
+                print(f"==> {name} against {system}", flush=True)
+                records.append(run_one(backend, traces[name], system, args.cap_seconds))
+                print(json.dumps({k: v for k, v in records[-1].items() if k != "timeline"}), flush=True)
+                save(records, traces)  # after each run: a later failure keeps the runs done
     finally:
         print("==> cleaning up", flush=True)
         if running is not None:
             running.stop()
         backend.teardown()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "vs-keda.json"
-    out.write_text(json.dumps(records, indent=1))
-    plot(records, RESULTS / "vs-keda-flash.png")
-    print(f"==> wrote {out} and {RESULTS / 'vs-keda-flash.png'}")
+    save(records, traces)
     return 0
 
 
