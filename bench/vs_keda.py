@@ -608,8 +608,8 @@ def save(records: list[dict[str, Any]], traces: dict[str, Trace]) -> None:
 
 
 COLUMNS = (
-    ("wait_p50_s", "p50 wait s"), ("wait_p99_s", "p99 wait s"), ("first_pod_ready_s", "first pod Ready s"),
-    ("pod_seconds", "pod-s"), ("interrupted", "interrupted"), ("stopped_busy", "stopped busy"),
+    ("wait_p50_s", "p50 wait s"), ("wait_p95_s", "p95"), ("wait_p99_s", "p99"),
+    ("first_pod_ready_s", "first pod Ready s"), ("pod_seconds", "pod-s"), ("interrupted", "interrupted"), ("stopped_busy", "stopped busy"),
     ("scale_changes", "scale changes"), ("api_writes", "API writes"), ("operator_cpu_s", "operator CPU s"),
     ("operator_rss_mb", "operator RSS MB"), ("processed", "done"),
 )  # fmt: skip
