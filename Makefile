@@ -56,7 +56,8 @@ bench-operator: install
 	$(PY) bench/operator/wake.py
 
 # Tide against KEDA v2.21.0 (built from the Go module proxy, hack/keda) on a local stack of its own: the
-# flash trace against tide, keda-tuned and keda-defaults; bench/results/vs-keda.json and vs-keda-flash.png.
+# flash, long, waves and stream traces against tide, keda-tuned and keda-defaults (~1.5 h);
+# bench/results/vs-keda.json and vs-keda-<trace>.png.
 bench-vs-keda: install
 	PYTHONPATH=. $(PY) bench/vs_keda.py
 

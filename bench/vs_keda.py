@@ -12,14 +12,25 @@ created, then its scaler:
 - ``keda-tuned``: pollingInterval 1, cooldownPeriod = Tide's cooldown, the HPA's behavior set to Tide's
   scale-up and scale-down defaults.
 
-Trace ``flash``: 20,000 messages at once onto the idle list, jobs of 20 ms of I/O. Measured from Redis
-(the handler records each start and end, bench/vs_keda_handler.py) and the API server (a watch on the
-Deployment, and the audit log for writes): message wait p50/p95/p99 (enqueue to handler start), first
-message to first pod Ready, pod-seconds (status.replicas integrated until back to zero or the time cap),
-runs interrupted (a start without an end from the same pod), scale changes (spec.replicas changes) and API
-writes by the scaler (Tide's operator; KEDA's user plus the HPA controller).
+Traces (seeded): ``flash``, 20,000 messages at once onto the idle list, jobs of 20 ms of I/O (concurrency 16
+per pod, target 10 per replica); ``long``, 20 jobs of 30 to 120 s arriving over ~10 s and then nothing while
+they run (concurrency 1, target 1 per replica, for both systems); ``waves``, 2,000 messages every 60 s over a
+Poisson background of 1/s for 15 minutes (the flash worker); ``stream``, 4,000 entries at once onto a stream
+read by a consumer group, jobs of 0.5 s (Tide with ``spec.source.stream``; KEDA with two redis-streams
+triggers, ``lagCount`` and ``pendingEntriesCount`` at the target, as a careful user sets them).
 
-Writes bench/results/vs-keda.json (the records and the timelines) and bench/results/vs-keda-flash.png.
+Measured from Redis (the handler records each start and end, bench/vs_keda_handler.py), the API server (watches
+on the Deployment and its pods; the audit log for writes) and /proc, never from either system's metrics:
+message wait p50/p95/p99 (enqueue to handler start, first attempt); first pod Ready (a message arriving with
+no worker pod up to the first pod Ready after it: ``first_pod_ready_s`` the first such, ``cold_starts`` how
+many); pod-seconds (every worker pod from its creation until it is gone, terminating ones included); runs
+interrupted (a start without an end from the same pod); ``stopped_busy`` (runs during which their pod was
+told to stop, finished in the grace or not); scale changes (``spec.replicas`` changes); API writes by the
+scaler (Tide's operator; KEDA's user plus the HPA controller); the scaler's CPU seconds and peak RSS (Tide's
+operator process against KEDA's operator plus metrics API server, children included).
+
+Writes bench/results/vs-keda.json (the records and the timelines; a run of some traces replaces only
+theirs) and bench/results/vs-keda-<trace>.png.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -44,23 +56,78 @@ os.environ["TIDE_APISERVER_AUDIT"] = "1"
 
 import redis  # noqa: E402
 from tide_local import cluster, keda  # noqa: E402
+from tide_local.kube import KubeError  # noqa: E402
 from tide_operator.spec import parse_spec  # noqa: E402
 from tide_operator.workload import build_deployment  # noqa: E402
 from tide_worker.connection import RedisSettings  # noqa: E402
-from tide_worker.keys import QueueKeys  # noqa: E402
-from tide_worker.ops import queue_stats  # noqa: E402
+from tide_worker.keys import QueueKeys, StreamKeys  # noqa: E402
+from tide_worker.ops import queue_stats, stream_stats  # noqa: E402
 from tide_worker.producer import Producer  # noqa: E402
 
+from bench import vs_keda_figures as figures  # noqa: E402
 from bench import vs_keda_handler as handler  # noqa: E402
 from tests.e2e.backends import LocalBackend  # noqa: E402
 
 QUEUE = "vk:jobs"
+GROUP = "vk-group"  # the stream trace's consumer group
 DEPLOYMENT = "vk-worker"
 SCALER = "vk"
 TARGET = 10  # backlog per replica: Tide's default, given to KEDA's listLength too
 MAX_REPLICAS = 10  # Tide's default maxReplicas, given to KEDA's maxReplicaCount (its own default is 100)
 TIDE_COOLDOWN = 30
 SYSTEMS = ("tide", "keda-tuned", "keda-defaults")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A seeded schedule: ``(seconds after the start, body)`` per message, and the worker it is for."""
+
+    name: str
+    schedule: tuple[tuple[float, dict[str, Any]], ...]
+    target: int  # backlog per replica, for Tide and for KEDA's listLength
+    concurrency: int  # handler slots per worker pod
+    title: str
+    stream: bool = False  # a stream with consumer group GROUP, not a list
+
+
+def flash(messages: int) -> Trace:
+    """All at once onto the idle list; each job 20 ms of I/O."""
+    return Trace("flash", tuple((0.0, {"i": i}) for i in range(messages)), TARGET, 16,
+                 f"flash: {messages} messages at once, 20 ms jobs")  # fmt: skip
+
+
+def long_jobs(jobs: int, seed: int = 11) -> Trace:
+    """Jobs of 30 to 120 s arriving over the first ~10 s, then nothing while they run: the in-flight case.
+    One job per pod (concurrency 1, target 1 per replica for both systems), so a pod stopped mid-job shows."""
+    rng = random.Random(seed)
+    t, schedule = 0.0, []
+    for i in range(jobs):
+        schedule.append((round(t, 3), {"i": i, "work": round(rng.uniform(30, 120), 1)}))
+        t += rng.expovariate(jobs / 10.0)
+    return Trace("long", tuple(schedule), 1, 1, f"long jobs: {jobs} jobs of 30-120 s over ~10 s, then none")
+
+
+def waves(
+    burst: int, minutes: float = 15, every: float = 60, background: float = 1.0, seed: int = 12
+) -> Trace:
+    """A burst of ``burst`` messages every ``every`` s over a Poisson background of ``background`` per
+    second, for ``minutes``; 20 ms jobs (the flash worker)."""
+    rng = random.Random(seed)
+    span = minutes * 60
+    times = [k * every for k in range(int(span // every)) for _ in range(burst)]
+    t = rng.expovariate(background)
+    while t < span:
+        times.append(round(t, 3))
+        t += rng.expovariate(background)
+    times.sort()
+    title = f"waves: {burst} messages every {every:.0f} s over {background:g}/s Poisson, {minutes:g} min"
+    return Trace("waves", tuple((at, {"i": i}) for i, at in enumerate(times)), TARGET, 16, title)
+
+
+def stream(entries: int, work: float = 0.5) -> Trace:
+    """``entries`` at once onto a stream read by consumer group GROUP; jobs of ``work`` s (lag, then pending)."""
+    return Trace("stream", tuple((0.0, {"i": i, "work": work}) for i in range(entries)), TARGET, 16,
+                 f"stream: {entries} entries at once, consumer group, {work:g} s jobs", stream=True)  # fmt: skip
 
 
 @dataclass
@@ -71,60 +138,133 @@ class Timeline:
     ready: list[int] = field(default_factory=list)
 
 
-@dataclass
-class DeploymentWatch:
-    """Every change of the Deployment as the API server reports it, stamped on arrival."""
+class Watch:
+    """Every change of the objects at ``path`` (with ``params``, a selector) as the API server reports it,
+    stamped on arrival: ``(t, type, object)``. A dropped watch resumes from the last resourceVersion."""
 
-    events: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, spec, status, ready)
-    stop: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, kubeconfig: Path, path: str, params: dict[str, str]) -> None:
+        self.kubeconfig, self.path, self.params = kubeconfig, path, params
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def run(self, kubeconfig: Path, namespace: str) -> None:
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def run(self) -> None:
         from tide_local.kube import Kube
 
-        kube = Kube(kubeconfig)
-        path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
-        rv = kube.get(path, fieldSelector=f"metadata.name={DEPLOYMENT}")["metadata"]["resourceVersion"]
+        kube = Kube(self.kubeconfig)
+        listed = kube.get(self.path, **self.params)
+        rv = listed["metadata"]["resourceVersion"]
+        for obj in listed.get("items", []):
+            self.events.append((time.time(), "ADDED", obj))
         while not self.stop.is_set():
             with contextlib.suppress(Exception):
-                for ev in kube.watch(
-                    path,
-                    {"fieldSelector": f"metadata.name={DEPLOYMENT}", "resourceVersion": rv},
-                    timeout_seconds=5,
-                ):
+                for ev in kube.watch(self.path, {**self.params, "resourceVersion": rv}, timeout_seconds=5):
                     obj = ev["object"]
                     rv = obj["metadata"]["resourceVersion"]
-                    st = obj.get("status", {})
-                    self.events.append(
-                        (
-                            time.time(),
-                            int(obj["spec"].get("replicas") or 0),
-                            int(st.get("replicas") or 0),
-                            int(st.get("readyReplicas") or 0),
-                        )
-                    )
+                    self.events.append((time.time(), str(ev["type"]), obj))
                     if self.stop.is_set():
                         break
 
 
-def worker_env(backend: LocalBackend) -> list[dict[str, str]]:
-    env = {"TIDE_BATCH_SIZE": "32", "TIDE_HEARTBEAT_TTL": "5", "TIDE_REAPER_INTERVAL": "1",
-           "TIDE_SHUTDOWN_GRACE": "10", "VK_WORK_SECONDS": "0.02", **backend.worker_env()}  # fmt: skip
+def deployment_counts(obj: dict[str, Any]) -> tuple[int, int, int]:
+    """(spec.replicas, status.replicas, status.readyReplicas) of a Deployment."""
+    st = obj.get("status", {})
+    return (int(obj["spec"].get("replicas") or 0), int(st.get("replicas") or 0),
+            int(st.get("readyReplicas") or 0))  # fmt: skip
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _cpu_rss(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds (user + system) and resident bytes of ``pids``, from /proc."""
+    ticks, rss = 0, 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+    return ticks / os.sysconf("SC_CLK_TCK"), rss
+
+
+class ProcSampler:
+    """CPU and peak RSS of a system's control processes (and their children) over a run, from /proc."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self.stop = threading.Event()
+        self.first: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None
+        self.peak_rss = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def sample(self) -> None:
+        cpu, rss = _cpu_rss(_descendants(self.roots))
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, cpu)
+        self.last = (now, cpu)
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(1.0)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join(10)
+        self.sample()
+        assert self.first is not None and self.last is not None
+        cpu = self.last[1] - self.first[1]
+        span = max(1e-9, self.last[0] - self.first[0])
+        return {"operator_cpu_s": round(cpu, 2), "operator_cpu_pct": round(100 * cpu / span, 2),
+                "operator_rss_mb": round(self.peak_rss / 2**20, 1)}  # fmt: skip
+
+
+def worker_env(backend: LocalBackend, trace: Trace) -> list[dict[str, str]]:
+    # build_deployment gives the worker the handler timeout (300 s) as its shutdown grace and the pod that plus
+    # 15 s: a stopped worker finishes the job it holds (counted as stopped_busy, not interrupted)
+    env = {"TIDE_BATCH_SIZE": "32" if trace.concurrency > 1 else "1", "TIDE_HEARTBEAT_TTL": "5",
+           "TIDE_REAPER_INTERVAL": "1", **backend.worker_env()}  # fmt: skip
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def worker_deployment(backend: LocalBackend) -> dict[str, Any]:
+def worker_deployment(backend: LocalBackend, trace: Trace) -> dict[str, Any]:
     """The Deployment Tide's operator would make for this worker, made here so every system scales the same one."""
     qc: dict[str, Any] = {
         "metadata": {"name": "vk", "uid": "00000000-0000-0000-0000-000000000000"},
         "spec": {
             "redis": {"url": backend.pod_redis_url},
-            "source": {"list": {"key": QUEUE}},
+            "source": source(trace),
             "scaling": {"minReplicas": 0},
             "worker": {
                 "image": backend.worker_image,
                 "handler": "bench.vs_keda_handler:handle",
-                "concurrency": 16,
-                "env": worker_env(backend),
+                "concurrency": trace.concurrency,
+                "env": worker_env(backend, trace),
             },
         },
     }
@@ -135,37 +275,53 @@ def worker_deployment(backend: LocalBackend) -> dict[str, Any]:
     return dep
 
 
-def queue_consumer(backend: LocalBackend) -> dict[str, Any]:
+def source(trace: Trace) -> dict[str, Any]:
+    return {"stream": {"key": QUEUE, "group": GROUP}} if trace.stream else {"list": {"key": QUEUE}}
+
+
+def queue_consumer(backend: LocalBackend, trace: Trace) -> dict[str, Any]:
     return {
         "apiVersion": "tide.dev/v1alpha1",
         "kind": "QueueConsumer",
         "metadata": {"name": SCALER},
         "spec": {
             "redis": {"url": backend.pod_redis_url},
-            "source": {"list": {"key": QUEUE}},
-            "scaling": {"minReplicas": 0, "maxReplicas": MAX_REPLICAS},  # the rest at the operator's defaults
+            "source": source(trace),
+            # the rest at the operator's defaults (the target is the trace's: 10 is Tide's default)
+            "scaling": {
+                "minReplicas": 0,
+                "maxReplicas": MAX_REPLICAS,
+                "targetBacklogPerReplica": trace.target,
+            },
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT},
         },
     }
 
 
-def scaled_object(backend: LocalBackend, tuned: bool) -> dict[str, Any]:
+def triggers(address: str, trace: Trace) -> list[dict[str, Any]]:
+    """KEDA's Redis triggers. A list: the redis scaler on LLEN with listLength = the target. A stream, as a
+    careful user sets it: two redis-streams triggers on the group, lagCount (entries not yet delivered) and
+    pendingEntriesCount (delivered, not acknowledged: in flight), each at the target; the HPA takes the
+    larger of the two (one trigger reads one of them, and nothing in KEDA adds them up)."""
+    base = {"address": address, "databaseIndex": "0"}
+    if not trace.stream:
+        return [{"type": "redis", "metadata": {**base, "listName": QueueKeys(QUEUE).ready,
+                                               "listLength": str(trace.target)}}]  # fmt: skip
+    group = {**base, "stream": QUEUE, "consumerGroup": GROUP}
+    return [
+        {"type": "redis-streams", "name": "lag", "metadata": {**group, "lagCount": str(trace.target)}},
+        {"type": "redis-streams", "name": "pending",
+         "metadata": {**group, "pendingEntriesCount": str(trace.target)}},
+    ]  # fmt: skip
+
+
+def scaled_object(backend: LocalBackend, trace: Trace, tuned: bool) -> dict[str, Any]:
     host, port = backend.redis.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     spec: dict[str, Any] = {
         "scaleTargetRef": {"name": DEPLOYMENT},
         "minReplicaCount": 0,
         "maxReplicaCount": MAX_REPLICAS,
-        "triggers": [
-            {
-                "type": "redis",
-                "metadata": {
-                    "address": f"{host}:{port}",
-                    "listName": QueueKeys(QUEUE).ready,
-                    "listLength": str(TARGET),
-                    "databaseIndex": "0",
-                },
-            }
-        ],
+        "triggers": triggers(f"{host}:{port}", trace),
     }
     if tuned:
         # As a careful user would: poll every second, Tide's cooldown, and Tide's default behavior
@@ -197,58 +353,68 @@ def scaled_object(backend: LocalBackend, tuned: bool) -> dict[str, Any]:
     }
 
 
-def unfinished(r: redis.Redis) -> int:
+def unfinished(r: redis.Redis, trace: Trace) -> int:
+    """Messages not yet handled to the end, read from Redis: ready + in flight + delayed of the list, or
+    the group's lag + pending of the stream."""
+    if trace.stream:
+        st = stream_stats(r, QUEUE, GROUP)
+        return int(st["lag"] or 0) + int(st["pending"] or 0)
     stats = queue_stats(r, QUEUE)
     return int(stats["ready"]) + int(stats["in_flight"]) + int(stats["delayed"])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
-    return ordered[k]
-
-
-def writes_by(audit: Path, since: float, until: float, users: tuple[str, ...]) -> int:
-    """Write requests the audit log shows from users starting with one of ``users`` in [since, until]."""
-    import datetime
-
-    count = 0
-    with contextlib.suppress(FileNotFoundError), audit.open() as handle:
-        for line in handle:
-            ev = json.loads(line)
-            if ev.get("stage") != "ResponseComplete":
-                continue
-            name = ev.get("user", {}).get("username", "")
-            if not name.startswith(users):
-                continue
-            t = datetime.datetime.fromisoformat(
-                ev["requestReceivedTimestamp"].replace("Z", "+00:00")
-            ).timestamp()
-            if since <= t <= until:
-                count += 1
-    return count
 
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: float) -> dict[str, Any]:
+def operator_pids(kube: Any, backend: LocalBackend, system: str, running: keda.Keda | None) -> list[int]:
+    """The control processes of ``system``: Tide's operator pod (a local process: its containerID names
+    the pid), or KEDA's operator and metrics API server."""
+    if system != "tide":
+        assert running is not None
+        return list(running.pids().values())
+    pods = kube.get(f"/api/v1/namespaces/{backend.namespace}/pods",
+                    labelSelector=f"app.kubernetes.io/instance={backend.release}")["items"]  # fmt: skip
+    pids = [
+        int(c["containerID"].rsplit("//", 1)[1])
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+        for c in pod.get("status", {}).get("containerStatuses") or []
+        if str(c.get("containerID", "")).startswith("tide-local://")
+    ]
+    if not pids:
+        raise RuntimeError("no running Tide operator pod to measure")
+    return pids
+
+
+def reset_redis(r: redis.Redis, trace: Trace) -> None:
+    keys = QueueKeys(QUEUE)
+    r.delete(keys.ready, keys.delayed, keys.dead, handler.STARTS, handler.DONES, handler.DONE_IDS)
+    if trace.stream:
+        sk = StreamKeys(QUEUE, GROUP)
+        r.delete(QUEUE, sk.dead, sk.workers)
+        # the group exists before anything reads it (as a user's setup makes it): KEDA's scaler needs it
+        r.xgroup_create(QUEUE, GROUP, id="0", mkstream=True)
+
+
+def run_one(
+    backend: LocalBackend, trace: Trace, system: str, cap_seconds: float, running: keda.Keda | None
+) -> dict[str, Any]:
     from tide_local.kube import Kube
 
     assert backend.kubeconfig is not None
     kube = Kube(backend.kubeconfig)
     ns = backend.namespace
     r = redis.Redis.from_url(backend.redis_url)
-    keys = QueueKeys(QUEUE)
-    r.delete(keys.ready, keys.delayed, keys.dead, handler.STARTS, handler.DONES)
-    kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", worker_deployment(backend))
+    reset_redis(r, trace)
+    messages = len(trace.schedule)
+    kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", worker_deployment(backend, trace))
     if system == "tide":
-        kube.post(f"/apis/tide.dev/v1alpha1/namespaces/{ns}/queueconsumers", queue_consumer(backend))
+        kube.post(f"/apis/tide.dev/v1alpha1/namespaces/{ns}/queueconsumers", queue_consumer(backend, trace))
     else:
         kube.post(
             f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects",
-            scaled_object(backend, system == "keda-tuned"),
+            scaled_object(backend, trace, system == "keda-tuned"),
         )
         deadline = time.monotonic() + 60  # KEDA makes its HPA; the HPA controller then sees its metric
         while True:
@@ -260,20 +426,42 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
             time.sleep(0.5)
     time.sleep(5)  # both scalers have seen the idle queue at least once
 
-    watch = DeploymentWatch()
-    thread = threading.Thread(target=watch.run, args=(backend.kubeconfig, ns), daemon=True)
-    thread.start()
+    deployments = Watch(backend.kubeconfig, f"/apis/apps/v1/namespaces/{ns}/deployments",
+                        {"fieldSelector": f"metadata.name={DEPLOYMENT}"})  # fmt: skip
+    pods = Watch(
+        backend.kubeconfig, f"/api/v1/namespaces/{ns}/pods", {"labelSelector": "tide.dev/queueconsumer=vk"}
+    )
+    deployments.start()
+    pods.start()
+    sampler = ProcSampler(operator_pids(kube, backend, system, running))
+    sampler.start()
     time.sleep(1)
     producer = Producer(settings=RedisSettings(url=backend.redis_url))
     t0 = time.time()
-    producer.enqueue_many(QUEUE, [{"i": i} for i in range(messages)])  # flash: all at once
-    print(f"    {system}: {messages} messages pushed in {time.time() - t0:.1f}s", flush=True)
+    schedule, sent = trace.schedule, 0
     tl = Timeline()
     end = t0 + cap_seconds
+    next_sample = t0
     while time.time() < end:
+        upto = sent
+        while upto < len(schedule) and schedule[upto][0] <= time.time() - t0:
+            upto += 1
+        if upto > sent:
+            due = [body for _, body in schedule[sent:upto]]
+            if trace.stream:
+                producer.xadd_many(QUEUE, due)
+            else:
+                producer.enqueue_many(QUEUE, due)
+            sent = upto
         now = time.time()
-        backlog = unfinished(r)
-        spec, _, ready = watch.events[-1][1:] if watch.events else (0, 0, 0)
+        if now < next_sample and sent < len(schedule):
+            time.sleep(0.05)
+            continue
+        next_sample = now + 0.5
+        backlog = unfinished(r, trace)
+        spec, status, ready = (
+            deployment_counts(deployments.events[-1][2]) if deployments.events else (0, 0, 0)
+        )
         tl.t.append(round(now - t0, 2))
         tl.backlog.append(backlog)
         tl.replicas.append(spec)
@@ -282,52 +470,63 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
             print(
                 f"    {system}: t={tl.t[-1]:.0f}s backlog {backlog} replicas {spec} ready {ready}", flush=True
             )
-        if backlog == 0 and r.llen(handler.DONES) >= messages and watch.events and watch.events[-1][2] == 0:
+        finished = sent == len(schedule) and backlog == 0 and r.scard(handler.DONE_IDS) >= messages
+        # back to zero: no worker pod left, not even a terminating one
+        if finished and status == spec == 0 and all(p.gone for p in figures.pod_lives(pods.events).values()):
             break
-        time.sleep(0.5)
+        time.sleep(0.05 if sent < len(schedule) else 0.5)
     t_end = time.time()
-    watch.stop.set()
-    thread.join(10)
+    deployments.close()
+    pods.close()
+    usage = sampler.close()
 
     starts = [_text(line).split() for line in r.lrange(handler.STARTS, 0, -1)]
-    dones = {tuple(_text(line).split()[:2]) for line in r.lrange(handler.DONES, 0, -1)}
+    ends = {}
+    for line in r.lrange(handler.DONES, 0, -1):
+        i, pod, at = _text(line).split()[:3]
+        ends[(i, pod)] = float(at)
     first_start: dict[str, float] = {}
     for i, _pod, started, enq, _attempt in starts:
         first_start[i] = min(first_start.get(i, math.inf), float(started) - float(enq))
     waits = list(first_start.values())
-    interrupted = sum(1 for i, pod, *_ in starts if (i, pod) not in dones)
-    # pod-seconds: status.replicas (pods not yet terminated) integrated from the push to the end
-    pod_seconds, prev_t, prev_n = 0.0, t0, 0
-    changes, last_spec, first_ready = 0, 0, None
-    for at, spec, status, ready in watch.events:
-        tt = max(at, t0)
-        pod_seconds += prev_n * (tt - prev_t)
-        prev_t, prev_n = tt, status
+    interrupted = sum(1 for i, pod, *_ in starts if (i, pod) not in ends)
+    runs = [(i, pod, float(started)) for i, pod, started, *_ in starts]
+    lives = figures.pod_lives(pods.events)
+    # a run whose pod was told to stop (deletionTimestamp) while it ran: finished within the grace, or not
+    stopped_busy = figures.stopped_busy(runs, ends, lives)
+    pod_seconds = figures.pod_seconds(lives, t0, t_end)
+    changes, last_spec = 0, 0
+    for _, _, obj in deployments.events:
+        spec = deployment_counts(obj)[0]
         if spec != last_spec:
             changes += 1
             last_spec = spec
-        if ready > 0 and first_ready is None:
-            first_ready = at - t0
-    pod_seconds += prev_n * (t_end - prev_t)
+    cold = figures.cold_starts(lives, [t0 + at for at, _ in schedule])
     users = (f"system:serviceaccount:{ns}:",) if system == "tide" else (
         "keda", "system:serviceaccount:kube-system:horizontal-pod-autoscaler")  # fmt: skip
     audit = Path(os.environ["TIDE_CLUSTER_DIR"]) / cluster.AUDIT_LOG
     time.sleep(2)  # the audit log is written in batches of up to 1 s
     record = {
-        "trace": "flash",
+        "trace": trace.name,
         "system": system,
-        "wait_p50_s": round(pct(waits, 0.50), 2) if waits else None,
-        "wait_p95_s": round(pct(waits, 0.95), 2) if waits else None,
-        "wait_p99_s": round(pct(waits, 0.99), 2) if waits else None,
-        "first_pod_ready_s": round(first_ready, 2) if first_ready is not None else None,
+        "wait_p50_s": round(figures.pct(waits, 0.50), 2) if waits else None,
+        "wait_p95_s": round(figures.pct(waits, 0.95), 2) if waits else None,
+        "wait_p99_s": round(figures.pct(waits, 0.99), 2) if waits else None,
+        "first_pod_ready_s": round(cold[0], 2) if cold else None,
         "pod_seconds": round(pod_seconds, 1),
         "interrupted": interrupted,
         "scale_changes": changes,
-        "api_writes": writes_by(audit, t0, t_end, users),
-        "processed": len(first_start),
+        "api_writes": figures.writes_by(audit, t0, t_end, users),
+        **usage,
+        "cold_starts": len(cold),
+        "cold_start_p50_s": round(figures.pct(cold, 0.5), 2) if cold else None,
+        "stopped_busy": stopped_busy,
+        "pods_started": len(lives),
+        "processed": int(r.scard(handler.DONE_IDS)),
         "messages": messages,
         "back_to_zero_s": round(t_end - t0, 1) if t_end < end else None,
         "capped_at_s": None if t_end < end else cap_seconds,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
         "timeline": {"t": tl.t, "backlog": tl.backlog, "replicas": tl.replicas, "ready": tl.ready},
     }
 
@@ -351,17 +550,20 @@ def run_one(backend: LocalBackend, system: str, messages: int, cap_seconds: floa
     kube.delete(
         f"/apis/apps/v1/namespaces/{ns}/deployments/{DEPLOYMENT}", {"propagationPolicy": "Foreground"}
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the pods, then the Deployment itself (foreground deletion)
         pods = kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector="tide.dev/queueconsumer=vk")["items"]
         if not pods:
-            break
+            try:
+                kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{DEPLOYMENT}")
+            except KubeError:
+                break
         time.sleep(0.5)
     r.close()
     return record
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
+def plot(records: list[dict[str, Any]], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,9 +579,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     top.set_ylabel("unfinished messages")
     top.set_ylim(bottom=0)
     top.legend(loc="upper right")
-    top.set_title(
-        f"flash: {records[0]['messages']} messages at once, 20 ms jobs (same Deployment, Redis, cluster)"
-    )
+    top.set_title(f"{title} (same Deployment, Redis, cluster)")
     bottom.set_ylabel("replicas (spec)")
     bottom.set_xlabel("seconds since the push")
     bottom.set_ylim(bottom=0, top=MAX_REPLICAS + 1)
@@ -388,13 +588,66 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def save(records: list[dict[str, Any]], traces: dict[str, Trace]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "vs-keda.json"
+    # a run of some traces or systems replaces only their records
+    new = {(rec["trace"], rec["system"]) for rec in records}
+    kept = [
+        rec
+        for rec in (json.loads(out.read_text()) if out.exists() else [])
+        if (rec["trace"], rec["system"]) not in new
+    ]
+    merged = kept + records
+    out.write_text(json.dumps(merged, indent=1))
+    for name in sorted({rec["trace"] for rec in merged}):
+        recs = [rec for rec in merged if rec["trace"] == name]
+        plot(recs, traces[name].title if name in traces else name, RESULTS / f"vs-keda-{name}.png")
+        print(f"==> wrote {RESULTS / f'vs-keda-{name}.png'}")
+    print(f"==> wrote {out}")
+
+
+COLUMNS = (
+    ("wait_p50_s", "p50 wait s"), ("wait_p95_s", "p95"), ("wait_p99_s", "p99"),
+    ("first_pod_ready_s", "first pod Ready s"), ("pod_seconds", "pod-s"), ("interrupted", "interrupted"), ("stopped_busy", "stopped busy"),
+    ("scale_changes", "scale changes"), ("api_writes", "API writes"), ("operator_cpu_s", "operator CPU s"),
+    ("operator_rss_mb", "operator RSS MB"), ("processed", "done"),
+)  # fmt: skip
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The records as a Markdown table (bench/README.md), one row per (trace, system)."""
+    head = "| trace | system | " + " | ".join(title for _, title in COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    order = {name: k for k, name in enumerate(("flash", "long", "waves", "stream"))}
+    for rec in sorted(records, key=lambda r: (order.get(r["trace"], 9), SYSTEMS.index(r["system"]))):
+        cells = [rec["trace"], rec["system"]]
+        for key, _ in COLUMNS:
+            value = rec.get(key)
+            cells.append("n/a" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:g}")
+        cells[-1] = f"{rec['processed']:,}/{rec['messages']:,}"
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench-vs-keda", description=__doc__)
-    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--messages", type=int, default=20_000, help="flash: messages pushed at once")
+    parser.add_argument("--jobs", type=int, default=20, help="long: jobs of 30-120 s")
+    parser.add_argument("--burst", type=int, default=2_000, help="waves: messages per burst")
+    parser.add_argument("--entries", type=int, default=4_000, help="stream: entries added at once")
+    parser.add_argument("--traces", default="flash,long,waves,stream")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--cap-seconds", type=float, default=480.0,
-                        help="stop a run this long after the push even if not back to zero")  # fmt: skip
+    parser.add_argument("--cap-seconds", type=float, default=None,
+                        help="stop a run this long after the start even if not back to zero "
+                             "(default: 480 s; waves: its 15 minutes + 420 s)")  # fmt: skip
+    parser.add_argument("--table", action="store_true", help="print bench/results/vs-keda.json as a table")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads((RESULTS / "vs-keda.json").read_text())))
+        return 0
+    traces = {"flash": flash(args.messages), "long": long_jobs(args.jobs), "waves": waves(args.burst),
+              "stream": stream(args.entries)}  # fmt: skip
     backend = LocalBackend()
     records: list[dict[str, Any]] = []
     running: keda.Keda | None = None
@@ -411,20 +664,20 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         running = keda.start(info, Path(os.environ["TIDE_CLUSTER_DIR"]) / "keda")
-        for system in args.systems.split(","):
-            print(f"==> flash against {system}", flush=True)
-            records.append(run_one(backend, system, args.messages, args.cap_seconds))
-            print(json.dumps({k: v for k, v in records[-1].items() if k != "timeline"}), flush=True)
+        for name in args.traces.split(","):
+            for system in args.systems.split(","):
+                print(f"==> {name} against {system}", flush=True)
+                trace = traces[name]
+                cap = args.cap_seconds or (trace.schedule[-1][0] + 420 if name == "waves" else 480.0)
+                records.append(run_one(backend, trace, system, cap, running))
+                print(json.dumps({k: v for k, v in records[-1].items() if k != "timeline"}), flush=True)
+                save(records, traces)  # after each run: a later failure keeps the runs done
     finally:
         print("==> cleaning up", flush=True)
         if running is not None:
             running.stop()
         backend.teardown()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "vs-keda.json"
-    out.write_text(json.dumps(records, indent=1))
-    plot(records, RESULTS / "vs-keda-flash.png")
-    print(f"==> wrote {out} and {RESULTS / 'vs-keda-flash.png'}")
+    save(records, traces)
     return 0
 
 
