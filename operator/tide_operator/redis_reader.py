@@ -25,7 +25,7 @@ import hashlib
 import math
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aredis
@@ -418,6 +418,38 @@ class _Reader:
         return out
 
 
+async def held_heartbeats(client: AsyncClient, lists: Sequence[QueueKeys]) -> list[Heartbeat]:
+    """The live heartbeats of the workers registered on ``lists[0]``, each with ``inflight`` replaced by
+    what its processing lists hold now (summed over ``lists``), read in one round trip after the registry.
+
+    Before a scale-down the heartbeat's own count is not enough: it is up to a third of the heartbeat TTL
+    old (3.3 s at the default), and a scale-down comes right after a job ends, so the worker that just
+    finished would still look busy and the one that just took a message idle. A worker whose processing
+    lists are empty is idle (``oldest_started`` 0); one holding messages its heartbeat does not know of
+    yet counts them (the cost rule then weighs them as just started)."""
+    first = lists[0]
+    ids = [_text(w) for w in await client.zrange(first.workers, 0, -1)]
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    pipe.mget([first.worker(w) for w in ids])
+    for keys in lists:
+        for w in ids:
+            pipe.llen(keys.processing(w))
+    replies = await pipe.execute()
+    out: list[Heartbeat] = []
+    for i, raw in enumerate(replies[0]):
+        if raw is None:
+            continue
+        try:
+            hb = Heartbeat.decode(raw)
+        except ValueError:
+            continue
+        held = sum(int(replies[1 + j * len(ids) + i]) for j in range(len(lists)))
+        out.append(replace(hb, inflight=held, oldest_started=hb.oldest_started if held else 0.0))
+    return out
+
+
 def _raise_first(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, Exception):
@@ -442,6 +474,10 @@ class ListReader(_Reader):
     _known: set[str] = field(default_factory=set, repr=False)  # owners of processing lists seen
     _orphans: tuple[str, ...] = field(default=(), repr=False)
     _orphans_for: tuple[str, ...] | None = field(default=None, repr=False)
+
+    async def heartbeats(self) -> list[Heartbeat]:
+        """The live heartbeats, each with what the worker holds now (``held_heartbeats``)."""
+        return await held_heartbeats(self.client, [self.keys])
 
     async def _orphan_candidates(self) -> tuple[str, ...]:
         """Owners of processing lists that the cached registry does not name: what the last SCAN found,
@@ -676,8 +712,9 @@ class MultiListReader:
         return Reading(sum_backlogs(b for _, b in parts), first.rates, first.workers, parts)
 
     async def heartbeats(self) -> list[Heartbeat]:
-        """Every worker heartbeats on each list with the same record: the first list's are all of them."""
-        return await self.readers[0].heartbeats()
+        """Every worker heartbeats on each list with the same record: the first list's are all of them;
+        what each holds is the sum of its processing lists."""
+        return await held_heartbeats(self.readers[0].client, [r.keys for r in self.readers])
 
 
 def make_reader(
