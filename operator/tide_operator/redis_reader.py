@@ -423,8 +423,8 @@ async def held_heartbeats(client: AsyncClient, lists: Sequence[QueueKeys]) -> li
     what its processing lists hold now (summed over ``lists``), read in one round trip after the registry.
 
     Before a scale-down the heartbeat's own count is not enough: it is up to a third of the heartbeat TTL
-    old (3.3 s at the default), and a scale-down comes right after a job ends, so the worker that just
-    finished would still look busy and the one that just took a message idle. A worker whose processing
+    old (3.3 s at the default), and with a short scale-down window a scale-down comes soon after a job
+    ends, so the worker that just finished could still look busy and one that just took a message idle. A worker whose processing
     lists are empty is idle (``oldest_started`` 0); one holding messages its heartbeat does not know of
     yet counts them (the cost rule then weighs them as just started)."""
     first = lists[0]

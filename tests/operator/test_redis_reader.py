@@ -428,7 +428,7 @@ def _beat(r, keys, worker: str, pod: str, inflight: int, oldest_started: float) 
 
 
 def test_heartbeats_before_a_scale_down_count_what_each_worker_holds_now(r, redis_url):
-    """A heartbeat's in-flight count is up to a third of its TTL old, and a scale-down comes right after
+    """A heartbeat's in-flight count is up to a third of its TTL old, and a scale-down can come soon after
     a job ends: the processing lists, read in the same round trip, say what each worker holds now. Read
     from the heartbeats alone, the worker that just finished (w1) would cost the most and the one that
     just took two messages (w2) nothing, so a scale-down by one would take w2 and interrupt its work."""
