@@ -594,6 +594,36 @@ class StreamReader(_Reader):
     # the group's last delivered id as the last reading saw it ("-": no group, the stream's first entry)
     _position: str = field(default="-", repr=False)
 
+    async def heartbeats(self) -> list[Heartbeat]:
+        """The live heartbeats, each with ``inflight`` from the group's pending entries per consumer
+        (``XPENDING``'s summary, in the round trip of the ``MGET``), for the reason ``held_heartbeats``
+        gives. Entries a consumer holds for a retry not yet due count too (a busy-looking pod is kept,
+        never the other way). Without a group, the heartbeats' own counts."""
+        k = self.keys
+        ids = [_text(w) for w in await self.client.zrange(k.workers, 0, -1)]
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([k.worker(w) for w in ids])
+        pipe.execute_command("XPENDING", k.stream, k.group)
+        raw, summary = await pipe.execute(raise_on_error=False)
+        if isinstance(raw, Exception):
+            raise raw
+        held = None if isinstance(summary, Exception) else _pending_by_consumer(summary)
+        out: list[Heartbeat] = []
+        for w, value in zip(ids, raw, strict=True):
+            if value is None:
+                continue
+            try:
+                hb = Heartbeat.decode(value)
+            except ValueError:
+                continue
+            if held is not None:
+                n = held.get(w, 0)
+                hb = replace(hb, inflight=n, oldest_started=hb.oldest_started if n else 0.0)
+            out.append(hb)
+        return out
+
     async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
@@ -681,6 +711,15 @@ def _int_or_none(value: Any) -> int | None:
 
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else _text(value)
+
+
+def _pending_by_consumer(summary: Any) -> dict[str, int]:
+    """``XPENDING key group``: [count, min, max, [[consumer, count], ...]] (nil consumers when none), or
+    as redis-py parses it, ``{"pending": ..., "consumers": [{"name": ..., "pending": ...}]}``."""
+    if isinstance(summary, dict):
+        return {_text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or ()}
+    consumers = summary[3] if isinstance(summary, list | tuple) and len(summary) > 3 else None
+    return {_text(name): int(n) for name, n in consumers or ()}
 
 
 def _pairs(raw: Any) -> dict[Any, Any]:

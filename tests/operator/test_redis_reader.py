@@ -477,3 +477,35 @@ def test_heartbeats_of_several_lists_sum_what_each_worker_holds(r, redis_url):
             await pool.close()
 
     assert [(hb.id, hb.inflight) for hb in run(go())] == [("w1", 3)]
+
+
+def test_stream_heartbeats_before_a_scale_down_count_each_consumers_pending_entries(r, redis_url):
+    """For a stream, what a worker holds now is its consumer's pending entries in the group."""
+    s = StreamKeys("held-events", "g")
+    for i in range(5):
+        r.xadd(s.stream, {"i": i})
+    r.xgroup_create(s.stream, s.group, id="0")
+    r.xreadgroup(s.group, "c2", {s.stream: ">"}, count=2)  # c2 took two after its heartbeat said idle
+    now = time.time()
+    for worker, inflight, oldest in (("c1", 1, now - 30), ("c2", 0, 0.0)):  # c1 finished since
+        r.zadd(s.workers, {worker: now})
+        hb = Heartbeat(id=worker, host="h", pid=1, started=now, ts=now, concurrency=2, inflight=inflight,
+                       pod=f"pod-{worker}", namespace="ns", oldest_started=oldest)  # fmt: skip
+        r.set(s.worker(worker), hb.encode(), ex=30)
+
+    async def go(group: str):
+        pool = ClientPool()
+        try:
+            reader = make_reader(pool.get(redis_url, False, Credentials()), Source("stream", s.stream, group))
+            return {b.id: (b.inflight, b.oldest_started) for b in await reader.heartbeats()}
+        finally:
+            await pool.close()
+
+    assert run(go("g")) == {"c1": (0, 0.0), "c2": (2, 0.0)}
+    # workers registered for a group that does not exist (XPENDING: NOGROUP): their heartbeats' counts
+    other = StreamKeys(s.stream, "missing")
+    r.zadd(other.workers, {"c3": now})
+    hb = Heartbeat(id="c3", host="h", pid=1, started=now, ts=now, concurrency=2, inflight=1, pod="pod-c3",
+                   namespace="ns", oldest_started=now - 7)  # fmt: skip
+    r.set(other.worker("c3"), hb.encode(), ex=30)
+    assert run(go("missing")) == {"c3": (1, pytest.approx(now - 7))}
