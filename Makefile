@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bench-vs-keda bench-wait bench-scale-down images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: bench-sim bench-vs-keda bench-wait bench-scale-down images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -58,6 +58,11 @@ bench-operator: install
 # flash trace against tide, keda-tuned and keda-defaults; bench/results/vs-keda.json and vs-keda-flash.png.
 bench-vs-keda: install
 	PYTHONPATH=. $(PY) bench/vs_keda.py
+
+# The simulator (bench/sim): Tide's policy.decide and a model of KEDA + the HPA, validated against the
+# bench-vs-keda runs, then a week-long bursty trace and 10,000 queues; bench/results/sim.json and sim-*.png.
+bench-sim: install
+	PYTHONPATH=. $(PY) bench/sim/run.py
 
 # The wait-time objective under a step load (issue 12): 200 msgs/s of 50 ms jobs, x10 for 2 minutes,
 # targetWaitSeconds 2, with the pod start time measured in the same run; about 4 minutes on the local

@@ -128,6 +128,16 @@ def redis_sentinel(redis_sentinel_set: RedisSentinelSet) -> RedisSentinelSet:
 
 
 @pytest.fixture
+def redis_sentinel_tls(tls_files: TLSFiles) -> Iterator[RedisSentinelSet]:
+    """A Sentinel set of the test's own with TLS everywhere (clients, replication, sentinel to sentinel),
+    both kinds password-protected; the certificates are ``tls_files``'."""
+    with RedisSentinelSet(
+        password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD, tls=tls_files
+    ) as s:
+        yield s
+
+
+@pytest.fixture
 def redis_sentinel_private() -> Iterator[RedisSentinelSet]:
     """A Sentinel set of the test's own, for tests that kill its master."""
     with RedisSentinelSet(password=SENTINEL_DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD) as s:

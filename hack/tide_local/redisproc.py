@@ -283,21 +283,39 @@ class SentinelProcess(RedisServer):
             lines.append(f"sentinel auth-pass {name} {self.master_password}")
         if self.password:
             lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
+        if self.tls:  # TLS for its clients, and (tls-replication) to the data servers and other sentinels
+            lines[0] = "port 0"
+            lines += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.server_cert}",
+                f"tls-key-file {self.tls.server_key}",
+                f"tls-ca-cert-file {self.tls.ca_cert}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+            ]
         conf = self.workdir / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
         conf.write_text("\n".join(lines) + "\n")
         return [redis_server_binary(), str(conf), "--sentinel"]
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5)
+        tls: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca_cert)} if self.tls else {}
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5, **tls)  # type: ignore[arg-type]
 
 
 @dataclass
 class RedisSentinelSet:
     """A master, ``replicas`` replicas and ``sentinels`` sentinels watching them as ``master_name``.
 
-    ``start()`` returns once every sentinel sees the master, its replicas and the other sentinels, so a
-    failover can happen; ``kill_master()`` SIGKILLs the current master and ``wait_failover()`` waits for
-    the sentinels to name another one."""
+    ``start()`` returns once every replica has finished its initial sync (the master lists it ``online``)
+    and every sentinel sees the master, its replicas and the other sentinels, so a failover can happen
+    and promotes a replica that holds the data; ``kill_master()`` SIGKILLs the current master (after
+    checking its replicas are in sync) and ``wait_failover()`` waits for the sentinels to name another one.
+
+    A replica the master lists is not yet a copy: it shows up (and the sentinels count it) as soon as it
+    connects, in state ``wait_bgsave``, and Redis 7 starts the first full sync only after
+    ``repl-diskless-sync-delay`` (5 s by default). Sentinel will promote such a replica, empty, if the
+    master dies in that window: every message of the queue is lost. The data servers here run with
+    ``repl-diskless-sync-delay 0`` so a set is ready sooner, and ``start()`` waits for the sync."""
 
     master_name: str = "mymaster"
     replicas: int = 1
@@ -305,6 +323,7 @@ class RedisSentinelSet:
     password: str | None = None  # the data servers' requirepass (and masterauth)
     sentinel_password: str | None = None
     down_after_ms: int = 1000
+    tls: TLSFiles | None = None  # TLS on every server and sentinel, replication included
     servers: list[RedisServer] = field(default_factory=list)
     watchers: list[SentinelProcess] = field(default_factory=list)
 
@@ -312,24 +331,31 @@ class RedisSentinelSet:
     def addresses(self) -> list[tuple[str, int]]:
         return [(s.host, s.port) for s in self.watchers]
 
-    def url(self, db: int = 0, scheme: str = "redis+sentinel") -> str:
+    def url(self, db: int = 0, scheme: str | None = None) -> str:
+        scheme = scheme or ("rediss+sentinel" if self.tls else "redis+sentinel")
         auth = f":{self.password}@" if self.password else ""
         hosts = ",".join(f"{h}:{p}" for h, p in self.addresses)
         return f"{scheme}://{auth}{hosts}/{self.master_name}/{db}"
 
-    def _auth_args(self) -> list[str]:
-        return ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+    def _server_args(self) -> list[str]:
+        args = ["--repl-diskless-sync-delay", "0"] + (["--tls-replication", "yes"] if self.tls else [])
+        return args + (
+            ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        )
 
     def start(self, timeout: float = 30.0) -> RedisSentinelSet:
-        master = RedisServer(password=self.password, extra_args=self._auth_args()).start()
+        master = RedisServer(password=self.password, tls=self.tls, extra_args=self._server_args()).start()
         self.servers = [master]
         for _ in range(self.replicas):
-            replica_args = [*self._auth_args(), "--replicaof", master.host, str(master.port)]
-            self.servers.append(RedisServer(password=self.password, extra_args=replica_args).start())
+            replica_args = [*self._server_args(), "--replicaof", master.host, str(master.port)]
+            self.servers.append(
+                RedisServer(password=self.password, tls=self.tls, extra_args=replica_args).start()
+            )
         quorum = self.sentinels // 2 + 1
         for _ in range(self.sentinels):
             watcher = SentinelProcess(
                 password=self.sentinel_password,
+                tls=self.tls,
                 monitor=(self.master_name, master.host, master.port, quorum),
                 master_password=self.password,
                 down_after_ms=self.down_after_ms,
@@ -337,12 +363,62 @@ class RedisSentinelSet:
             watcher.start()
             self.watchers.append(watcher)
         deadline = time.monotonic() + timeout
+        try:
+            self.wait_synced(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
         while time.monotonic() < deadline:
             if all(self._sees_everything(s) for s in self.watchers):
                 return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("the sentinels did not discover the replicas and each other in time")
+
+    def replication(self) -> dict[int, dict[str, object]]:
+        """``INFO replication`` of every running data server, by port, the master's read first (evidence
+        for a failover test)."""
+        out: dict[int, dict[str, object]] = {}
+        master = self.master()
+        for n in sorted(self.servers, key=lambda x: x is not master):
+            if n.running:
+                with n.client() as c:
+                    out[n.port] = dict(c.info("replication"))
+        return out
+
+    def unsynced_replicas(self) -> list[int]:
+        """Ports of running replicas of the current master that have not finished a sync with it: not
+        listed ``online`` by the master, or their own link not ``up``."""
+        master = self.master()
+        with master.client() as c:
+            info = c.info("replication")
+        online = {
+            int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+            and v.get("state") == "online"
+        }  # fmt: skip
+        behind = []
+        for n in self.servers:
+            if n is master or not n.running:
+                continue
+            with n.client() as c:
+                link = c.info("replication").get("master_link_status")
+            if n.port not in online or link != "up":
+                behind.append(n.port)
+        return behind
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every running replica has finished its full sync with the current master."""
+        deadline = time.monotonic() + timeout
+        behind: list[int] = []
+        while time.monotonic() < deadline:
+            try:
+                behind = self.unsynced_replicas()
+            except (redis.ConnectionError, redis.TimeoutError, StopIteration):
+                behind = [-1]
+            if not behind:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"replicas {behind} did not finish their sync with the master in {timeout}s")
 
     def _sees_everything(self, s: SentinelProcess) -> bool:
         with s.client() as c:
@@ -365,8 +441,22 @@ class RedisSentinelSet:
         _, port = self.master_address()
         return next(s for s in self.servers if s.port == port)
 
-    def kill_master(self) -> RedisServer:
-        """SIGKILL the current master (it stays down; ``restart_old`` brings it back as a replica)."""
+    def failovers(self) -> int:
+        """How many times the master was switched (``+switch-master`` in the sentinels' logs, the most any
+        one sentinel saw). More than the kills means a sentinel took a live master for dead: a second
+        failover, with the first promoted replica left a master until a sentinel converts it."""
+        counts = []
+        for s in self.watchers:
+            assert s.workdir is not None
+            log = s.workdir / "redis.log"
+            counts.append(log.read_text(errors="replace").count("+switch-master") if log.exists() else 0)
+        return max(counts, default=0)
+
+    def kill_master(self, require_synced: bool = True) -> RedisServer:
+        """SIGKILL the current master (it stays down). By default first check that every replica has
+        finished its initial sync (else the promoted one would be empty: not the failover meant)."""
+        if require_synced and (behind := self.unsynced_replicas()):
+            raise RuntimeError(f"replicas {behind} are not in sync with the master: a kill now loses all")
         m = self.master()
         m.kill()
         return m

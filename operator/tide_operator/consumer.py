@@ -39,9 +39,11 @@ from typing import Any
 
 import aiohttp
 import kopf
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from tide_worker.backlog import Backlog
-from tide_worker.connection import redact
+from tide_worker.connection import SENTINEL_ERRORS, redact, sentinel_detail
 
 from tide_operator import deletion_cost, metrics
 from tide_operator.conditions import Condition, Reason
@@ -267,6 +269,9 @@ class Consumer:
                 else r.username,
                 password=await k.secret_value(self.ns, r.password_secret) if r.password_secret else None,
                 ca_pem=await k.secret_value(self.ns, r.ca_secret) if r.ca_secret else None,
+                sentinel_password=await k.secret_value(self.ns, r.sentinel.password_secret)
+                if r.sentinel and r.sentinel.password_secret
+                else None,
             )
             if creds != self.creds:
                 self.reader = None
@@ -286,10 +291,17 @@ class Consumer:
             return None, f"reading the Redis credentials: {exc}"
         except UnicodeDecodeError as exc:  # a Secret's value that is not UTF-8 (a ValueError too)
             return None, f"reading the Redis credentials: a Secret value is not UTF-8 text: {exc}"
+        except SENTINEL_ERRORS as exc:  # before READ_ERRORS: a ConnectionError whose text lists each sentinel
+            return None, (
+                "Sentinel gave no master (check spec.redis.sentinel.masterName, .sentinels and "
+                f".passwordSecretRef): {sentinel_detail(exc)}"
+            )
         except READ_ERRORS as exc:
             hint = ""
             if isinstance(exc, RedisClusterException) and spec.redis.cluster:
                 hint = " (spec.redis.cluster is true: is the server a Redis Cluster?)"
+            elif spec.redis.sentinel is not None and type(exc) in (RedisConnectionError, RedisTimeoutError):
+                hint = " (the master the sentinels named; during a failover the sentinels name the new one)"
             return None, f"{type(exc).__name__}: {exc}{hint}"
 
     async def current_replicas(self, spec: QueueConsumerSpec, target: TargetRef) -> int:

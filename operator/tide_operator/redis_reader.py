@@ -91,6 +91,7 @@ class Credentials:
     username: str | None = None
     password: str | None = None
     ca_pem: str | None = None
+    sentinel_password: str | None = None  # spec.redis.sentinel.passwordSecretRef
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,9 @@ def _text(value: Any) -> str:
 
 
 class ClientPool:
-    """One client (and its connection pool) per (url, cluster, credentials, TLS settings)."""
+    """One client (and its connection pool) per (url, cluster, credentials, TLS settings). A
+    ``redis+sentinel://`` url (spec.redis.sentinel) gives a client whose every new connection asks the
+    sentinels for the master (``tide_worker.connection``, the workers' own)."""
 
     def __init__(self) -> None:
         self._clients: dict[tuple[Any, ...], AsyncClient] = {}
@@ -116,7 +119,7 @@ class ClientPool:
     @staticmethod
     def _key(url: str, cluster: bool, creds: Credentials, insecure: bool) -> tuple[Any, ...]:
         ca = hashlib.sha256(creds.ca_pem.encode()).hexdigest() if creds.ca_pem else None
-        return (url, cluster, creds.username, creds.password, ca, insecure)
+        return (url, cluster, creds.username, creds.password, creds.sentinel_password, ca, insecure)
 
     def get(self, url: str, cluster: bool, creds: Credentials, insecure: bool = False) -> AsyncClient:
         key = self._key(url, cluster, creds, insecure)
@@ -128,13 +131,13 @@ class ClientPool:
                 "retry": Retry(NoBackoff(), 0),
                 "max_connections": MAX_CONNECTIONS,
             }
-            if creds.ca_pem:
-                extra["ssl_ca_data"] = creds.ca_pem
             settings = RedisSettings(
                 url=url,
                 cluster=cluster,
                 username=creds.username,
                 password=creds.password,
+                ca_data=creds.ca_pem,
+                sentinel_password=creds.sentinel_password,
                 tls_insecure=insecure,
                 client_name="tide-operator",
                 extra=extra,

@@ -81,18 +81,29 @@ class SecretKeyRef:
 
 
 @dataclass(frozen=True)
+class SentinelSpec:
+    """``spec.redis.sentinel``: where the sentinels are and which master they watch."""
+
+    master_name: str
+    addresses: tuple[tuple[str, int], ...]
+    db: int = 0
+    password_secret: SecretKeyRef | None = None  # the sentinels' own requirepass
+
+
+@dataclass(frozen=True)
 class RedisSpec:
-    url: str
+    url: str  # with spec.redis.sentinel: the redis+sentinel:// URL built from it (no credentials)
     cluster: bool = False
     username: str | None = None  # literal username (not secret)
     username_secret: SecretKeyRef | None = None
     password_secret: SecretKeyRef | None = None
     ca_secret: SecretKeyRef | None = None
     tls_insecure: bool = False
+    sentinel: SentinelSpec | None = None
 
     @property
     def tls(self) -> bool:
-        return self.url.startswith("rediss://")
+        return self.url.startswith(("rediss://", "rediss+sentinel://"))
 
 
 @dataclass(frozen=True)
@@ -221,8 +232,69 @@ def check_redis_url(url: str) -> None:
         raise SpecError("spec.redis.url needs a host and a port from 1 to 65535 (redis://host:6379/0)")
 
 
+# One sentinel address, as the CRD's rule has it: a host name or [IPv6], then a port from 1 to 65535.
+SENTINEL_ADDRESS = re.compile(
+    r"^(?P<host>[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?|\[[0-9a-fA-F:.]+\]):(?P<port>[0-9]{1,5})$"
+)
+
+
+def parse_sentinel(obj: Any, tls: bool) -> tuple[SentinelSpec, str]:
+    """``spec.redis.sentinel`` and the URL the operator and the workers connect with."""
+    if not isinstance(obj, Mapping):
+        raise SpecError("spec.redis.sentinel needs masterName and sentinels")
+    name = obj.get("masterName")
+    if not isinstance(name, str) or not name or re.search(r"[\s/]", name):
+        raise SpecError(
+            "spec.redis.sentinel.masterName must not be empty or contain spaces or '/' (the name in "
+            "`sentinel monitor <name>`, e.g. mymaster)"
+        )
+    items = obj.get("sentinels")
+    if not isinstance(items, list) or not items:
+        raise SpecError("spec.redis.sentinel.sentinels needs at least one host:port")
+    addresses: list[tuple[str, int]] = []
+    for item in items:
+        m = SENTINEL_ADDRESS.match(str(item))
+        if not m or not 1 <= int(m["port"]) <= 65535:
+            raise SpecError(
+                "each of spec.redis.sentinel.sentinels is host:port with a port from 1 to 65535 "
+                "(redis-sentinel.redis.svc:26379, [fd00::1]:26379)"
+            )
+        addresses.append((m["host"].strip("[]"), int(m["port"])))
+    db = obj.get("db", 0)
+    if isinstance(db, bool) or not isinstance(db, int) or db < 0:
+        raise SpecError("spec.redis.sentinel.db is a database number (0 or more)")
+    spec = SentinelSpec(
+        master_name=name,
+        addresses=tuple(addresses),
+        db=db,
+        password_secret=_secret_ref(obj.get("passwordSecretRef"), "spec.redis.sentinel.passwordSecretRef"),
+    )
+    return spec, environment.sentinel_url(spec.addresses, spec.master_name, spec.db, tls)
+
+
 def parse_redis(obj: Mapping[str, Any]) -> RedisSpec:
     tls = obj.get("tls") or {}
+    if obj.get("sentinel") is not None:
+        if obj.get("url") or obj.get("host"):
+            raise SpecError(
+                "set exactly one of spec.redis.url or spec.redis.host (with port) or spec.redis.sentinel "
+                "(masterName and sentinels)"
+            )
+        if obj.get("cluster"):
+            raise SpecError(
+                "spec.redis.sentinel and spec.redis.cluster: true exclude each other (Sentinel serves one "
+                "master, not a Redis Cluster)"
+            )
+        sentinel, through = parse_sentinel(obj["sentinel"], bool(tls.get("enabled")))
+        return RedisSpec(
+            url=through,
+            username=obj.get("username"),
+            username_secret=_secret_ref(obj.get("usernameSecretRef"), "spec.redis.usernameSecretRef"),
+            password_secret=_secret_ref(obj.get("passwordSecretRef"), "spec.redis.passwordSecretRef"),
+            ca_secret=_secret_ref(tls.get("caSecretRef"), "spec.redis.tls.caSecretRef"),
+            tls_insecure=bool(tls.get("insecureSkipVerify", False)),
+            sentinel=sentinel,
+        )
     url = obj.get("url")
     if not url:
         host = obj.get("host")

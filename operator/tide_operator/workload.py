@@ -2,7 +2,8 @@
 
 Owned by the QueueConsumer (controller ownerReference), so deleting the resource garbage-collects it.
 Redis credentials reach the pod as ``secretKeyRef`` env vars and the CA as a mounted Secret, never as
-plaintext in the pod spec.
+plaintext in the pod spec. With spec.redis.sentinel the pods get the ``redis+sentinel://`` URL the
+operator connects with (so they ask the same sentinels) and the sentinels' password as a ``secretKeyRef``.
 
 The pods pass Pod Security "restricted" as generated: non-root, no privilege escalation, every capability
 dropped, the runtime's default seccomp profile, a read-only root with an ``emptyDir`` on ``/tmp``, no
@@ -164,7 +165,10 @@ def _env(spec: QueueConsumerSpec) -> list[dict[str, Any]]:
         env += [{"name": E.STREAM, "value": s.key}, {"name": E.GROUP, "value": s.group}]
     if r.username:
         env.append({"name": E.REDIS_USERNAME, "value": r.username})
-    for var, ref in ((E.REDIS_USERNAME, r.username_secret), (E.REDIS_PASSWORD, r.password_secret)):
+    refs = [(E.REDIS_USERNAME, r.username_secret), (E.REDIS_PASSWORD, r.password_secret)]
+    if r.sentinel is not None:  # TIDE_REDIS_URL is the redis+sentinel:// URL: the same sentinels
+        refs.append((E.REDIS_SENTINEL_PASSWORD, r.sentinel.password_secret))
+    for var, ref in refs:
         if ref is not None:
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if r.ca_secret is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
 from tide_local.redisproc import RedisCluster, RedisSentinelSet, RedisServer, TLSFiles
@@ -59,6 +60,10 @@ def test_sentinel_set_replicates_and_fails_over(redis_sentinel_private: RedisSen
     assert len(s.watchers) == 3 and len(s.servers) == 2
     master = s.master()
     replica = next(x for x in s.servers if x is not master)
+    # start() returned after the initial sync, not merely once the replica connected (wait_bgsave)
+    info = s.replication()
+    assert info[master.port]["slave0"]["state"] == "online", info  # type: ignore[index]
+    assert info[replica.port]["master_link_status"] == "up", info
     with master.client() as c:
         c.set("k", "v")
         assert c.wait(1, 5000) == 1  # the replica acknowledged the write
@@ -71,3 +76,21 @@ def test_sentinel_set_replicates_and_fails_over(redis_sentinel_private: RedisSen
     with replica.client() as c:
         assert c.info("replication")["role"] == "master"
         assert c.get("k") == b"v"
+
+
+def test_kill_master_refuses_while_a_replica_is_not_in_sync(redis_sentinel_private: RedisSentinelSet) -> None:
+    """A replica that has not synced with the master would be promoted empty: kill_master says so."""
+    s = redis_sentinel_private
+    master = s.master()
+    replica = next(x for x in s.servers if x is not master)
+    with replica.client() as c:
+        c.replicaof("NO", "ONE")  # no longer a copy of the master
+    try:
+        with pytest.raises(RuntimeError, match="not in sync"):
+            s.kill_master()
+        assert master.running
+    finally:
+        with replica.client() as c:
+            c.replicaof(master.host, master.port)
+    s.wait_synced()
+    assert s.unsynced_replicas() == []

@@ -146,6 +146,44 @@ INVALID = [
     ("stream-without-group", _with("source", {"stream": {"key": "s"}}), "spec.source.stream.group: Required"),
     ("url-and-host", _with("redis", {"url": "redis://a:1", "host": "b"}), "exactly one of spec.redis.url or"),
     ("bad-scheme", _with("redis", {"url": "http://a:1"}), "must start with redis:// or rediss://"),
+    *(
+        (f"sentinel-{i}", _with("redis", redis), message)
+        for i, redis, message in [
+            (
+                "and-url",
+                {"url": "redis://a:1", "sentinel": {"masterName": "m", "sentinels": ["s:26379"]}},
+                "or spec.redis.sentinel (masterName and sentinels)",
+            ),
+            (
+                "and-cluster",
+                {"cluster": True, "sentinel": {"masterName": "m", "sentinels": ["s:26379"]}},
+                "spec.redis.sentinel and spec.redis.cluster: true exclude each other",
+            ),
+            ("no-port", {"sentinel": {"masterName": "m", "sentinels": ["s"]}}, "is host:port with a port"),
+            ("port-0", {"sentinel": {"masterName": "m", "sentinels": ["s:0"]}}, "is host:port with a port"),
+            (
+                "port-big",
+                {"sentinel": {"masterName": "m", "sentinels": ["s:65536"]}},
+                "is host:port with a port",
+            ),
+            (
+                "no-sentinels",
+                {"sentinel": {"masterName": "m", "sentinels": []}},
+                "sentinels in body should have at least 1",
+            ),
+            ("no-name", {"sentinel": {"sentinels": ["s:1"]}}, "spec.redis.sentinel.masterName: Required"),
+            (
+                "slash",
+                {"sentinel": {"masterName": "a/b", "sentinels": ["s:1"]}},
+                "masterName must not contain",
+            ),
+            (
+                "secret",
+                {"sentinel": {"masterName": "m", "sentinels": ["s:1"], "passwordSecretRef": {"name": "x"}}},
+                "spec.redis.sentinel.passwordSecretRef.key: Required",
+            ),
+        ]
+    ),
     (
         "fallback-above-max",
         _with("scaling", {"maxReplicas": 3, "fallback": {"replicas": 4}}),
@@ -233,3 +271,16 @@ def test_lists_accepted_and_parsed(crds, namespace):
     source = parse_spec(json.loads(got.stdout)["spec"]).source
     assert source.lists == (("high", 3), ("low", 1)) and source.side == "right"
     assert source.label == "high,low"
+
+
+@pytest.mark.cluster
+def test_sentinel_accepted_and_parsed(crds, namespace):
+    sentinel = {"masterName": "mymaster", "sentinels": ["sentinel.redis.svc:26379", "[fd00::1]:26379"]}
+    obj = _with("redis", {"sentinel": sentinel, "tls": {"enabled": True}})
+    obj["metadata"]["name"] = "qc-sentinel"
+    result = _apply(crds, namespace, obj)
+    assert result.returncode == 0, result.stderr
+    got = crds.run_kubectl("-n", namespace, "get", "qc", "qc-sentinel", "-o", "json")
+    redis = parse_spec(json.loads(got.stdout)["spec"]).redis
+    assert redis.url == "rediss+sentinel://sentinel.redis.svc:26379,[fd00::1]:26379/mymaster/0"
+    assert redis.sentinel is not None and redis.sentinel.db == 0 and not redis.cluster

@@ -99,10 +99,15 @@ def _strict(node: dict[str, Any], loose: bool) -> st.SearchStrategy[Any]:
 
 
 def _redis(url: str) -> st.SearchStrategy[dict[str, Any]]:
-    """spec.redis that can be served: the test's server, a closed port, a name that does not resolve."""
-    return st.fixed_dictionaries(
-        {"url": st.sampled_from([url, "redis://127.0.0.1:1/0", "redis://nowhere.invalid:6379"])},
-        optional={"cluster": st.booleans()},
+    """spec.redis that can be served: the test's server, a closed port, a name that does not resolve, or
+    sentinels that are not there."""
+    sentinel = {"masterName": "mymaster", "sentinels": ["127.0.0.1:1", "nowhere.invalid:26379"]}
+    return st.one_of(
+        st.fixed_dictionaries(
+            {"url": st.sampled_from([url, "redis://127.0.0.1:1/0", "redis://nowhere.invalid:6379"])},
+            optional={"cluster": st.booleans()},
+        ),
+        st.just({"sentinel": sentinel}),
     )
 
 

@@ -22,6 +22,8 @@ from tide_operator.spec import Source
 from tide_worker.keys import QueueKeys, StreamKeys
 from tide_worker.records import Heartbeat
 
+from tests.conftest import SENTINEL_DATA_PASSWORD, SENTINEL_PASSWORD
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -212,6 +214,23 @@ def test_tls_with_ca_from_secret_data(redis_tls, tls_files):
     pem = Path(tls_files.ca_cert).read_text()
     (reading,), _ = run(read_list(redis_tls.url, "jobs", ca_pem=pem))
     assert reading.backlog.ready == 2
+
+
+def test_sentinel_tls_with_ca_from_secret_data(redis_sentinel_tls, tls_files):
+    """spec.redis.sentinel with TLS: the operator's client reaches TLS-only sentinels and master with the CA
+    as Secret data (no file), the sentinels' password and the data servers' password."""
+    from tide_worker.environment import sentinel_url
+
+    s = redis_sentinel_tls
+    with s.master().client() as c:
+        c.lpush("jobs", "a", "b", "c")
+    url = sentinel_url(s.addresses, s.master_name, 0, tls=True)
+    pem = Path(tls_files.ca_cert).read_text()
+    creds = {"password": SENTINEL_DATA_PASSWORD, "sentinel_password": SENTINEL_PASSWORD}
+    (reading,), _ = run(read_list(url, "jobs", ca_pem=pem, **creds))
+    assert reading.backlog.ready == 3
+    with pytest.raises(redis.ConnectionError):  # without the CA the certificate is not trusted
+        run(read_list(url, "jobs", **creds))
 
 
 def test_unreachable_fails_fast():

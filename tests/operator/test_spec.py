@@ -115,3 +115,52 @@ def test_source_lists_parse_in_order_with_weights_or_none():
 def test_source_lists_errors(lists, message):
     with pytest.raises(SpecError, match=message):
         parse_spec({**BASE, "source": {"lists": lists}})
+
+
+SENTINEL_REDIS = {
+    "sentinel": {
+        "masterName": "mymaster",
+        "sentinels": ["sentinel-0.redis:26379", "10.0.0.7:26380", "[fd00::1]:5000"],
+        "db": 2,
+        "passwordSecretRef": {"name": "sentinel", "key": "password"},
+    },
+    "passwordSecretRef": {"name": "redis", "key": "password"},
+}
+
+
+def test_sentinel_gives_a_sentinel_url_the_worker_reads_back():
+    from tide_worker.connection import parse_sentinel_url
+
+    r = parse_spec({**BASE, "redis": SENTINEL_REDIS}).redis
+    assert r.sentinel is not None and r.sentinel.master_name == "mymaster"
+    assert r.sentinel.password_secret == SecretKeyRef("sentinel", "password")
+    assert r.password_secret == SecretKeyRef("redis", "password")
+    assert r.url == "redis+sentinel://sentinel-0.redis:26379,10.0.0.7:26380,[fd00::1]:5000/mymaster/2"
+    assert not r.tls and not r.cluster
+    parsed = parse_sentinel_url(r.url)
+    assert parsed.addresses == [("sentinel-0.redis", 26379), ("10.0.0.7", 26380), ("fd00::1", 5000)]
+    assert (parsed.master_name, parsed.db, parsed.password) == ("mymaster", 2, None)
+    tls = parse_spec({**BASE, "redis": {**SENTINEL_REDIS, "tls": {"enabled": True}}}).redis
+    assert tls.url.startswith("rediss+sentinel://") and tls.tls
+
+
+@pytest.mark.parametrize(
+    ("redis", "message"),
+    [
+        ({**SENTINEL_REDIS, "url": "redis://r:1"}, "exactly one of spec.redis.url or spec.redis.host"),
+        ({**SENTINEL_REDIS, "cluster": True}, "exclude each other"),
+        ({"sentinel": {"masterName": "a b", "sentinels": ["s:1"]}}, "masterName must not"),
+        ({"sentinel": {"masterName": "m", "sentinels": []}}, "at least one host:port"),
+        ({"sentinel": {"masterName": "m", "sentinels": ["s"]}}, "is host:port with a port from 1"),
+        ({"sentinel": {"masterName": "m", "sentinels": ["s:70000"]}}, "is host:port with a port from 1"),
+        ({"sentinel": {"masterName": "m", "sentinels": ["s:0"]}}, "is host:port with a port from 1"),
+        ({"sentinel": {"masterName": "m", "sentinels": ["s:1"], "db": -1}}, "database number"),
+        (
+            {"sentinel": {"masterName": "m", "sentinels": ["s:1"], "passwordSecretRef": {"name": "x"}}},
+            "spec.redis.sentinel.passwordSecretRef needs a Secret name and key",
+        ),
+    ],
+)
+def test_bad_sentinel_specs_say_what_to_fix(redis, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec({**BASE, "redis": redis})

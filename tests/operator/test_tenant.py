@@ -202,6 +202,13 @@ def test_tenant_may_not_name_a_secret_it_cannot_read(accounts, namespace):
         "you may not get Secret db",
         "spec.redis.tls.caSecretRef",
     )
+    sentinel = {"masterName": "m", "sentinels": ["evil.example:26379"], "passwordSecretRef": _secret("db")}
+    _refused(
+        tenant.create(_qc(redis={"sentinel": sentinel})),
+        "you may not get Secret db",
+        "spec.redis.sentinel.passwordSecretRef",
+    )
+    assert owner.create(_qc("qc-sentinel", redis={"sentinel": sentinel})).returncode == 0
     # a Secret that does not exist is no different: the check is on the right, not on existence
     _refused(
         tenant.create(_qc(redis={"url": "redis://r:6379", "passwordSecretRef": _secret("nothere")})),

@@ -374,3 +374,32 @@ def test_termination_grace_follows_the_handler_timeout_unless_set(
     manifest = build_deployment(QC, _spec({"env": env, "podTemplate": template}))
     assert manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
     assert _env_of(manifest)["TIDE_SHUTDOWN_GRACE"]["value"] == shutdown_grace
+
+
+def test_sentinel_pods_get_the_same_sentinels_and_both_passwords_by_reference() -> None:
+    spec = parse_spec(
+        {
+            **BASE_SPEC,
+            "redis": {
+                "sentinel": {
+                    "masterName": "mymaster",
+                    "sentinels": ["s0:26379", "s1:26379"],
+                    "passwordSecretRef": {"name": "sentinel", "key": "pw"},
+                },
+                "passwordSecretRef": {"name": "redis", "key": "password"},
+                "tls": {"enabled": True, "caSecretRef": {"name": "ca", "key": "ca.crt"}},
+            },
+        }
+    )
+    manifest = build_deployment(QC, spec)
+    env = {e["name"]: e for e in _worker_container(manifest)["env"]}
+    assert (
+        env["TIDE_REDIS_URL"]["value"] == spec.redis.url == "rediss+sentinel://s0:26379,s1:26379/mymaster/0"
+    )
+    assert env["TIDE_REDIS_CLUSTER"]["value"] == "false"
+    assert env["TIDE_REDIS_SENTINEL_PASSWORD"] == {
+        "name": "TIDE_REDIS_SENTINEL_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "sentinel", "key": "pw"}},
+    }
+    assert env["TIDE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "password"}
+    assert env["TIDE_REDIS_CA_FILE"]["value"].endswith("/ca.crt")

@@ -242,3 +242,39 @@ def test_cli_durable_enqueue(redis_sentinel: RedisSentinelSet) -> None:
     assert short.stderr.count("\n") == 1 and "not durable: only 1 of 2 replicas" in short.stderr
     bad = subprocess.run([*base, "--wait-replicas", "-1", "c"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--wait-replicas" in bad.stderr
+
+
+def test_rediss_sentinel_tls_to_the_sentinels_and_the_master_across_a_failover(
+    redis_sentinel_tls: RedisSentinelSet, tls_files, spawn
+) -> None:
+    """rediss+sentinel://: the producer and a worker reach TLS-only sentinels and a TLS-only master with the
+    CA from TIDE_REDIS_CA_FILE; the master SIGKILLed, both carry on on the promoted replica (over TLS)."""
+    s = redis_sentinel_tls
+    url = s.url()
+    assert url.startswith("rediss+sentinel://")
+    ca = str(tls_files.ca_cert)
+    settings = RedisSettings(url=url, sentinel_password=SENTINEL_PASSWORD, ca_file=ca)
+    with pytest.raises(redis.ConnectionError):  # the same servers without TLS: not a fallback to plain
+        sync_client(
+            RedisSettings(url=s.url(scheme="redis+sentinel"), sentinel_password=SENTINEL_PASSWORD)
+        ).ping()
+    with Producer(settings=settings) as p:
+        p.enqueue_many("tq", ["a", "b", "c"])
+    w = spawn(
+        "--queue", "tq", "--handler", "tests.worker.handlers:record", "--block-timeout", "0.5",
+        url=url, env={**_env(), "TIDE_REDIS_CA_FILE": ca},
+    )  # fmt: skip
+
+    def logged() -> int:
+        with s.master().client() as c:
+            return int(c.llen("log"))
+
+    wait_until(lambda: logged() == 3, timeout=30, what="three messages through TLS Sentinel")
+    old = s.kill_master()
+    s.wait_failover(old.port)
+    with Producer(settings=settings) as p:
+        p.enqueue_many("tq", ["d", "e"])
+    wait_until(lambda: logged() == 5, timeout=60, what="the worker carries on on the new master, over TLS")
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.logs()
+    assert SENTINEL_PASSWORD not in w.logs()

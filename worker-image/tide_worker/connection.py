@@ -86,7 +86,7 @@ class _Sentinel(Sentinel):
                 except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
                     continue
                 if known:
-                    raise MasterDown(f"{exc} (a failover is under way)") from None
+                    raise MasterDown(f"{sentinel_detail(exc)} (a failover is under way)") from None
             raise
 
 
@@ -101,7 +101,7 @@ class _AsyncSentinel(AsyncSentinel):
                 except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
                     continue
                 if known:
-                    raise MasterDown(f"{exc} (a failover is under way)") from None
+                    raise MasterDown(f"{sentinel_detail(exc)} (a failover is under way)") from None
             raise
 
 
@@ -112,13 +112,17 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme 
 _SENTINEL_REPR = re.compile(r"<redis\.(?:asyncio\.)?client\.Redis\(.*?host=([^,]+),port=(\d+),.*?\)>\)>\)>")
 
 
+def sentinel_detail(exc: BaseException) -> str:
+    """A Sentinel error's text with each sentinel named ``sentinel host:port``, redacted."""
+    return redact(_SENTINEL_REPR.sub(r"sentinel \1:\2", str(exc)))
+
+
 def refusal_hint(exc: BaseException) -> str:
     """One line saying why Redis refused and what to check."""
     if isinstance(exc, SENTINEL_ERRORS):
-        detail = _SENTINEL_REPR.sub(r"sentinel \1:\2", str(exc))
-        return redact(
+        return (
             "Sentinel gave no master (check the master name and the sentinel addresses in the URL, and "
-            f"TIDE_REDIS_SENTINEL_PASSWORD): {detail}"
+            f"TIDE_REDIS_SENTINEL_PASSWORD): {sentinel_detail(exc)}"
         )
     if isinstance(exc, NoPermissionError):
         return f"the Redis user lacks a permission Tide needs (check its ACL): {exc}"
@@ -205,6 +209,7 @@ class RedisSettings:
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
+    ca_data: str | None = None  # the CA bundle itself, PEM (the operator has it from a Secret, no file)
     tls_insecure: bool = False
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT
     client_name: str | None = None
@@ -244,6 +249,8 @@ class RedisSettings:
         kw: dict[str, Any] = {}
         if self.ca_file:
             kw["ssl_ca_certs"] = self.ca_file
+        if self.ca_data:
+            kw["ssl_ca_data"] = self.ca_data
         if self.tls_insecure:
             kw["ssl_cert_reqs"] = "none"
             kw["ssl_check_hostname"] = False

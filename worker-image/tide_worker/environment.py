@@ -8,6 +8,9 @@ defaults). Pure constants: no I/O, importable by the operator's pure modules.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from urllib.parse import quote
+
 # --- the environment ---------------------------------------------------------------------------------
 
 REDIS_URL = "TIDE_REDIS_URL"
@@ -66,3 +69,18 @@ DEFAULT_CLAIM_IDLE = 30.0
 DEFAULT_BLOCK_TIMEOUT = 2.0
 DEFAULT_PROMOTE_INTERVAL = 0.5
 DEFAULT_FETCH_COMMAND = "auto"
+
+# --- the value of TIDE_REDIS_URL for Sentinel ---------------------------------------------------------
+
+SENTINEL_DEFAULT_PORT = 26379
+
+
+def sentinel_url(
+    addresses: Sequence[tuple[str, int]], master_name: str, db: int = 0, tls: bool = False
+) -> str:
+    """``redis+sentinel://host:port[,host:port...]/<master-name>/<db>`` (``rediss+sentinel`` with TLS), no
+    credentials: what the operator writes into a worker's TIDE_REDIS_URL and connects with itself.
+    ``tide_worker.connection.parse_sentinel_url`` reads it back (the master name percent-encoded)."""
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+    scheme = "rediss+sentinel" if tls else "redis+sentinel"
+    return f"{scheme}://{hosts}/{quote(master_name, safe='')}/{db}"
