@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bench-sim bench-vs-keda images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: bench-sim bench-vs-keda bench-wait bench-scale-down images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -65,6 +65,17 @@ bench-vs-keda: install
 # bench-vs-keda runs, then a week-long bursty trace and 10,000 queues; bench/results/sim.json and sim-*.png.
 bench-sim: install
 	PYTHONPATH=. $(PY) bench/sim/run.py
+
+# The wait-time objective under a step load (issue 12): 200 msgs/s of 50 ms jobs, x10 for 2 minutes,
+# targetWaitSeconds 2, with the pod start time measured in the same run; about 4 minutes on the local
+# stack. bench/results/wait-objective.json and wait-objective.png.
+bench-wait: install
+	PYTHONPATH=. $(PY) bench/wait_objective.py
+
+# Jobs interrupted by scale-downs while idle pods existed, pod deletion costs on against off in the same
+# run (issue 12): 10 minutes of 5-60 s jobs, arrivals rising and falling, seeded. bench/results/scale-down.json.
+bench-scale-down: install
+	PYTHONPATH=. $(PY) bench/scale_down_soak.py
 
 cluster-up: install
 	$(PY) -m tide_local.cluster up

@@ -38,6 +38,7 @@ from tide_worker.records import Heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]
 KOPF = Path(sys.executable).parent / "kopf"
+COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
 def deployment(redis_url: str, queue: str, grace: int) -> dict[str, Any]:
@@ -125,8 +126,31 @@ class Arm:
         )  # fmt: skip
         self.samples: list[tuple[float, dict[str, int]]] = []  # (time, pod -> inflight)
         self.done = threading.Event()
+        # (time, pod -> deletion cost annotation, or None) of the pods not being deleted, and when each
+        # pod was first seen deleting: what the ReplicaSet controller chose from
+        self.pod_samples: list[tuple[float, dict[str, str | None]]] = []
+        self.held_samples: list[tuple[float, dict[str, int]]] = []  # pod -> its processing list's length
+        self.deleting: dict[str, float] = {}
+        self.api = api
         self.thread = threading.Thread(target=self.sample_loop, daemon=True)
         self.thread.start()
+        self.pod_thread = threading.Thread(target=self.pod_loop, daemon=True)
+        self.pod_thread.start()
+
+    def pod_loop(self) -> None:
+        core = client.CoreV1Api(self.api)
+        while not self.done.wait(0.5):
+            try:
+                pods = core.list_namespaced_pod(self.ns, label_selector="app=w").items
+            except Exception:  # a busy API server: the next sample
+                continue
+            now, live = time.time(), {}
+            for pod in pods:
+                if pod.metadata.deletion_timestamp is not None:
+                    self.deleting.setdefault(pod.metadata.name, now)
+                else:
+                    live[pod.metadata.name] = (pod.metadata.annotations or {}).get(COST)
+            self.pod_samples.append((now, live))
 
     def sample_loop(self) -> None:
         while not self.done.wait(0.5):
@@ -137,9 +161,15 @@ class Arm:
                     for x in (self.r.mget([self.keys.worker(i) for i in ids]) if ids else [])
                     if x
                 ]
+                pipe = self.r.pipeline(transaction=False)
+                for b in beats:
+                    pipe.llen(self.keys.processing(b.id))
+                held = pipe.execute()
             except (redis.RedisError, ValueError):
                 continue
-            self.samples.append((time.time(), {b.pod: b.inflight for b in beats if b.pod}))
+            now = time.time()
+            self.samples.append((now, {b.pod: b.inflight for b in beats if b.pod}))
+            self.held_samples.append((now, {b.pod: n for b, n in zip(beats, held, strict=True) if b.pod}))
 
     def result(self) -> dict[str, Any]:
         starts: dict[str, list[tuple[str, float]]] = {}
@@ -148,13 +178,28 @@ class Arm:
             starts.setdefault(job, []).append((pod, float(t)))
         interrupted = {j: s for j, s in starts.items() if len(s) > 1}
         with_idle = 0
-        for runs in interrupted.values():
+        details = []
+        for job, runs in sorted(interrupted.items()):
             pod = runs[0][0]
             seen = [t for t, pods in self.samples if pod in pods]
             gone = max(seen) if seen else runs[0][1]
             before = [pods for t, pods in self.samples if t <= gone]
-            if before and any(v == 0 for p, v in before[-1].items() if p != pod):
-                with_idle += 1
+            idle = sorted(p for p, v in before[-1].items() if p != pod and v == 0) if before else []
+            with_idle += bool(idle)
+            deleting = self.deleting.get(pod)
+            row: dict[str, Any] = {"job": job, "runs": runs, "last_heartbeat": gone, "idle_pods_then": idle}
+            if deleting is not None:  # what the pods looked like just before this one was chosen
+                costs = [c for t, c in self.pod_samples if t < deleting]
+                beats = [b for t, b in self.samples if t < deleting]
+                row["deleting_seen"] = deleting
+                row["costs_before"] = costs[-1] if costs else None
+                row["inflight_before"] = beats[-1] if beats else None
+                held = [h for t, h in self.held_samples if t < deleting]
+                row["processing_before"] = held[-1] if held else None
+                row["others_deleted_with_it"] = sorted(
+                    p for p, t in self.deleting.items() if p != pod and abs(t - deleting) < 1.0
+                )
+            details.append(row)
         done = self.r.llen(f"{self.queue}:held:done")
         return {
             "deletion_costs": self.name == "on",
@@ -162,6 +207,7 @@ class Arm:
             "jobs_done": done,
             "jobs_interrupted": len(interrupted),
             "interrupted_while_idle_pods_existed": with_idle,
+            "interrupted": details,
         }
 
     def stop(self, api: Any) -> None:
@@ -183,6 +229,9 @@ def main() -> int:
     ap.add_argument("--period", type=float, default=240.0, help="seconds of one rise and fall of arrivals")
     ap.add_argument("--peak-rate", type=float, default=0.25, help="jobs/s at the peak (per arm)")
     ap.add_argument("--max-replicas", type=int, default=5)
+    ap.add_argument(
+        "--seed", type=int, default=12, help="the arrivals and job lengths (the same to both arms)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     info = local_cluster.up(verbose=False)
@@ -191,7 +240,8 @@ def main() -> int:
     api = info.api_client()
     logs = args.out  # soak-*.log: ignored by git (bench/results/*.log)
     logs.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(12)
+    rng = random.Random(args.seed)
+    load_start = os.getloadavg()
     with RedisServer() as server:
         arms = [Arm(info, api, server.url, name, name == "on", args, logs) for name in ("on", "off")]
         producer = Producer(settings=RedisSettings(url=server.url))
@@ -222,7 +272,14 @@ def main() -> int:
         "jobs_enqueued_per_arm": n,
         "job_seconds": [5, 60],
         "max_replicas": args.max_replicas,
-        "machine": {"cpus": os.cpu_count(), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "seed": args.seed,
+        "period_seconds": args.period,
+        "peak_rate_per_second": args.peak_rate,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": [round(x, 2) for x in load_start],
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "arms": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,15 @@ table-driven test. The rules, in order:
    per-replica rates and an arrival rate (throughput + the backlog's growth since the last reading), to what
    absorbs the arrivals and drains the backlog within the target: ``ceil((arrivals + backlog / target) /
    per-replica rate)``. It only ever raises the count; scale-down keeps its stabilization and limits.
+   With a wait objective the count also never falls below what the arrival rate needs (``arrival-rate``):
+   ``ceil(ARRIVAL_HEADROOM x arrivals / per-replica capacity)``, so that an age back under the target does
+   not let capacity go while messages still arrive (a saw-tooth: age under target, scale down, age over
+   target, scale up). Above that floor the wait rule scales in proportion to the age:
+   ``ceil(max(current, floor) x age / target)``. The per-replica capacity is the mean rate workers report
+   while messages wait past the target (then every worker is busy, so its rate is what it can do; the
+   highest of one such episode, since a heartbeat's rate lags by its window): a rate measured without a
+   backlog is only what arrived, and dividing the arrivals by it would hold any count forever. Until a
+   capacity is measured, or when no worker reports a rate (arrivals stopped), the floor does not apply.
 4. From zero, only a backlog above ``activationBacklog`` wakes the workload (``below-activation``) - but a
    retry that came due or work held in-flight always wakes it (``retry-due``, ``in-flight``): only a
    worker moves due retries back and reaps orphaned processing lists.
@@ -54,6 +63,13 @@ class PolicyState:
     failures: int = 0  # consecutive failed reads
     last_active_time: float | None = None  # last time the backlog (in-flight included) was non-zero
     last_reading: tuple[float, int] | None = None  # (time, backlog total) of the last reading: arrivals
+    capacity: float | None = None  # messages/s per replica, measured while messages waited past the target
+    saturated: bool = False  # the last reading had messages waiting past the target (one capacity episode)
+
+
+# The arrival-rate floor keeps this much more capacity than the arrivals need (workers at most ~83 % busy):
+# at exactly the arrival rate any burst would queue, and the rates it divides are 30 s averages.
+ARRIVAL_HEADROOM = 1.2
 
 
 @dataclass(frozen=True)
@@ -156,12 +172,29 @@ def decide(
 
     wait = scaling.target_wait_seconds
     age = reading.oldest_age
+    capacity, saturated = state.capacity, False
+    rate_need = 0
+    if wait and live:
+        saturated = age is not None and age > wait
+        if saturated:  # every worker is busy: their rates are what a replica can do
+            per_now = sum(live) / len(live)
+            capacity = max(per_now, capacity or 0.0) if state.saturated else per_now
+        arrivals = _arrivals(state.last_reading, total, live, now)
+        if capacity and arrivals:
+            rate_need = math.ceil(round(ARRIVAL_HEADROOM * arrivals / capacity, 6))
+            if rate_need > raw:
+                raw, rule = rate_need, "arrival-rate"
+                detail += (
+                    f"; arrivals {arrivals:.1f}/s at {capacity:.1f}/s per replica (measured while messages"
+                    f" waited past the target) x {ARRIVAL_HEADROOM:g} headroom need {rate_need}"
+                )
     if wait and age is not None and age > wait:
-        need = max(current + 1, math.ceil(current * age / wait))
-        how = f"oldest message waited {age:.1f}s > {wait:g}s target: max({current} + 1, ceil({current} x {age:.1f} / {wait:g})) = {need}"
+        base = max(current, rate_need)
+        need = max(current + 1, math.ceil(base * age / wait))
+        how = f"oldest message waited {age:.1f}s > {wait:g}s target: max({current} + 1, ceil({base} x {age:.1f} / {wait:g})) = {need}"
         arrivals = _arrivals(state.last_reading, total, live, now)
         if live and arrivals is not None:
-            per = sum(live) / len(live)
+            per = capacity or sum(live) / len(live)
             drain = math.ceil((arrivals + total / wait) / per)
             how += (
                 f"; arrivals {arrivals:.1f}/s plus backlog {total} drained within {wait:g}s at {per:.1f}/s"
@@ -223,7 +256,9 @@ def decide(
     history = (*((t, r) for t, r in state.recommendations if now - t < horizon), (now, rec))
     period = max(scaling.scale_up.period_seconds, scaling.scale_down.period_seconds)
     events = tuple((t, d) for t, d in state.scale_events if now - t < period)
-    st = PolicyState(history, events, state.last_scale_time, 0, last_active, last_reading=(now, total))
+    st = PolicyState(
+        history, events, state.last_scale_time, 0, last_active, (now, total), capacity, saturated
+    )
 
     if to_zero:
         desired = 0

@@ -25,7 +25,7 @@ import hashlib
 import math
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aredis
@@ -426,6 +426,38 @@ class _Reader:
         return out
 
 
+async def held_heartbeats(client: AsyncClient, lists: Sequence[QueueKeys]) -> list[Heartbeat]:
+    """The live heartbeats of the workers registered on ``lists[0]``, each with ``inflight`` replaced by
+    what its processing lists hold now (summed over ``lists``), read in one round trip after the registry.
+
+    Before a scale-down the heartbeat's own count is not enough: it is up to a third of the heartbeat TTL
+    old (3.3 s at the default), and with a short scale-down window a scale-down comes soon after a job
+    ends, so the worker that just finished could still look busy and one that just took a message idle. A worker whose processing
+    lists are empty is idle (``oldest_started`` 0); one holding messages its heartbeat does not know of
+    yet counts them (the cost rule then weighs them as just started)."""
+    first = lists[0]
+    ids = [_text(w) for w in await client.zrange(first.workers, 0, -1)]
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    pipe.mget([first.worker(w) for w in ids])
+    for keys in lists:
+        for w in ids:
+            pipe.llen(keys.processing(w))
+    replies = await pipe.execute()
+    out: list[Heartbeat] = []
+    for i, raw in enumerate(replies[0]):
+        if raw is None:
+            continue
+        try:
+            hb = Heartbeat.decode(raw)
+        except ValueError:
+            continue
+        held = sum(int(replies[1 + j * len(ids) + i]) for j in range(len(lists)))
+        out.append(replace(hb, inflight=held, oldest_started=hb.oldest_started if held else 0.0))
+    return out
+
+
 def _raise_first(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, Exception):
@@ -450,6 +482,10 @@ class ListReader(_Reader):
     _known: set[str] = field(default_factory=set, repr=False)  # owners of processing lists seen
     _orphans: tuple[str, ...] = field(default=(), repr=False)
     _orphans_for: tuple[str, ...] | None = field(default=None, repr=False)
+
+    async def heartbeats(self) -> list[Heartbeat]:
+        """The live heartbeats, each with what the worker holds now (``held_heartbeats``)."""
+        return await held_heartbeats(self.client, [self.keys])
 
     async def _orphan_candidates(self) -> tuple[str, ...]:
         """Owners of processing lists that the cached registry does not name: what the last SCAN found,
@@ -566,6 +602,36 @@ class StreamReader(_Reader):
     # the group's last delivered id as the last reading saw it ("-": no group, the stream's first entry)
     _position: str = field(default="-", repr=False)
 
+    async def heartbeats(self) -> list[Heartbeat]:
+        """The live heartbeats, each with ``inflight`` from the group's pending entries per consumer
+        (``XPENDING``'s summary, in the round trip of the ``MGET``), for the reason ``held_heartbeats``
+        gives. Entries a consumer holds for a retry not yet due count too (a busy-looking pod is kept,
+        never the other way). Without a group, the heartbeats' own counts."""
+        k = self.keys
+        ids = [_text(w) for w in await self.client.zrange(k.workers, 0, -1)]
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([k.worker(w) for w in ids])
+        pipe.execute_command("XPENDING", k.stream, k.group)
+        raw, summary = await pipe.execute(raise_on_error=False)
+        if isinstance(raw, Exception):
+            raise raw
+        held = None if isinstance(summary, Exception) else _pending_by_consumer(summary)
+        out: list[Heartbeat] = []
+        for w, value in zip(ids, raw, strict=True):
+            if value is None:
+                continue
+            try:
+                hb = Heartbeat.decode(value)
+            except ValueError:
+                continue
+            if held is not None:
+                n = held.get(w, 0)
+                hb = replace(hb, inflight=n, oldest_started=hb.oldest_started if n else 0.0)
+            out.append(hb)
+        return out
+
     async def read(self, now: float) -> Reading:
         k = self.keys
         cached = self.workers
@@ -655,6 +721,15 @@ def _text_or_none(value: Any) -> str | None:
     return None if value is None else _text(value)
 
 
+def _pending_by_consumer(summary: Any) -> dict[str, int]:
+    """``XPENDING key group``: [count, min, max, [[consumer, count], ...]] (nil consumers when none), or
+    as redis-py parses it, ``{"pending": ..., "consumers": [{"name": ..., "pending": ...}]}``."""
+    if isinstance(summary, dict):
+        return {_text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or ()}
+    consumers = summary[3] if isinstance(summary, list | tuple) and len(summary) > 3 else None
+    return {_text(name): int(n) for name, n in consumers or ()}
+
+
 def _pairs(raw: Any) -> dict[Any, Any]:
     """XINFO replies come as flat key/value lists (RESP2) or maps (RESP3)."""
     if isinstance(raw, dict):
@@ -684,8 +759,9 @@ class MultiListReader:
         return Reading(sum_backlogs(b for _, b in parts), first.rates, first.workers, parts)
 
     async def heartbeats(self) -> list[Heartbeat]:
-        """Every worker heartbeats on each list with the same record: the first list's are all of them."""
-        return await self.readers[0].heartbeats()
+        """Every worker heartbeats on each list with the same record: the first list's are all of them;
+        what each holds is the sum of its processing lists."""
+        return await held_heartbeats(self.readers[0].client, [r.keys for r in self.readers])
 
 
 def make_reader(

@@ -170,14 +170,110 @@ ROWS = [
         "target",
     ),
     (
-        "wait-rates-and-arrivals",  # arrivals 20/s + (200-100)/1s = 120/s; (120 + 200/10) / 10 per replica = 14
-        sc(target_wait_seconds=10, max_replicas=20),
-        Backlog(ready=200, oldest_age=20),
+        # arrivals 20/s + (2000-1900)/1s = 120/s; the drain: (120 + 2000/10) / 10 per replica = 32, above
+        # the floor ceil(1.2 x 120 / 10) = 15 and the proportional ceil(15 x 11 / 10) = 17
+        "wait-rates-and-arrivals",
+        sc(target_wait_seconds=10, max_replicas=40, target_backlog_per_replica=1000),
+        Backlog(ready=2000, oldest_age=11),
         [10.0, 10.0],
         2,
-        st(last_reading=(T - 1, 100)),
+        st(last_reading=(T - 1, 1900)),
         T,
-        14,
+        32,
+        "wait-time",
+    ),
+    # the arrival-rate floor: with a wait objective and a measured per-replica capacity, never below
+    # ceil(1.2 x arrivals / capacity); 12 workers at 2000/s, 400/s each measured while messages waited
+    (
+        "arrival-floor-age-under-target",  # the backlog rule says 1; 1.2 x 2000 / 400 = 6, not 1
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(ready=20, oldest_age=0.3),
+        [2000 / 12] * 12,
+        12,
+        st(last_reading=(T - 1, 20), capacity=400.0),
+        T,
+        6,
+        "arrival-rate",
+    ),
+    (
+        "arrival-floor-holds",  # at the floor, arrivals still 2000/s: holding 6
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(ready=20, oldest_age=0.3),
+        [2000 / 6] * 6,
+        6,
+        st(last_reading=(T - 1, 20), capacity=400.0),
+        T,
+        6,
+        "arrival-rate",
+    ),
+    (
+        "arrival-floor-follows-arrivals-down",  # back to 200/s: ceil(1.2 x 200 / 400) = 1
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(ready=20, oldest_age=0.1),
+        [200 / 6] * 6,
+        6,
+        st(last_reading=(T - 1, 20), capacity=400.0),
+        T,
+        1,
+        "target",
+    ),
+    (
+        "arrival-floor-arrivals-stopped",  # no worker reports a rate: the backlog rule and the cooldown
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(),
+        [0.0] * 6,
+        6,
+        st(last_reading=(T - 1, 0), capacity=400.0, last_active_time=T - 100),
+        T,
+        0,
+        "to-zero",
+    ),
+    (
+        "arrival-floor-no-rates",  # no rates measured at all: the backlog rule, as without the objective
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(ready=20, oldest_age=0.3),
+        [],
+        6,
+        st(last_reading=(T - 1, 20), capacity=400.0),
+        T,
+        1,
+        "target",
+    ),
+    (
+        # rates but no capacity measured yet (no message has waited past the target): a rate measured
+        # without a backlog is only what arrived, 2000 / 12 would hold 12 forever; the backlog rule
+        "arrival-floor-no-capacity-yet",
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(ready=20, oldest_age=0.3),
+        [2000 / 12] * 12,
+        12,
+        st(last_reading=(T - 1, 20)),
+        T,
+        1,
+        "target",
+    ),
+    (
+        "arrival-floor-without-objective",  # no targetWaitSeconds: no floor, whatever the state says
+        sc(target_backlog_per_replica=1000, max_replicas=12),
+        Backlog(ready=20, oldest_age=0.3),
+        [2000 / 12] * 12,
+        12,
+        st(last_reading=(T - 1, 20), capacity=400.0),
+        T,
+        1,
+        "target",
+    ),
+    (
+        # over the target at the floor: capacity measured now (6 x 400/s busy), arrivals 2400/s, floor
+        # ceil(1.2 x 2400 / 400) = 8, then in proportion to the age from it: ceil(8 x 3 / 2) = 12
+        "arrival-floor-then-proportional",
+        sc(target_wait_seconds=2, target_backlog_per_replica=1000, max_replicas=20),
+        Backlog(ready=1000, oldest_age=3),
+        [400.0] * 6,
+        6,
+        st(last_reading=(T - 1, 1000)),
+        T,
+        12,
         "wait-time",
     ),
     (
@@ -480,12 +576,68 @@ def test_policy_table(scaling, reading, rates, current, state, now, desired, rul
 
 
 def test_wait_rule_is_stated_in_the_reason():
-    d = decide(sc(target_wait_seconds=10, max_replicas=20), Backlog(ready=200, oldest_age=20), [10.0, 10.0], 2,
-               st(last_reading=(T - 1, 100)), T)  # fmt: skip
+    s = sc(target_wait_seconds=10, max_replicas=40, target_backlog_per_replica=1000)
+    d = decide(s, Backlog(ready=2000, oldest_age=11), [10.0, 10.0], 2, st(last_reading=(T - 1, 1900)), T)
     assert d.rule == "wait-time"
-    assert "oldest message waited 20.0s > 10s target" in d.reason
-    assert "ceil(2 x 20.0 / 10)" in d.reason and "arrivals 120.0/s" in d.reason and "= 14" in d.reason
-    assert d.state.last_reading == (T, 200)  # the next decision's arrival rate starts here
+    assert "oldest message waited 11.0s > 10s target" in d.reason
+    assert (
+        "at 10.0/s per replica (measured while messages waited past the target) x 1.2 headroom need 15"
+        in d.reason
+    )
+    assert "ceil(15 x 11.0 / 10)) = 17" in d.reason and "arrivals 120.0/s" in d.reason and "= 32" in d.reason
+    assert d.state.last_reading == (T, 2000)  # the next decision's arrival rate starts here
+
+
+@pytest.mark.parametrize(
+    ("age", "rates", "state", "capacity", "saturated"),
+    [
+        pytest.param(3.0, [300.0, 500.0], st(), 400.0, True, id="measured-while-waiting"),
+        pytest.param(
+            3.0, [300.0], st(capacity=400.0, saturated=True), 400.0, True, id="episode-keeps-highest"
+        ),
+        pytest.param(3.0, [500.0], st(capacity=400.0, saturated=True), 500.0, True, id="episode-rises"),
+        pytest.param(3.0, [300.0], st(capacity=400.0), 300.0, True, id="new-episode-starts-afresh"),
+        pytest.param(1.0, [100.0], st(capacity=400.0, saturated=True), 400.0, False, id="not-waiting-keeps"),
+        pytest.param(None, [100.0], st(), None, False, id="nothing-waits-nothing-measured"),
+        pytest.param(3.0, [], st(capacity=400.0), 400.0, False, id="no-rates-keeps"),
+    ],
+)
+def test_capacity_is_measured_only_while_messages_wait(age, rates, state, capacity, saturated):
+    """A replica's capacity is the mean rate workers report while messages wait past the target (the
+    highest of one such episode: a heartbeat's rate is a 30 s average that lags a burst)."""
+    d = decide(
+        sc(target_wait_seconds=2, max_replicas=20), Backlog(ready=5, oldest_age=age), rates, 2, state, T
+    )
+    assert (d.state.capacity, d.state.saturated) == (capacity, saturated)
+
+
+def test_arrival_floor_stops_the_saw_tooth():
+    """The step of bench/wait_objective.py in miniature: 2000 msgs/s, 400/s per replica, target 2 s, the
+    default 30 s scale-down window and -50 % per 5 s. Without the floor, once the queue drains the backlog
+    rule (1 replica) takes over after the window and the age climbs past the target again; with it, the
+    count never falls under what the arrivals need once a capacity is measured, and the age stays under
+    the target. When the arrivals stop, it scales down as before."""
+    s = replace(
+        sc(target_wait_seconds=2, target_backlog_per_replica=100_000, min_replicas=1, max_replicas=12),
+        scale_down=Behavior(30, None, 50, 5),
+    )
+    state, current, backlog, waited = PolicyState(), 1, 0.0, []
+    counts = []
+    for i in range(400):
+        arriving = 2000.0 if i < 300 else 0.0
+        done = min(backlog + arriving, current * 400.0)
+        backlog += arriving - done
+        age = backlog / arriving if arriving and backlog else None  # FIFO at a steady arrival rate
+        rates = [done / current] * current if current else []
+        d = decide(s, Backlog(ready=int(backlog), oldest_age=age), rates, current, state, T + i)
+        state, current = d.state, d.desired
+        counts.append(current)
+        if 60 <= i < 300:
+            waited.append(age or 0.0)
+    assert state.capacity == 400.0
+    assert min(counts[60:300]) >= 6, counts  # ceil(1.2 x 2000 / 400) = 6, held while messages arrive
+    assert max(waited) <= 2.0, waited
+    assert counts[-1] == 1, counts  # arrivals stopped: down to minReplicas as before
 
 
 def test_wait_raise_then_down_follows_stabilization():

@@ -436,3 +436,95 @@ def test_lists_backlog_is_the_sum_read_in_one_batched_round_trip(r, redis_url):
     assert replace(first.backlog, oldest_age=None) == replace(total, oldest_age=None)
     assert first.backlog.oldest_age is not None and total.oldest_age >= first.backlog.oldest_age
     assert trips == 1  # both lists in one pipeline
+
+
+def _beat(r, keys, worker: str, pod: str, inflight: int, oldest_started: float) -> None:
+    now = time.time()
+    r.zadd(keys.workers, {worker: now})
+    hb = Heartbeat(id=worker, host="h", pid=1, started=now, ts=now, concurrency=2, inflight=inflight,
+                   pod=pod, namespace="ns", oldest_started=oldest_started)  # fmt: skip
+    r.set(keys.worker(worker), hb.encode(), ex=30)
+
+
+def test_heartbeats_before_a_scale_down_count_what_each_worker_holds_now(r, redis_url):
+    """A heartbeat's in-flight count is up to a third of its TTL old, and a scale-down can come soon after
+    a job ends: the processing lists, read in the same round trip, say what each worker holds now. Read
+    from the heartbeats alone, the worker that just finished (w1) would cost the most and the one that
+    just took two messages (w2) nothing, so a scale-down by one would take w2 and interrupt its work."""
+    from tide_operator.deletion_cost import pod_costs
+
+    k = QueueKeys("fresh")
+    now = time.time()
+    _beat(r, k, "w1", "pod-1", 1, now - 40)  # its job ended after this heartbeat: nothing held
+    _beat(r, k, "w2", "pod-2", 0, 0.0)  # took two messages after this heartbeat
+    r.lpush(k.processing("w2"), "a", "b")
+    _beat(r, k, "w3", "pod-3", 1, now - 5)  # busy both ways
+    r.lpush(k.processing("w3"), "c")
+    r.zadd(k.workers, {"gone": now})  # registered, heartbeat expired: left out
+
+    async def go():
+        pool = ClientPool()
+        try:
+            return await make_reader(
+                pool.get(redis_url, False, Credentials()), Source("list", "fresh")
+            ).heartbeats()
+        finally:
+            await pool.close()
+
+    beats = {b.id: b for b in run(go())}
+    assert set(beats) == {"w1", "w2", "w3"}
+    assert (beats["w1"].inflight, beats["w1"].oldest_started) == (0, 0.0)
+    assert (beats["w2"].inflight, beats["w3"].inflight) == (2, 1)
+    assert beats["w3"].oldest_started == pytest.approx(now - 5)
+    costs = pod_costs(beats.values(), "ns", now)
+    assert costs["pod-1"] == 0 < costs["pod-2"] < costs["pod-3"], costs
+
+
+def test_heartbeats_of_several_lists_sum_what_each_worker_holds(r, redis_url):
+    a, b = QueueKeys("hi"), QueueKeys("lo")
+    for keys in (a, b):  # a worker heartbeats on each list it consumes, with the same record
+        _beat(r, keys, "w1", "pod-1", 0, 0.0)
+    r.lpush(a.processing("w1"), "x")
+    r.lpush(b.processing("w1"), "y", "z")
+
+    async def go():
+        pool = ClientPool()
+        try:
+            source = Source("list", "hi", lists=(("hi", 0), ("lo", 0)))
+            return await make_reader(pool.get(redis_url, False, Credentials()), source).heartbeats()
+        finally:
+            await pool.close()
+
+    assert [(hb.id, hb.inflight) for hb in run(go())] == [("w1", 3)]
+
+
+def test_stream_heartbeats_before_a_scale_down_count_each_consumers_pending_entries(r, redis_url):
+    """For a stream, what a worker holds now is its consumer's pending entries in the group."""
+    s = StreamKeys("held-events", "g")
+    for i in range(5):
+        r.xadd(s.stream, {"i": i})
+    r.xgroup_create(s.stream, s.group, id="0")
+    r.xreadgroup(s.group, "c2", {s.stream: ">"}, count=2)  # c2 took two after its heartbeat said idle
+    now = time.time()
+    for worker, inflight, oldest in (("c1", 1, now - 30), ("c2", 0, 0.0)):  # c1 finished since
+        r.zadd(s.workers, {worker: now})
+        hb = Heartbeat(id=worker, host="h", pid=1, started=now, ts=now, concurrency=2, inflight=inflight,
+                       pod=f"pod-{worker}", namespace="ns", oldest_started=oldest)  # fmt: skip
+        r.set(s.worker(worker), hb.encode(), ex=30)
+
+    async def go(group: str):
+        pool = ClientPool()
+        try:
+            reader = make_reader(pool.get(redis_url, False, Credentials()), Source("stream", s.stream, group))
+            return {b.id: (b.inflight, b.oldest_started) for b in await reader.heartbeats()}
+        finally:
+            await pool.close()
+
+    assert run(go("g")) == {"c1": (0, 0.0), "c2": (2, 0.0)}
+    # workers registered for a group that does not exist (XPENDING: NOGROUP): their heartbeats' counts
+    other = StreamKeys(s.stream, "missing")
+    r.zadd(other.workers, {"c3": now})
+    hb = Heartbeat(id="c3", host="h", pid=1, started=now, ts=now, concurrency=2, inflight=1, pod="pod-c3",
+                   namespace="ns", oldest_started=now - 7)  # fmt: skip
+    r.set(other.worker("c3"), hb.encode(), ex=30)
+    assert run(go("missing")) == {"c3": (1, pytest.approx(now - 7))}
