@@ -158,6 +158,13 @@ def cases() -> list[Case]:
         ),
         Case(
             "tide",
+            "unbatched (--batch-size 1 --concurrency 1)",
+            False,
+            lambda url: tide_command(url, "lat", 1, 1),
+            tide_sender,
+        ),
+        Case(
+            "tide",
             "batched (--batch-size 100 --concurrency 1)",
             False,
             lambda url: tide_command(url, "lat", 1, 100),

@@ -94,3 +94,11 @@ def reject_some(msg: Message) -> None:
     if str(msg.body).startswith("reject"):
         raise Reject("rejected")
     _record(msg)
+
+
+def slow_record_who(msg: Message) -> None:
+    """As slow_record, recording ``<TIDE_WORKER_ID> <body>``: which worker ran what."""
+    time.sleep(float(os.environ.get("TIDE_TEST_SLEEP", "0.5")))
+    key = os.environ.get("TIDE_TEST_LOG")
+    if key:
+        _log_client().rpush(key, f"{os.environ.get('TIDE_WORKER_ID', '')} {msg.body}")

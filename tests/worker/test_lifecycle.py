@@ -153,11 +153,28 @@ def test_requeue_script_returns_thousands_in_order(r):
     assert list(reversed(r.lrange("q", 0, -1))) == raws
 
 
-def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r, spawn):
+@pytest.mark.parametrize("batch", ["1", "auto"])
+def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r, spawn, batch):
     push(r, "q", ["stuck", "next"])
-    w = spawn("--queue", "q", "--handler", "tests.worker.handlers:hang", "--shutdown-grace", "60")
-    # One running, one prefetched: both are in the processing list.
-    wait_until(lambda: r.llen("q") == 0, timeout=30)
+    w = spawn(
+        "--queue",
+        "q",
+        "--handler",
+        "tests.worker.handlers:hang",
+        "--shutdown-grace",
+        "60",
+        "--batch-size",
+        batch,
+    )
+    if batch == "1":
+        # One running, one prefetched: both are in the processing list.
+        wait_until(lambda: r.llen("q") == 0, timeout=30)
+    else:
+        # The adaptive fetch (the default) prefetches nothing for a handler that has not finished a run.
+        held = lambda: [x for k in r.scan_iter(match=K.processing_pattern) for x in r.lrange(k, 0, -1)]  # noqa: E731
+        wait_until(lambda: len(held()) == 1, timeout=30)
+        time.sleep(0.5)
+        assert r.llen("q") == 1 and [decode(x).body for x in held()] == ["stuck"]
     w.signal(signal.SIGTERM)
     time.sleep(0.5)
     w.signal(signal.SIGTERM)  # the second signal does not wait out the 60 s grace

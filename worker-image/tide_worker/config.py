@@ -29,6 +29,7 @@ MIN_TICK = 0.01  # shorter loop periods spin, and Redis reads a timeout under 1 
 BOUNDS: dict[str, tuple[float, float, bool]] = {
     "concurrency": (1, MAX_CONCURRENCY, True),
     "batch_size": (1, MAX_BATCH, True),
+    "batch_max": (1, MAX_BATCH, True),
     "max_attempts": (1, MAX_COUNT, True),
     "max_interrupts": (1, MAX_COUNT, True),
     "dedupe_ttl": (0, MAX_SECONDS, True),
@@ -47,11 +48,15 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
 
 def flag(name: str) -> str:
     """The ``tide worker`` option of a WorkerConfig field."""
+    if name == "batch_max":
+        return "--batch-size auto:N, N"
     return "--" + name.replace("_", "-")
 
 
 def check_number(name: str, value: object) -> None:
     """Raise ValueError (one line naming the option) unless ``value`` is within the bounds of ``name``."""
+    if name == "batch_size" and value is None:
+        return  # adaptive (--batch-size auto): batch_max bounds it
     low, high, integer = BOUNDS[name]
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
@@ -60,6 +65,24 @@ def check_number(name: str, value: object) -> None:
     assert isinstance(value, int | float)
     if not math.isfinite(value) or not low <= value <= high:
         raise ValueError(f"{flag(name)} must be {kind} from {_num(low)} to {_num(high)}, not {value!r}")
+
+
+def parse_batch_size(text: str) -> tuple[int | None, int]:
+    """``--batch-size``: ``N`` (a fixed N per fetch), ``auto`` or ``auto:N`` (adaptive, up to N a fetch;
+    ``auto`` is up to 100). Returns (batch_size, batch_max): batch_size None means adaptive."""
+    value = text.strip().lower()
+    if value == "auto" or value.startswith("auto:"):
+        tail = value[5:]
+        if not tail:
+            return None, E.DEFAULT_BATCH_MAX
+        if not tail.isdigit():
+            raise ValueError(f"--batch-size auto:N needs a whole number N, not {text!r}")
+        check_number("batch_max", int(tail))
+        return None, int(tail)
+    try:
+        return int(value), E.DEFAULT_BATCH_MAX
+    except ValueError:
+        raise ValueError(f"--batch-size must be an integer, auto or auto:N, not {text!r}") from None
 
 
 def _num(x: float) -> str:
@@ -104,7 +127,10 @@ class WorkerConfig:
     redis_url: str | None = None
     cluster: bool | None = None
     concurrency: int = E.DEFAULT_CONCURRENCY
-    batch_size: int = E.DEFAULT_BATCH_SIZE
+    # None: adaptive (--batch-size auto[:N]): each fetch takes what the lanes can start soon, up to
+    # batch_max, and a share of the queue's depth (runtime.Worker._fetch_room); an int: that many, fixed.
+    batch_size: int | None = None
+    batch_max: int = E.DEFAULT_BATCH_MAX
     max_attempts: int = E.DEFAULT_MAX_ATTEMPTS
     backoff_base: float = E.DEFAULT_BACKOFF_BASE
     backoff_cap: float = E.DEFAULT_BACKOFF_CAP
@@ -140,6 +166,15 @@ class WorkerConfig:
             raise ValueError(f"unknown fetch command {self.fetch_command!r}")
         for name in BOUNDS:
             check_number(name, getattr(self, name))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.batch_size is None
+
+    @property
+    def fetch_max(self) -> int:
+        """The most one fetch takes: the fixed batch size, or the adaptive cap."""
+        return self.batch_max if self.batch_size is None else self.batch_size
 
     @property
     def source_name(self) -> str:

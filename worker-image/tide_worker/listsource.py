@@ -47,6 +47,8 @@ class ListSource:
         self.scripts = Scripts(client)
         # BLMOVE unless forced off; switched off for good on an "unknown command" reply (Redis < 6.2).
         self.use_blmove = cfg.fetch_command != "brpoplpush"
+        # The adaptive fetch takes at most an equal share of the queue per registered worker (the script).
+        self.fair = "fair" if cfg.adaptive else ""
         self.reaper = ListReaper(client, self.scripts, cfg)
         self.log = logs.get()
 
@@ -82,11 +84,11 @@ class ListSource:
     async def _ack_fetch(
         self, count: int, acks: Sequence[Delivery], counter: str = "processed", unstarted: str = ""
     ) -> Any:
-        keys = [self.name, self.proc, self.keys.stats, self.unstarted_key]
+        keys = [self.name, self.proc, self.keys.stats, self.unstarted_key, self.keys.workers]
         ttl = self.cfg.dedupe_ttl
         if ttl:
             keys += [self.keys.dedupe(d.message_id) for d in acks]
-        args = [count, self.cfg.side, ttl, counter, unstarted, *[d.raw for d in acks]]
+        args = [count, self.cfg.side, ttl, counter, unstarted, self.fair, *[d.raw for d in acks]]
         return await self.scripts.fetch_batch(keys=keys, args=args)
 
     async def _block_one(self, timeout: float | None = None) -> bytes | None:

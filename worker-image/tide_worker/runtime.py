@@ -58,6 +58,10 @@ RECONNECT_CAP = 5.0
 # name: fix the configuration
 EXIT_REFUSED = 3
 RATE_WINDOW = 30.0
+# The adaptive fetch (--batch-size auto): "soon" is this long. A fetch takes what the lanes can start
+# within it: the idle lanes' share now, plus concurrency x SOON / the measured handler time.
+SOON = 0.01
+HANDLER_TIME_WEIGHT = 0.1  # of each new handler run in the moving average of the handler time
 
 
 class Stopped(Exception):
@@ -154,7 +158,12 @@ class Worker:
         self._unhealthy_logged = False
         self._backoff_logged = logs.RateLimited(30.0)
         # Each lane takes up to this many ready messages at once: one thread hop and one ack batch for all.
-        self.chunk_size = max(1, cfg.batch_size // cfg.concurrency)
+        # Adaptive: one message per chunk, so that, as at --batch-size 1, a lane starts each message only
+        # once Redis counts it as started (exact poison-pill counting: see _until_uncounted).
+        self.chunk_size = 1 if cfg.adaptive else max(1, cfg.fetch_max // cfg.concurrency)
+        # The adaptive fetch's measure of a handler run, seconds (an exponential moving average); None
+        # until a run finished.
+        self.handler_time: float | None = None
         # The unstarted count (list queues; see _until_uncounted). Fetched messages get positions 1, 2, ...
         # in fetch order; lanes take them in that order. Each count sent carries a cut: positions above it
         # are counted unstarted, and a lane starts position p only once a count with cut >= p has landed.
@@ -166,6 +175,9 @@ class Worker:
         self.cut_landed = 0
         self.count_lock = asyncio.Lock()  # one count in flight at a time, so they land in order
         self.count_landed = asyncio.Event()  # set and replaced when a count lands or fails
+        # The last count landed and left Redis's unstarted count at 0 (every held message counts as
+        # started): a message a blocking fetch moves then counts as started too, with no count to send.
+        self.counted_none = False
 
     def _make_source(self) -> Source:
         if self.cfg.queues:
@@ -265,7 +277,7 @@ class Worker:
                 source=self.source.kind,
                 handler=self.handler.name,
                 concurrency=self.cfg.concurrency,
-                batch=self.cfg.batch_size,
+                batch=self.cfg.batch_size or f"auto:{self.cfg.batch_max}",
                 metrics_port=self.http.port if self.http else None,
             ),
         )
@@ -465,13 +477,26 @@ class Worker:
             except Exception:
                 self.log.exception("heartbeat failed")
 
-    async def _fetcher(self) -> None:
-        batch = self.cfg.batch_size
-        while not self.stopping:
+    def _fetch_room(self) -> int:
+        """How many messages the next fetch may take (<= 0: none, wait for a lane to take some)."""
+        if not self.cfg.adaptive:
             # Messages an idle lane is about to take do not count: fetching the next ones now, with the
             # acks that are waiting, saves a round trip per message at small batch sizes.
             queued = max(0, self.ready.qsize() - self.idle_lanes * self.chunk_size)
-            room = batch - queued
+            return self.cfg.fetch_max - queued
+        # Adaptive: what the lanes can start soon, less what already waits for them: one per idle lane at
+        # once, plus what the busy lanes finish within SOON (concurrency x SOON / handler time, none
+        # until a run was measured), at most one more per lane: each start needs its own count anyway.
+        # The script then also leaves the other workers their share of the queue (fetch_batch.lua,
+        # "fair"), so a shallow queue is taken one message at a time.
+        t = self.handler_time
+        conc = self.cfg.concurrency
+        soon = self.idle_lanes + (0.0 if t is None else min(conc, conc * SOON / max(t, 1e-6)))
+        return min(self.cfg.fetch_max, int(soon)) - self.ready.qsize()
+
+    async def _fetcher(self) -> None:
+        while not self.stopping:
+            room = self._fetch_room()
             if room <= 0:
                 self.space.clear()
                 await self.space.wait()
@@ -492,7 +517,12 @@ class Worker:
                 self.fetch_done.set()
             self._settled(acks)
             if not deliveries:  # nothing ready: block server-side (the acker acks meanwhile)
-                deliveries = await self._redis("fetch", lambda n=room: self._fetch(n, [], True))  # type: ignore[misc]
+                # Adaptive: one message (a blocking fetch's moves are not counted unstarted).
+                n = 1 if self.cfg.adaptive else room
+                deliveries = await self._redis("fetch", lambda n=n: self._fetch(n, [], True))  # type: ignore[misc]
+                blocked = len(deliveries) == 1
+            else:
+                blocked = False
             bad: list[tuple[Delivery, str, str]] = []
             for d in deliveries:  # no await until all are held and queued: a stop sees them all
                 self.held[id(d)] = d
@@ -507,6 +537,14 @@ class Worker:
                     self.ready.put_nowait(d)
                     continue
                 del self.positions[id(d)]  # never taken by a lane (their count is fixed by dead.lua)
+            if blocked and self.counted_none and not self.count_lock.locked() and not self.fetch_lost:
+                # Redis counts nothing unstarted and the move did not change that: the message already
+                # counts as started there, as a count covering it alone would say. The lane starts it at
+                # once (no round trip at light load), before this task sends its next fetch.
+                self.cut_landed = max(self.cut_landed, self.fetched_pos)
+                self.cut_sent = max(self.cut_sent, self.cut_landed)
+                if self.idle_lanes:
+                    await asyncio.sleep(0)
             if self.fetch_lost:
                 # A fetch failed mid-call: it may have moved messages whose reply never came.
                 self.fetch_lost = False
@@ -548,12 +586,16 @@ class Worker:
         assert self.counting is not None
         cut = max(self.cut_sent, self.taken_pos + self.idle_lanes * self.chunk_size)
         self.cut_sent = cut
+        self.counted_none = False
+        fetched = self.fetched_pos  # a blocking fetch may add positions while this call is out
+        sent = fetched - cut
         try:
             if count > 0:
-                got = await self.counting.fetch_counting(count, acks or [], self.fetched_pos - cut)
+                got = await self.counting.fetch_counting(count, acks or [], sent)
             else:
-                await self.counting.set_unstarted(self.fetched_pos - cut, thaw)
+                await self.counting.set_unstarted(sent, thaw)
                 got = []
+            self.counted_none = sent + len(got) <= 0
             self.cut_landed = max(self.cut_landed, cut)
             return got
         finally:
@@ -591,6 +633,8 @@ class Worker:
 
     async def _take_chunk(self, size: int) -> list[Delivery] | None:
         self.idle_lanes += 1
+        if self.cfg.adaptive:
+            self.space.set()  # an idle lane is room for the adaptive fetch even when nothing is ready
         try:
             first = await self.ready.get()
         finally:
@@ -608,9 +652,8 @@ class Worker:
         return chunk
 
     async def _lane(self, index: int) -> None:
-        size = self.chunk_size
         while True:
-            chunk = await self._take_chunk(size)
+            chunk = await self._take_chunk(self.chunk_size)
             if chunk is None:
                 return
             await self._until_uncounted(chunk)  # before anything starts or leaves the list
@@ -839,6 +882,8 @@ class Worker:
         assert msg is not None
         self.metrics.duration.observe(elapsed)
         cfg = self.cfg
+        t = self.handler_time
+        self.handler_time = elapsed if t is None else t + HANDLER_TIME_WEIGHT * (elapsed - t)
         s = decide(
             exc,
             self._attempts(d) + 1,  # this run's number

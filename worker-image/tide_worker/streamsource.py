@@ -201,7 +201,7 @@ class StreamSource:
         if self.claimed:
             return
         reply = await self.client.xautoclaim(
-            self.name, self.group, self.cfg.worker_id, self.claim_ms, "0-0", count=self.cfg.batch_size
+            self.name, self.group, self.cfg.worker_id, self.claim_ms, "0-0", count=self.cfg.fetch_max
         )
         entries = reply[1] if len(reply) > 1 else []
         entries = [(eid, fields) for eid, fields in entries if fields is not None]

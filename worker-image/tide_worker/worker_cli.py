@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tide_worker import environment as E
-from tide_worker.config import WorkerConfig, parse_queues
+from tide_worker.config import WorkerConfig, parse_batch_size, parse_queues
 
 
 def _bool(text: str) -> bool:
@@ -23,6 +23,15 @@ def _bool(text: str) -> bool:
     if value in {"0", "false", "no", "off", ""}:
         return False
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _batch(text: str) -> str | int:
+    """``--batch-size``: checked here (an argparse error naming the option), split in config_from_args."""
+    try:
+        size, _ = parse_batch_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip().lower() if size is None else size
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--group", E.GROUP, str, None, "consumer group of --stream (created if missing)"),
     Opt("--handler", E.HANDLER, str, None, "handler as module:function (sync or async)"),
     Opt("--concurrency", E.CONCURRENCY, int, E.DEFAULT_CONCURRENCY, "handlers running at once"),
-    Opt("--batch-size", E.BATCH_SIZE, int, E.DEFAULT_BATCH_SIZE, "messages fetched (and acked) per Redis call"),
+    Opt("--batch-size", E.BATCH_SIZE, _batch, E.DEFAULT_BATCH_SIZE, "messages per fetch: N (fixed), or auto / auto:N (adaptive, at most N; auto = auto:100)"),
     Opt("--max-attempts", E.MAX_ATTEMPTS, int, E.DEFAULT_MAX_ATTEMPTS, "handler runs before a message is dead-lettered"),
     Opt("--backoff-base", E.BACKOFF_BASE, float, E.DEFAULT_BACKOFF_BASE, "retry delay base, seconds (full jitter)"),
     Opt("--backoff-cap", E.BACKOFF_CAP, float, E.DEFAULT_BACKOFF_CAP, "retry delay cap, seconds"),
@@ -137,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         many = os.environ.get(E.QUEUES, "")
         given = [q for q in many.split(",") if q] if many else [os.environ.get(E.QUEUE, "")]
     names, weights = parse_queues([q for q in given if q])
+    batch_size, batch_max = parse_batch_size(str(args.batch_size))
     cfg = WorkerConfig(
         handler=args.handler,
         queue=names[0] if len(names) == 1 else None,
@@ -147,7 +157,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         redis_url=args.redis_url,
         cluster=args.redis_cluster,
         concurrency=args.concurrency,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
+        batch_max=batch_max,
         max_attempts=args.max_attempts,
         backoff_base=args.backoff_base,
         backoff_cap=args.backoff_cap,

@@ -1,27 +1,38 @@
 -- Acknowledge finished messages, then move up to ARGV[1] messages from the consumer end of the queue into
 -- this worker's processing list: one round trip does both (the fetcher brings the acks along), and with
 -- a count of 0 it only acknowledges (the acker).
--- KEYS[1] queue, KEYS[2] processing list, KEYS[3] stats hash, KEYS[4] unstarted count,
--- KEYS[5..] dedupe markers (KEYS[i - 1] for ARGV[i], or none); ARGV[1] count, ARGV[2] side ("right" or
--- "left"), ARGV[3] dedupe TTL in seconds (0 = no markers), ARGV[4] stats counter, ARGV[5] unstarted:
--- "" leaves the count alone, "<n>" sets it to n + the messages fetched here (0 at least) unless a
--- requeue froze it (-1), "!<n>" sets it even then; ARGV[6..] raw messages to acknowledge (LREM).
+-- KEYS[1] queue, KEYS[2] processing list, KEYS[3] stats hash, KEYS[4] unstarted count, KEYS[5] the
+-- queue's worker registry (read with ARGV[6] "fair"), KEYS[6..] dedupe markers (KEYS[i - 1] for ARGV[i],
+-- or none); ARGV[1] count, ARGV[2] side ("right" or "left"), ARGV[3] dedupe TTL in seconds (0 = no
+-- markers), ARGV[4] stats counter, ARGV[5] unstarted: "" leaves the count alone, "<n>" sets it to n +
+-- the messages fetched here (0 at least) unless a requeue froze it (-1), "!<n>" sets it even then;
+-- ARGV[6] "fair" (the adaptive fetch) takes at most an equal share of the queue per registered worker,
+-- floor(LLEN / ZCARD registry), and at least one, "" (or none) the count as given; ARGV[7..] raw
+-- messages to acknowledge (LREM).
 -- The unstarted count U says the U leftmost entries of the processing list never started: the reaper
 -- counts no interruption for them (see reap.lua).
 -- Returns the fetched messages in consumption order (oldest first). The processing list keeps the newest
 -- at its left, so reaping and requeueing can restore the order.
 local CHUNK = 1000  -- unpack() of more than about 8,000 values fails: Lua's stack limit
 local ttl = tonumber(ARGV[3])
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   redis.call("LREM", KEYS[2], -1, ARGV[i])
   if ttl > 0 and KEYS[i - 1] then
     redis.call("SET", KEYS[i - 1], "1", "EX", ttl)
   end
 end
-if #ARGV > 5 then
-  redis.call("HINCRBY", KEYS[3], ARGV[4], #ARGV - 5)
+if #ARGV > 6 then
+  redis.call("HINCRBY", KEYS[3], ARGV[4], #ARGV - 6)
 end
 local n = tonumber(ARGV[1])
+if n > 1 and ARGV[6] == "fair" then
+  -- Leave every other registered worker at least as many as this one takes.
+  local workers = redis.call("ZCARD", KEYS[5])
+  if workers > 1 then
+    local share = math.floor(redis.call("LLEN", KEYS[1]) / workers)
+    if share < n then n = math.max(1, share) end
+  end
+end
 local items = {}
 if n >= 1 then
   if ARGV[2] == "left" then
