@@ -37,7 +37,10 @@ table-driven test. The rules, in order:
    (``cooldown`` holds one replica until then; ``to-zero`` then skips the scale-down window, which the
    cooldown replaces).
 7. Stabilization windows as the HPA's ``behavior``: scale up to the lowest recommendation of the up window,
-   down to the highest of the down window (``stabilized``).
+   down to the highest of the down window (``stabilized``). Except when idle: once the whole backlog,
+   in-flight included, has been zero for ``IDLE_SECONDS`` (or the scale-down period, if longer), every pod
+   is idle and the down window would only hold idle pods until the cooldown ends; then the count falls by
+   the scale-down rate limit alone (``idle``), towards the one replica the cooldown holds (or the floor).
 8. Rate limits per period: at most ``maxStepPods`` or ``maxStepPercent`` (the more permissive when both
    are set) relative to the count at the start of the period (``rate-limit-up``/``rate-limit-down``).
 """
@@ -66,6 +69,10 @@ class PolicyState:
     capacity: float | None = None  # messages/s per replica, measured while messages waited past the target
     saturated: bool = False  # the last reading had messages waiting past the target (one capacity episode)
 
+
+# Idle this long (nothing waiting, running or due) and the scale-down window no longer holds idle pods: long
+# enough that a backlog dipping to zero between two pushes does not count, short next to the cooldown.
+IDLE_SECONDS = 5.0
 
 # The arrival-rate floor keeps this much more capacity than the arrivals need (workers at most ~83 % busy):
 # at exactly the arrival rate any burst would queue, and the rates it divides are 30 s averages.
@@ -260,12 +267,17 @@ def decide(
         history, events, state.last_scale_time, 0, last_active, (now, total), capacity, saturated
     )
 
+    idle_for = now - last_active if total == 0 and last_active is not None else 0.0
+    idle = idle_for >= max(IDLE_SECONDS, scaling.scale_down.period_seconds)
     if to_zero:
         desired = 0
     else:
         up_rec = min(r for t, r in history if now - t <= scaling.scale_up.stabilization_seconds)
         down_rec = max(r for t, r in history if now - t <= scaling.scale_down.stabilization_seconds)
         desired = max(current, up_rec)
+        if idle and rec < min(desired, down_rec):
+            desired, rule = rec, "idle"
+            detail += f"; idle for {idle_for:.0f}s: the scale-down window holds no idle pods"
         desired = min(desired, down_rec)
         if desired != rec:
             rule = "stabilized"

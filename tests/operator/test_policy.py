@@ -370,6 +370,84 @@ ROWS = [
         "target",
     ),
     ("zero-cooldown", sc(cooldown_seconds=0), Backlog(), [], 2, st(last_active_time=T), T, 0, "to-zero"),
+    # idle: nothing waiting, running or due for IDLE_SECONDS: the down window holds no idle pods
+    (
+        "idle-releases-window-rate-limited",
+        sc(scale_down=Behavior(30, None, 50, 5)),
+        Backlog(),
+        [],
+        10,
+        st(last_active_time=T - 6, recommendations=((T - 8, 10),)),
+        T,
+        5,
+        "rate-limit-down",
+    ),
+    (
+        "idle-releases-window-unlimited",
+        sc(scale_down=Behavior(30, None, None, 1)),
+        Backlog(),
+        [],
+        10,
+        st(last_active_time=T - 6, recommendations=((T - 8, 10),)),
+        T,
+        1,
+        "idle",
+    ),
+    (
+        "idle-too-short-window-holds",
+        sc(scale_down=Behavior(30, None, 50, 5)),
+        Backlog(),
+        [],
+        10,
+        st(last_active_time=T - 4, recommendations=((T - 8, 10),)),
+        T,
+        10,
+        "stabilized",
+    ),
+    (
+        "idle-waits-a-longer-period",
+        sc(scale_down=Behavior(30, None, 50, 20)),
+        Backlog(),
+        [],
+        10,
+        st(last_active_time=T - 10, recommendations=((T - 12, 10),)),
+        T,
+        10,
+        "stabilized",
+    ),
+    (
+        "idle-down-to-the-floor",
+        sc(min_replicas=2, scale_down=Behavior(30, None, None, 1)),
+        Backlog(),
+        [],
+        6,
+        st(last_active_time=T - 10, recommendations=((T - 12, 6),)),
+        T,
+        2,
+        "idle",
+    ),
+    (
+        "not-idle-while-inflight",
+        sc(scale_down=Behavior(30, None, None, 1)),
+        Backlog(inflight=1),
+        [],
+        10,
+        st(last_active_time=T - 10, recommendations=((T - 12, 10),)),
+        T,
+        10,
+        "stabilized",
+    ),
+    (
+        "not-idle-while-retry-due",
+        sc(scale_down=Behavior(30, None, None, 1)),
+        Backlog(retries_due=1),
+        [],
+        10,
+        st(last_active_time=T - 10, recommendations=((T - 12, 10),)),
+        T,
+        10,
+        "stabilized",
+    ),
     # stabilization windows
     (
         "down-window-holds-max",
@@ -723,3 +801,26 @@ def test_oscillating_backlog_does_not_flap_down():
     readings = [Backlog(ready=100), Backlog(ready=10)] * 5
     seq = run(s, readings)
     assert seq == [10] * 10
+
+
+def test_idle_after_a_flash_releases_pods_before_the_cooldown_ends():
+    """The defaults: a burst drained, then nothing. The window no longer holds ten idle pods for the whole
+    cooldown: after IDLE_SECONDS the count halves every scale-down period, then zero when the cooldown ends."""
+    s = parse_scaling({"targetBacklogPerReplica": 10})
+    readings = [Backlog(ready=2000)] + [Backlog(inflight=10)] * 5 + [Backlog()] * 40
+    seq = run(s, readings)
+    assert seq[:6] == [10] * 6, seq
+    last_busy = 5
+    assert seq[last_busy + 4] == 10, seq  # idle for 4 s: held
+    assert seq[last_busy + 5] == 5, seq  # idle for 5 s: the 50 % limit alone
+    assert 1 <= seq[last_busy + 25] <= 2, seq
+    assert seq.index(0) == last_busy + 30, seq  # the cooldown still decides when to zero
+    assert all(b <= a for a, b in itertools.pairwise(seq[last_busy:])), seq  # never back up while idle
+
+
+def test_short_gaps_between_bursts_keep_the_window():
+    """Bursts with gaps shorter than IDLE_SECONDS are one load that dips: the window holds the count."""
+    s = parse_scaling({"targetBacklogPerReplica": 10})
+    readings = ([Backlog(ready=100)] + [Backlog()] * 4) * 6
+    seq = run(s, readings)
+    assert seq == [10] * len(seq), seq
