@@ -32,7 +32,7 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry  # an async client: the sync Retry is converted with a warning
 from tide_worker import envelope
 from tide_worker.backlog import (
     Backlog,
