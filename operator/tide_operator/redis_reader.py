@@ -30,9 +30,9 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry  # an async client: the sync Retry is converted with a warning
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
-from redis.asyncio.retry import Retry  # an async client: the sync Retry is converted with a warning
 from tide_worker import envelope
 from tide_worker.backlog import (
     Backlog,
