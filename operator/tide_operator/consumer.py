@@ -172,6 +172,10 @@ class Consumer:
             for part in ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total")
         }
 
+    def update(self, body: kopf.Body) -> None:
+        """A newer body from the watch: the next poll reads its spec, generation and annotations."""
+        self.body = body
+
     # --- events and conditions -----------------------------------------------------------------------
 
     def event(self, kind: str, reason: str, message: str) -> None:
@@ -637,9 +641,12 @@ class Consumer:
         return min(MAX_BACKOFF, self.interval * 2.0**self.poll_failures)
 
     async def run(self, stopped: Any) -> None:
-        """Poll until ``stopped`` (kopf's DaemonStopped) turns true."""
+        """Poll until ``stopped`` turns true (``fleet.Stop``)."""
         self.shared.daemons += 1
         try:
+            # the first poll on this resource's phase of the grid too: a thousand loops started by one
+            # listing spread over the interval instead of all calling the API server at once
+            await self.shared.ticker.wait(0.0, self.interval, self.phase)
             while not stopped:
                 try:
                     delay = await self.poll()

@@ -1,8 +1,10 @@
-"""kopf wiring only: startup settings, cleanup, probes, and a daemon per QueueConsumer that runs its loop.
+"""kopf wiring only: startup settings, cleanup, probes, and the watch events that start and stop each
+QueueConsumer's loop.
 
-The loop itself (read -> decide -> scale -> status) is ``tide_operator.consumer``. What the loops share
-(Redis clients, the API client, the polling grid) is made at startup and kept in kopf's operator-wide
-``memo``, of which each resource's memo is a shallow copy: no module state.
+The loop itself (read -> decide -> scale -> status) is ``tide_operator.consumer``; the loops are kept by
+``tide_operator.fleet`` (one small task each, fed by kopf's watch, stopped on a peering pause). What the
+loops share (Redis clients, the API client, the polling grid) is made at startup and kept in kopf's
+operator-wide ``memo``: no module state.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from tide_operator.consumer import Consumer, Shared
+from tide_operator.consumer import Shared
+from tide_operator.fleet import Fleet, kopf_pause_toggle
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
 
@@ -42,10 +45,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         start_http_server(int(port))
     memo.shared = Shared()
     memo.shared.k8s()
+    try:
+        paused = kopf_pause_toggle()
+    except RuntimeError:
+        if not settings.peering.standalone:
+            raise
+        paused = None
+    memo.fleet = Fleet(memo.shared, paused)
+    memo.fleet.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.fleet.close()
     await memo.shared.close()
 
 
@@ -59,6 +71,7 @@ def probe_pools(memo: kopf.Memo, **_: Any) -> int:
     return len(memo.shared.pool)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def serve(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, memo: kopf.Memo, **_: Any) -> None:
-    await Consumer(body, logger, memo.shared).run(stopped)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event of a QueueConsumer: its loop starts, gets the new body, or stops (fleet.py)."""
+    memo.fleet.event(event.get("type"), event["object"])
