@@ -35,7 +35,7 @@ log = logging.getLogger("tide_operator")
 # How long a stopped loop may take to finish its poll before it is cancelled (a daemon's old timeout).
 STOP_TIMEOUT = 5.0
 # Heap given back to the OS this often (glibc keeps the pages freed after the startup burst otherwise).
-TRIM_SECONDS = 60.0
+TRIM_SECONDS = 15.0
 
 
 # annotations that copy the whole object: never read by a loop, and as large as the rest of the body

@@ -22,11 +22,18 @@ from tide_operator.fleet import Fleet, kopf_pause_toggle
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
 
+def _not_track_success(record: logging.LogRecord) -> bool:
+    # kopf logs "Handler 'track' succeeded." for every watch event, a status write included: at 10,000
+    # resources that is a line per resource per status change, saying nothing
+    return not (isinstance(record.msg, str) and record.msg.startswith("Handler 'track' succeeded"))
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tide.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tide.dev")
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_not_track_success)
     # the chart's operator.logLevel (kopf's own --verbose/--debug flags still apply on top)
     level = os.environ.get("TIDE_OPERATOR_LOG_LEVEL", "").upper()
     if level in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -123,7 +123,10 @@ class Kube:
         body: Any = None,
         content_type: str = "application/merge-patch+json",
         resource: str = "other",
+        parse: bool = True,
     ) -> dict[str, Any]:
+        """The answer as JSON (``parse=False``: read and dropped, e.g. the whole object a status PATCH
+        echoes, ``managedFields`` and all)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
@@ -148,7 +151,7 @@ class Kube:
                 except ValueError:
                     message = text
                 raise KubeError.of(resp.status, message)
-            result: dict[str, Any] = json.loads(text) if text else {}
+            result: dict[str, Any] = json.loads(text) if text and parse else {}
             return result
 
     async def close(self) -> None:
@@ -210,7 +213,7 @@ class Kube:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = api_path("apis", GROUP, VERSION, "namespaces", namespace, PLURAL, name, "status")
-        await self.request("PATCH", path, {"status": status}, resource="status")
+        await self.request("PATCH", path, {"status": status}, resource="status", parse=False)
 
     async def secret_value(self, namespace: str, ref: SecretKeyRef) -> str:
         path = api_path("api", "v1", "namespaces", namespace, "secrets", ref.name)
