@@ -1,8 +1,10 @@
-"""kopf wiring only: startup settings, cleanup, probes, and a daemon per QueueConsumer that runs its loop.
+"""kopf wiring only: startup settings, cleanup, probes, and the watch events that start and stop each
+QueueConsumer's loop.
 
-The loop itself (read -> decide -> scale -> status) is ``tide_operator.consumer``. What the loops share
-(Redis clients, the API client, the polling grid) is made at startup and kept in kopf's operator-wide
-``memo``, of which each resource's memo is a shallow copy: no module state.
+The loop itself (read -> decide -> scale -> status) is ``tide_operator.consumer``; the loops are kept by
+``tide_operator.fleet`` (one small task each, fed by kopf's watch, stopped on a peering pause). What the
+loops share (Redis clients, the API client, the polling grid) is made at startup and kept in kopf's
+operator-wide ``memo``: no module state.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from tide_operator.consumer import Consumer, Shared
+from tide_operator.consumer import Shared
+from tide_operator.fleet import Fleet, kopf_pause_toggle
 from tide_operator.spec import GROUP, PLURAL, VERSION
+
+
+def _not_track_success(record: logging.LogRecord) -> bool:
+    # kopf logs "Handler 'track' succeeded." for every watch event, a status write included: at 10,000
+    # resources that is a line per resource per status change, saying nothing
+    return not (isinstance(record.msg, str) and record.msg.startswith("Handler 'track' succeeded"))
 
 
 @kopf.on.startup()
@@ -24,6 +33,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tide.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tide.dev")
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_not_track_success)
     # the chart's operator.logLevel (kopf's own --verbose/--debug flags still apply on top)
     level = os.environ.get("TIDE_OPERATOR_LOG_LEVEL", "").upper()
     if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -45,10 +55,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     except ValueError as exc:  # an operator setting such as TIDE_OPERATOR_KEYSPACE_EVENTS: stop, say why
         raise kopf.PermanentError(str(exc)) from None
     memo.shared.k8s()
+    try:
+        paused = kopf_pause_toggle()
+    except RuntimeError:
+        if not settings.peering.standalone:
+            raise
+        paused = None
+    memo.fleet = Fleet(memo.shared, paused)
+    memo.fleet.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.fleet.close()
     await memo.shared.close()
 
 
@@ -62,6 +81,7 @@ def probe_pools(memo: kopf.Memo, **_: Any) -> int:
     return len(memo.shared.pool)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def serve(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, memo: kopf.Memo, **_: Any) -> None:
-    await Consumer(body, logger, memo.shared).run(stopped)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event of a QueueConsumer: its loop starts, gets the new body, or stops (fleet.py)."""
+    memo.fleet.event(event.get("type"), event["object"])
