@@ -219,7 +219,10 @@ class Consumer:
         """Set a condition; True when its status changed."""
         status = "True" if ok else "False"
         old = self.conditions.get(ctype)
-        self.conditions[ctype] = (status, reason, redact(message))
+        new = (status, reason, redact(message))
+        self.conditions[ctype] = new
+        if old != new:  # set outside a poll too (the waker's WakeOnPush): the next poll is not quiet
+            self.status_settled = False
         if old is None or old[0] != status:
             self.transitions[ctype] = iso(time.time()) or ""
             return old is not None or not ok
