@@ -15,7 +15,7 @@ import tide_worker.config as config_mod
 import tide_worker.connection as connection_mod
 import tide_worker.worker_cli as worker_cli_mod
 from tide_worker import environment as E
-from tide_worker.config import WorkerConfig
+from tide_worker.config import WorkerConfig, parse_batch_size
 from tide_worker.worker_cli import OPTIONS
 
 ENV_NAME = re.compile(r"TIDE_[A-Z_]+")
@@ -43,7 +43,9 @@ def test_every_worker_default_is_the_contracts() -> None:
         if default is not None:
             assert opt.default == default, opt.flag
             field = "cluster" if opt.dest == "redis_cluster" else opt.dest
-            if field in fields and fields[field] is not dataclasses.MISSING and field != "redis_url":
+            if field == "batch_size":  # "auto" is the adaptive fetch: WorkerConfig holds it as (None, cap)
+                assert parse_batch_size(str(default)) == (fields["batch_size"], fields["batch_max"]), field
+            elif field in fields and fields[field] is not dataclasses.MISSING and field != "redis_url":
                 assert fields[field] == default, field
     assert spec_mod.DEFAULT_WORKER_CONCURRENCY == E.DEFAULT_CONCURRENCY == WorkerConfig("h").concurrency
     assert spec_mod.DEFAULT_WORKER_MAX_ATTEMPTS == E.DEFAULT_MAX_ATTEMPTS == WorkerConfig("h").max_attempts
