@@ -110,9 +110,7 @@ async def _push_wakes(
     loop = FakeLoop(pool, url, source)
     try:
         await settle(waker, loop, lambda: wake_on(loop.conditions.get(Condition.WAKE_ON_PUSH)))
-        # the sleeps after arming that the subscription's confirmation ends early
-        for _ in range(3):
-            await waker.sleep(loop, asyncio.sleep(0.3))
+        await _past_confirmations(waker, loop)
         client = loop.client
         started = time.monotonic()
         sleeping = asyncio.create_task(waker.sleep(loop, asyncio.sleep(LONG)))
@@ -134,8 +132,7 @@ def test_the_polling_grid_shared_tick_is_woken_early_and_never_cancelled(notifyi
         ticker = Ticker()
         try:
             await settle(waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][0])
-            for _ in range(3):
-                await waker.sleep(loop, asyncio.sleep(0.3))
+            await _past_confirmations(waker, loop)
             tick = ticker.tick(0.0, LONG)
             other = asyncio.create_task(ticker.wait(0.0, LONG))  # another resource on the same grid point
             sleeping = asyncio.create_task(waker.sleep(loop, tick))
@@ -176,6 +173,12 @@ async def _armed(
     loop = FakeLoop(pool, url, source, creds)
     await settle(waker, loop, lambda: Condition.WAKE_ON_PUSH in loop.conditions)
     return pool, waker, loop
+
+
+async def _past_confirmations(waker: Waker, loop: FakeLoop) -> None:
+    """The sleeps after arming that the subscription's confirmation ends early, done with."""
+    for _ in range(3):
+        await waker.sleep(loop, asyncio.sleep(0.3))
 
 
 async def _sleep_through(waker: Waker, loop: FakeLoop, seconds: float, push: Any) -> tuple[float, int]:
@@ -278,8 +281,7 @@ def test_a_busy_resource_is_not_subscribed_and_pushes_are_coalesced(notifying: R
     async def main() -> None:
         pool, waker, loop = await _armed(notifying.url, {"list": {"key": "q"}})
         try:
-            for _ in range(3):
-                await waker.sleep(loop, asyncio.sleep(0.3))
+            await _past_confirmations(waker, loop)
             channel = b"__keyspace@0__:q"
             assert await loop.client.pubsub_numsub(channel) == [(channel, 1)]
 
@@ -320,8 +322,7 @@ def test_a_lost_connection_is_said_and_reconnected(notifying: RedisServer) -> No
             )
             notifying.start()
             await settle(waker, loop, lambda: loop.conditions[Condition.WAKE_ON_PUSH][0], timeout=30)
-            for _ in range(3):
-                await waker.sleep(loop, asyncio.sleep(0.3))
+            await _past_confirmations(waker, loop)
             before = sum(w.wakes for w in waker._watches.values())
             lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c: c.lpush("q", "m"))
             assert lasted < LONG / 2 and wakes == before + 1
@@ -352,8 +353,7 @@ def test_on_cluster_each_master_node_wakes_for_the_keys_it_holds(redis_cluster: 
         try:
             await settle(waker, loop, lambda: wake_on(loop.conditions.get(Condition.WAKE_ON_PUSH)))
             assert len(waker._watches) == 2 and "Cluster node" in loop.conditions[Condition.WAKE_ON_PUSH][2]
-            for _ in range(3):
-                await waker.sleep(loop, asyncio.sleep(0.3))
+            await _past_confirmations(waker, loop)
             for key in (a, b):
                 before = sum(w.wakes for w in waker._watches.values())
                 lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c, k=key: c.lpush(k, "m"))
@@ -409,8 +409,7 @@ def test_the_config_is_read_again_turned_off_then_on(notifying: RedisServer, mon
             await settle(waker, loop, lambda: cond()[1] == Reason.NOTIFICATIONS_OFF)
             await loop.client.config_set("notify-keyspace-events", "Kl")
             await settle(waker, loop, lambda: cond()[0])
-            for _ in range(3):
-                await waker.sleep(loop, asyncio.sleep(0.3))
+            await _past_confirmations(waker, loop)
             before = sum(w.wakes for w in waker._watches.values())
             lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c: c.lpush("q", "m"))
             assert lasted < LONG / 2 and wakes == before + 1
@@ -460,8 +459,7 @@ def test_through_sentinel_the_master_wakes_it(redis_sentinel: Any) -> None:
             loop = FakeLoop(pool, redis_sentinel.url(), {"list": {"key": "q"}}, creds)
             try:
                 await settle(waker, loop, lambda: wake_on(loop.conditions.get(Condition.WAKE_ON_PUSH)))
-                for _ in range(3):
-                    await waker.sleep(loop, asyncio.sleep(0.3))
+                await _past_confirmations(waker, loop)
                 lasted, wakes = await _sleep_through(waker, loop, LONG, lambda c: c.lpush("q", "m"))
                 assert lasted < LONG / 2
                 return loop, wakes
