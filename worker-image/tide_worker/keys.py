@@ -97,6 +97,12 @@ class QueueKeys:
         """Hash: message id -> times a worker died holding it (poison-pill detection)."""
         return f"{self.prefix}:interrupts"
 
+    @property
+    def suspects(self) -> str:
+        """Set: the SHA1 of each message a reap counted as interrupted and put back; a fetch marks these
+        so the worker runs each alone (exact counting for a suspected poison pill; docs/worker.md)."""
+        return f"{self.prefix}:suspects"
+
     def dedupe(self, message_id: str) -> str:
         """Marker that a message id already succeeded (``--dedupe-ttl``)."""
         return f"{self.prefix}:done:{message_id}"

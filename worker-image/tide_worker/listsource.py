@@ -55,16 +55,22 @@ class ListSource:
     async def setup(self) -> None:
         await self.client.ping()
 
-    def _delivery(self, raw: bytes) -> Delivery:
+    def _delivery(self, raw: bytes, suspect: bool = False) -> Delivery:
         try:
-            return Delivery(raw=raw, msg=decode(raw, self.name))
+            return Delivery(raw=raw, msg=decode(raw, self.name), suspect=suspect)
         except MalformedMessage as exc:
-            return Delivery(raw=raw, msg=None, error=str(exc))
+            return Delivery(raw=raw, msg=None, error=str(exc), suspect=suspect)
+
+    def _deliveries(self, reply: list[Any]) -> list[Delivery]:
+        """fetch_batch.lua's reply: the messages, then the 1-based positions of the suspects among them."""
+        items = [x for x in reply if isinstance(x, bytes)]
+        suspects = {x - 1 for x in reply if isinstance(x, int)}
+        return [self._delivery(raw, i in suspects) for i, raw in enumerate(items)]
 
     async def fetch(self, count: int, acks: Sequence[Delivery] = (), block: bool = True) -> list[Delivery]:
-        items = await self._ack_fetch(count, acks)
-        if items:
-            return [self._delivery(raw) for raw in items]
+        got = self._deliveries(await self._ack_fetch(count, acks))
+        if got:
+            return got
         raw = await self._block_one() if block else None
         return [self._delivery(raw)] if raw is not None else []
 
@@ -74,8 +80,7 @@ class ListSource:
         ``unstarted`` is how many held messages no lane may start before a later count lands (the
         runtime's ``_until_uncounted``); the reaper counts no interruption for that many leftmost entries.
         """
-        items = await self._ack_fetch(count, acks, unstarted=str(unstarted))
-        return [self._delivery(raw) for raw in items]
+        return self._deliveries(await self._ack_fetch(count, acks, unstarted=str(unstarted)))
 
     async def set_unstarted(self, unstarted: int, thaw: bool = False) -> None:
         """Set the unstarted count alone (max(0, ``unstarted``)); ``thaw``: even when a requeue froze it."""
@@ -84,7 +89,14 @@ class ListSource:
     async def _ack_fetch(
         self, count: int, acks: Sequence[Delivery], counter: str = "processed", unstarted: str = ""
     ) -> Any:
-        keys = [self.name, self.proc, self.keys.stats, self.unstarted_key, self.keys.workers]
+        keys = [
+            self.name,
+            self.proc,
+            self.keys.stats,
+            self.unstarted_key,
+            self.keys.workers,
+            self.keys.suspects,
+        ]
         ttl = self.cfg.dedupe_ttl
         if ttl:
             keys += [self.keys.dedupe(d.message_id) for d in acks]

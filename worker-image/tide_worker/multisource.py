@@ -140,7 +140,7 @@ class MultiListSource:
             elif want == 0 and not by_queue[i]:
                 continue
             items = await sub._ack_fetch(want, by_queue[i], unstarted=mark)
-            fetched = self._tag(i, [sub._delivery(raw) for raw in items])
+            fetched = self._tag(i, sub._deliveries(items))
             if per is not None:
                 used = min(credit, len(fetched)) if want else 0
                 self.sent[i] = max(0, per[i] - (credit if want else 0) + len(fetched))
@@ -157,7 +157,7 @@ class MultiListSource:
                 base = self.sent[i] or 0
                 mark = "" if per is None else str(base - credit)
                 items = await sub._ack_fetch(count - len(got), (), unstarted=mark)
-                fetched = self._tag(i, [sub._delivery(raw) for raw in items])
+                fetched = self._tag(i, sub._deliveries(items))
                 if per is not None:
                     self.sent[i] = max(0, base - credit + len(fetched))
                     credit -= min(credit, len(fetched))

@@ -76,6 +76,7 @@ class ListReaper:
             self.keys.worker(other),
             self.keys.stats,
             self.keys.unstarted(other),
+            self.keys.suspects,
         ]
         args = [other, self.cfg.max_interrupts, self.cfg.side, time.time(), self.cfg.queue, INTERRUPTS_TTL]
         requeued, dead = (int(x) for x in await self.scripts.reap(keys=keys, args=args))

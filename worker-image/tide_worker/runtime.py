@@ -58,8 +58,9 @@ RECONNECT_CAP = 5.0
 # name: fix the configuration
 EXIT_REFUSED = 3
 RATE_WINDOW = 30.0
-# The adaptive fetch (--batch-size auto): "soon" is this long. A fetch takes what the lanes can start
-# within it: the idle lanes' share now, plus concurrency x SOON / the measured handler time.
+# The adaptive fetch (--batch-size auto): "soon" is this long. A lane takes a chunk of what it runs
+# within it (SOON / the measured handler time, 1 to batch max / concurrency), and a fetch takes what the
+# lanes can start within it: a chunk per idle lane now, plus concurrency x SOON / the handler time.
 SOON = 0.01
 HANDLER_TIME_WEIGHT = 0.1  # of each new handler run in the moving average of the handler time
 
@@ -158,9 +159,12 @@ class Worker:
         self._unhealthy_logged = False
         self._backoff_logged = logs.RateLimited(30.0)
         # Each lane takes up to this many ready messages at once: one thread hop and one ack batch for all.
-        # Adaptive: one message per chunk, so that, as at --batch-size 1, a lane starts each message only
-        # once Redis counts it as started (exact poison-pill counting: see _until_uncounted).
+        # Adaptive: one message per chunk until a handler run was measured, then what a lane runs within
+        # SOON (_adapt_chunk): a slow handler's messages start one at a time, each counted exactly.
         self.chunk_size = 1 if cfg.adaptive else max(1, cfg.fetch_max // cfg.concurrency)
+        # Positions up to this one came in a fetch with a suspect (a message a reap counted interrupted):
+        # lanes take those one at a time, so a pill's next death counts it alone (fetch_batch.lua).
+        self.alone_until = 0
         # The adaptive fetch's measure of a handler run, seconds (an exponential moving average); None
         # until a run finished.
         self.handler_time: float | None = None
@@ -484,15 +488,24 @@ class Worker:
             # acks that are waiting, saves a round trip per message at small batch sizes.
             queued = max(0, self.ready.qsize() - self.idle_lanes * self.chunk_size)
             return self.cfg.fetch_max - queued
-        # Adaptive: what the lanes can start soon, less what already waits for them: one per idle lane at
-        # once, plus what the busy lanes finish within SOON (concurrency x SOON / handler time, none
-        # until a run was measured), at most one more per lane: each start needs its own count anyway.
-        # The script then also leaves the other workers their share of the queue (fetch_batch.lua,
-        # "fair"), so a shallow queue is taken one message at a time.
+        # Adaptive: what the lanes can start soon, less what already waits for them: a chunk per idle
+        # lane at once, plus what the busy lanes finish within SOON (concurrency x SOON / handler time,
+        # none until a run was measured), at most a chunk more per lane. The script then also leaves the
+        # other workers their share of the queue (fetch_batch.lua, "fair"), so a shallow queue is taken
+        # one message at a time.
         t = self.handler_time
-        conc = self.cfg.concurrency
-        soon = self.idle_lanes + (0.0 if t is None else min(conc, conc * SOON / max(t, 1e-6)))
-        return min(self.cfg.fetch_max, int(soon)) - self.ready.qsize()
+        conc, chunk = self.cfg.concurrency, self.chunk_size
+        busy = 0.0 if t is None else min(conc * chunk, conc * SOON / max(t, 1e-6))
+        return min(self.cfg.fetch_max, int(self.idle_lanes * chunk + busy)) - self.ready.qsize()
+
+    def _adapt_chunk(self) -> None:
+        """The adaptive chunk: what one lane runs within SOON at the measured handler time. Lists only:
+        there the unstarted count spares a crash's untouched messages and suspects run alone after it;
+        a stream counts a delivery for every entry a dead consumer held, so its chunks stay at one."""
+        t = self.handler_time
+        if self.cfg.adaptive and t is not None and self.counting is not None:
+            cap = max(1, self.cfg.fetch_max // self.cfg.concurrency)
+            self.chunk_size = max(1, min(cap, int(SOON / max(t, 1e-6))))
 
     async def _fetcher(self) -> None:
         while not self.stopping:
@@ -524,6 +537,8 @@ class Worker:
             else:
                 blocked = False
             bad: list[tuple[Delivery, str, str]] = []
+            if any(d.suspect for d in deliveries):
+                self.alone_until = self.fetched_pos + len(deliveries)
             for d in deliveries:  # no await until all are held and queued: a stop sees them all
                 self.held[id(d)] = d
                 self.fetched_pos += 1
@@ -642,6 +657,9 @@ class Worker:
         if first is None:
             return None
         chunk = [first]
+        pos = self.positions.get(id(first))
+        if pos is not None and pos <= self.alone_until:
+            size = 1  # fetched with a suspect: positions only grow, so the rest of this take would be too
         while len(chunk) < size and not self.ready.empty():
             item = self.ready.get_nowait()
             if item is None:  # a stop marker: put it back for the next take
@@ -884,6 +902,7 @@ class Worker:
         cfg = self.cfg
         t = self.handler_time
         self.handler_time = elapsed if t is None else t + HANDLER_TIME_WEIGHT * (elapsed - t)
+        self._adapt_chunk()
         s = decide(
             exc,
             self._attempts(d) + 1,  # this run's number

@@ -21,6 +21,7 @@ class Delivery:
     deliveries: int = 1  # stream delivery count
     origin: int = 0  # several queues: the index of the queue it came from (multisource.py)
     queue: str = ""  # several queues: its name
+    suspect: bool = False  # a reap counted it interrupted: its fetch batch runs one message at a time
 
     @property
     def message_id(self) -> str:

@@ -2,8 +2,8 @@
 -- this worker's processing list: one round trip does both (the fetcher brings the acks along), and with
 -- a count of 0 it only acknowledges (the acker).
 -- KEYS[1] queue, KEYS[2] processing list, KEYS[3] stats hash, KEYS[4] unstarted count, KEYS[5] the
--- queue's worker registry (read with ARGV[6] "fair"), KEYS[6..] dedupe markers (KEYS[i - 1] for ARGV[i],
--- or none); ARGV[1] count, ARGV[2] side ("right" or "left"), ARGV[3] dedupe TTL in seconds (0 = no
+-- queue's worker registry (read with ARGV[6] "fair"), KEYS[6] the suspects set (see below; optional),
+-- KEYS[7..] dedupe markers (KEYS[i] for ARGV[i], or none); ARGV[1] count, ARGV[2] side ("right" or "left"), ARGV[3] dedupe TTL in seconds (0 = no
 -- markers), ARGV[4] stats counter, ARGV[5] unstarted: "" leaves the count alone, "<n>" sets it to n +
 -- the messages fetched here (0 at least) unless a requeue froze it (-1), "!<n>" sets it even then;
 -- ARGV[6] "fair" (the adaptive fetch) takes at most an equal share of the queue per registered worker,
@@ -11,15 +11,21 @@
 -- messages to acknowledge (LREM).
 -- The unstarted count U says the U leftmost entries of the processing list never started: the reaper
 -- counts no interruption for them (see reap.lua).
--- Returns the fetched messages in consumption order (oldest first). The processing list keeps the newest
--- at its left, so reaping and requeueing can restore the order.
+-- Returns the fetched messages in consumption order (oldest first), then, as integers, the 1-based
+-- positions of those that are suspects: the reaper counted them interrupted by a worker death (reap.lua
+-- adds the SHA1 of each to KEYS[6]); the worker runs those one at a time, so the next death counts
+-- exactly. An ack removes a message from the set. The processing list keeps the newest at its left, so
+-- reaping and requeueing can restore the order.
 local CHUNK = 1000  -- unpack() of more than about 8,000 values fails: Lua's stack limit
 local ttl = tonumber(ARGV[3])
+-- Almost always absent (only after a worker death, until its entries are acked or expire): then no hash.
+local suspects = KEYS[6] and redis.call("EXISTS", KEYS[6]) == 1
 for i = 7, #ARGV do
   redis.call("LREM", KEYS[2], -1, ARGV[i])
-  if ttl > 0 and KEYS[i - 1] then
-    redis.call("SET", KEYS[i - 1], "1", "EX", ttl)
+  if ttl > 0 and KEYS[i] then
+    redis.call("SET", KEYS[i], "1", "EX", ttl)
   end
+  if suspects then redis.call("SREM", KEYS[6], redis.sha1hex(ARGV[i])) end
 end
 if #ARGV > 6 then
   redis.call("HINCRBY", KEYS[3], ARGV[4], #ARGV - 6)
@@ -71,6 +77,12 @@ if arg ~= "" and KEYS[4] then
     else
       redis.call("SET", KEYS[4], 0)
     end
+  end
+end
+if suspects then
+  local n_items = #items
+  for i = 1, n_items do
+    if redis.call("SISMEMBER", KEYS[6], redis.sha1hex(items[i])) == 1 then items[#items + 1] = i end
   end
 end
 return items

@@ -6,7 +6,8 @@
 -- back uncounted, so the good messages fetched behind a poison pill are not dead-lettered with it. The
 -- worker only ever lets U be too low (then more is counted, never less; see fetch_batch.lua).
 -- KEYS[1] processing list, KEYS[2] queue, KEYS[3] interrupts hash, KEYS[4] dead list, KEYS[5] workers
--- zset, KEYS[6] heartbeat key, KEYS[7] stats hash, KEYS[8] unstarted count (optional);
+-- zset, KEYS[6] heartbeat key, KEYS[7] stats hash, KEYS[8] unstarted count (optional), KEYS[9] suspects
+-- set (optional: the SHA1 of each counted message put back, so a fetch runs it alone; fetch_batch.lua);
 -- ARGV[1] worker id, ARGV[2] max interrupts, ARGV[3] side, ARGV[4] now, ARGV[5] queue name,
 -- ARGV[6] interrupts TTL in seconds. Returns {requeued, dead}; {-1, 0} when the worker is alive.
 if redis.call("EXISTS", KEYS[6]) == 1 then return {-1, 0} end
@@ -120,14 +121,17 @@ for i, raw in ipairs(items) do
     record = string.gsub(record, '"time":%-1', '"time":' .. now_json, 1)
     redis.call("LPUSH", KEYS[4], record)
     redis.call("HDEL", KEYS[3], id)
+    if KEYS[9] then redis.call("SREM", KEYS[9], redis.sha1hex(raw)) end
     dead = dead + 1
   else
     redis.call(push, KEYS[2], raw)
     requeued = requeued + 1
+    if count > 0 and KEYS[9] then redis.call("SADD", KEYS[9], redis.sha1hex(raw)) end
   end
 end
 if #items > 0 then
   redis.call("EXPIRE", KEYS[3], tonumber(ARGV[6]))
+  if KEYS[9] and redis.call("EXISTS", KEYS[9]) == 1 then redis.call("EXPIRE", KEYS[9], tonumber(ARGV[6])) end
   redis.call("HINCRBY", KEYS[7], "reaped", requeued)
   if dead > 0 then redis.call("HINCRBY", KEYS[7], "dead", dead) end
 end
