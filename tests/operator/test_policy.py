@@ -33,7 +33,7 @@ DF = (sc(),)
 DF_ST = PolicyState(drain_rate=700.0, startup=1.5, last_reading=(T - 1, 0))
 
 
-def DF_W(wait: float) -> tuple[Scaling]:  # noqa: N802 (reads as the constant beside it)
+def DF_W(wait: float) -> tuple[Scaling]:
     return (sc(target_wait_seconds=wait),)
 
 
