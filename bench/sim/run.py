@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,32 @@ def validate(records: list[dict[str, Any]], cal: dict[str, float], seeds: int) -
                 flush=True,
             )
         out[name] = per
+    return out
+
+
+def waves_startup(
+    cal: dict[str, float], seeds: int, startups: tuple[float, ...] = (1.6, 3.0, 5.0)
+) -> dict[str, Any]:
+    """The waves trace in the calibrated world but with slower pod start-ups (the calibrated one first):
+    drains-first measures a worker's rate only between two polls with the same workers, so it acts only when
+    a pod takes longer than a poll to start (1.6 s: the `make bench-wait` pod start, /scale to first message)."""
+    trace, cfg, target = validation_worlds(cal)["waves"]
+    out: dict[str, Any] = {}
+    for startup in (cal["startup_s"], *startups):
+        world = replace(cfg, startup=startup)
+        per: dict[str, Any] = {}
+        for system in ARMS:
+            runs = [sim(trace, world, system, target, MAX_REPLICAS, dt=0.1, seed=s) for s in range(seeds)]
+            per[system] = {
+                k: _spread([getattr(r, k) for r in runs])
+                for k in ("wait_p99_s", "pod_seconds", "scale_changes")
+            }
+            print(
+                f"    waves startup {startup:4.2f} s {system:24s} p99 {per[system]['wait_p99_s']['median']:6.2f}"
+                f"  pod-s {per[system]['pod_seconds']['median']:7.1f}",
+                flush=True,
+            )
+        out[f"{startup:g}"] = per
     return out
 
 
@@ -631,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             out["validation"] = {"source": source, "calibration": cal, "seeds": args.seeds, "traces": v,
                                  "run_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
             plot_validation(v, RESULTS / "sim-validation.png")
+            print("==> waves with slower pod start-ups", flush=True)
+            out["waves_startup"] = {"seeds": args.seeds, "by_startup_s": waves_startup(cal, args.seeds)}
         if "week" not in skip:
             print("==> a week-long bursty trace", flush=True)
             t0 = time.perf_counter()
