@@ -16,6 +16,7 @@ Writes bench/results/sim.json, sim-validation.png, sim-week.png and sim-many.png
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tide_operator import policy  # noqa: E402
+
 from bench.sim import traces  # noqa: E402
 from bench.sim.loops import KedaConfig, Result, Trace, keda_defaults, keda_tuned, simulate, tide_scaling  # noqa: E402
 from bench.sim.world import WorldConfig  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SYSTEMS = ("tide", "keda-tuned", "keda-defaults")
+# Tide with the drains-first rule switched off (policy.HOLD_STARTUPS 0), on the same loop phases as "tide":
+# what the rule changes
+TIDE_OFF = "tide (drains-first off)"
+ARMS = (*SYSTEMS, TIDE_OFF)
+HOLD_STARTUPS = policy.HOLD_STARTUPS
 LONG_COMMIT = "8057dcd"  # feat/keda: bench: long-jobs trace results
 TIDE_COOLDOWN = 30.0  # bench/vs_keda.py TIDE_COOLDOWN (Tide's default), given to keda-tuned
 MAX_REPLICAS = 10  # bench/vs_keda.py MAX_REPLICAS
@@ -57,6 +66,18 @@ def scalers(system: str, target: int, max_replicas: int) -> dict[str, Any]:
         else keda_defaults(target, max_replicas)
     )
     return {"keda": keda}
+
+
+def sim(trace: Trace, cfg: WorldConfig, system: str, target: int, max_replicas: int, **kw: Any) -> Result:
+    """``simulate`` one arm: a system of SYSTEMS with its scaler, or TIDE_OFF (Tide, the rule off)."""
+    policy.HOLD_STARTUPS = 0.0 if system == TIDE_OFF else HOLD_STARTUPS
+    base = "tide" if system == TIDE_OFF else system
+    try:
+        r = simulate(trace, cfg, base, **kw, **scalers(base, target, max_replicas))
+    finally:
+        policy.HOLD_STARTUPS = HOLD_STARTUPS
+    r.system = system
+    return r
 
 
 # --- 1. validation ----------------------------------------------------------------------------------------
@@ -135,7 +156,11 @@ def validation_worlds(cal: dict[str, float]) -> dict[str, tuple[Trace, WorldConf
         machine_rate=cal["machine_rate_msgs_s"],
     )
     long_cfg = WorldConfig(concurrency=1, batch=1, startup=cal["startup_s"], grace=300.0, discrete=True)
-    return {"flash": (traces.flash(), flash_cfg, 10), "long": (traces.long_jobs(), long_cfg, 1)}
+    return {
+        "flash": (traces.flash(), flash_cfg, 10),
+        "long": (traces.long_jobs(), long_cfg, 1),
+        "waves": (traces.waves(), flash_cfg, 10),  # the flash worker
+    }
 
 
 def _spec_at(rows: list[tuple[float, int, int]], t: float) -> int:
@@ -254,7 +279,47 @@ def validate(records: list[dict[str, Any]], cal: dict[str, float], seeds: int) -
                 for k in ("wait_p99_s", "pod_seconds", "interrupted", "scale_changes", "end_s")
             }
         }
+        off = [sim(trace, cfg, TIDE_OFF, target, MAX_REPLICAS, dt=0.1, seed=s) for s in range(seeds)]
+        per[TIDE_OFF] = {
+            "sim": {
+                k: _spread([getattr(r, k) for r in off])
+                for k in ("wait_p99_s", "pod_seconds", "interrupted", "scale_changes", "end_s")
+            }
+        }
+        tide_sim = per.get("tide", {}).get("sim", {})
+        if tide_sim:
+            print(
+                f"    {name:5s} {TIDE_OFF:13s} p99 sim {per[TIDE_OFF]['sim']['wait_p99_s']['median']:7.2f}"
+                f"  pod-s sim {per[TIDE_OFF]['sim']['pod_seconds']['median']:7.1f}",
+                flush=True,
+            )
         out[name] = per
+    return out
+
+
+def waves_startup(
+    cal: dict[str, float], seeds: int, startups: tuple[float, ...] = (1.6, 3.0, 5.0)
+) -> dict[str, Any]:
+    """The waves trace in the calibrated world but with slower pod start-ups (the calibrated one first):
+    drains-first measures a worker's rate only between two polls with the same workers, so it acts only when
+    a pod takes longer than a poll to start (1.6 s: the `make bench-wait` pod start, /scale to first message)."""
+    trace, cfg, target = validation_worlds(cal)["waves"]
+    out: dict[str, Any] = {}
+    for startup in (cal["startup_s"], *startups):
+        world = replace(cfg, startup=startup)
+        per: dict[str, Any] = {}
+        for system in ARMS:
+            runs = [sim(trace, world, system, target, MAX_REPLICAS, dt=0.1, seed=s) for s in range(seeds)]
+            per[system] = {
+                k: _spread([getattr(r, k) for r in runs])
+                for k in ("wait_p99_s", "pod_seconds", "scale_changes")
+            }
+            print(
+                f"    waves startup {startup:4.2f} s {system:24s} p99 {per[system]['wait_p99_s']['median']:6.2f}"
+                f"  pod-s {per[system]['pod_seconds']['median']:7.1f}",
+                flush=True,
+            )
+        out[f"{startup:g}"] = per
     return out
 
 
@@ -267,12 +332,12 @@ WEEK_TARGET, WEEK_MAX = 10, 20
 def _week_one(args: tuple[int, str]) -> dict[str, Any]:
     seed, system = args
     trace, info = traces.week(seed)
-    r = simulate(trace, WEEK_WORLD, system, dt=1.0, seed=seed, **scalers(system, WEEK_TARGET, WEEK_MAX))
+    r = sim(trace, WEEK_WORLD, system, WEEK_TARGET, WEEK_MAX, dt=1.0, seed=seed)
     return {"seed": seed, "trace": info, **r.figures(), "timeline": r.timeline if seed == 1 else None}
 
 
 def week(seeds: int, pool: Any) -> dict[str, Any]:
-    jobs = [(s, system) for s in range(1, seeds + 1) for system in SYSTEMS]
+    jobs = [(s, system) for s in range(1, seeds + 1) for system in ARMS]
     runs = pool.map(_week_one, jobs)
     out: dict[str, Any] = {
         "world": WEEK_WORLD.__dict__,
@@ -281,7 +346,7 @@ def week(seeds: int, pool: Any) -> dict[str, Any]:
         "seeds": seeds,
         "systems": {},
     }
-    for system in SYSTEMS:
+    for system in ARMS:
         mine = [r for r in runs if r["system"] == system]
         out["systems"][system] = {
             "runs": [{k: v for k, v in r.items() if k not in ("timeline", "trace")} for r in mine],
@@ -300,7 +365,7 @@ def week(seeds: int, pool: Any) -> dict[str, Any]:
         }
     out["traces"] = [r["trace"] for r in runs if r["system"] == "tide"]
     out["timeline_seed_1"] = {r["system"]: r["timeline"] for r in runs if r["seed"] == 1}
-    for system in SYSTEMS:
+    for system in ARMS:
         m = out["systems"][system]["median"]
         print(
             f"    week  {system:13s} p99 {m['wait_p99_s']:6.2f} s  pod-s {m['pod_seconds']:10.0f}  changes {m['scale_changes']:7.0f}",
@@ -315,7 +380,7 @@ def week(seeds: int, pool: Any) -> dict[str, Any]:
 def _many_chunk(args: tuple[int, int, int, float]) -> dict[str, Any]:
     start, stop, seed, horizon = args
     hist = {
-        f"{s}/{k}": np.zeros(len(WAIT_EDGES) - 1, dtype=np.int64) for s in SYSTEMS for k in ("short", "long")
+        f"{s}/{k}": np.zeros(len(WAIT_EDGES) - 1, dtype=np.int64) for s in ARMS for k in ("short", "long")
     }
     rows = []
     for q in range(start, stop):
@@ -325,7 +390,7 @@ def _many_chunk(args: tuple[int, int, int, float]) -> dict[str, Any]:
             "kind": spec.kind,
             "messages": int(sum(a[1] for a in spec.trace.arrivals)),
         }
-        for system in SYSTEMS:
+        for system in ARMS:
             r = simulate_waits(spec, system, seed, hist[f"{system}/{spec.kind}"])
             row[system] = [
                 r.wait_p99_s,
@@ -341,8 +406,8 @@ def _many_chunk(args: tuple[int, int, int, float]) -> dict[str, Any]:
 
 def simulate_waits(spec: traces.QueueSpec, system: str, seed: int, hist: np.ndarray) -> Result:
     """One queue against one system; its waits are added to ``hist``."""
-    r = simulate(spec.trace, spec.cfg, system, dt=1.0, seed=seed * 100_003 + spec.index, keep_waits=True,
-                 **scalers(system, spec.target, spec.max_replicas))  # fmt: skip
+    r = sim(spec.trace, spec.cfg, system, spec.target, spec.max_replicas, dt=1.0,
+            seed=seed * 100_003 + spec.index, keep_waits=True)  # fmt: skip
     if r.waits:
         w = np.array([x for x, _ in r.waits])
         c = np.array([n for _, n in r.waits])
@@ -369,7 +434,7 @@ def many(queues: int, horizon: float, seed: int, pool: Any, chunk: int = 250) ->
     hist = {key: np.sum([np.array(p["hist"][key]) for p in parts], axis=0) for key in parts[0]["hist"]}
     elapsed = time.perf_counter() - started
     totals: dict[str, Any] = {}
-    for system in SYSTEMS:
+    for system in ARMS:
         col = [row[system] for row in rows]
         every = hist[f"{system}/short"] + hist[f"{system}/long"]
         totals[system] = {
@@ -394,14 +459,12 @@ def many(queues: int, horizon: float, seed: int, pool: Any, chunk: int = 250) ->
     def per_queue(kind: str | None) -> dict[str, Any]:
         sel = [r for r in rows if kind is None or r["kind"] == kind]
         d: dict[str, Any] = {"queues": len(sel)}
-        for other in ("keda-tuned", "keda-defaults"):
+        for mine, other in itertools.product(("tide", TIDE_OFF), ("keda-tuned", "keda-defaults")):
             p99 = [
-                (r["tide"][0], r[other][0])
-                for r in sel
-                if r["tide"][0] is not None and r[other][0] is not None
+                (r[mine][0], r[other][0]) for r in sel if r[mine][0] is not None and r[other][0] is not None
             ]
-            pods = [(r["tide"][1], r[other][1]) for r in sel if r[other][1] > 0]
-            d[f"vs_{other}"] = {
+            pods = [(r[mine][1], r[other][1]) for r in sel if r[other][1] > 0]
+            d[f"vs_{other}" if mine == "tide" else f"{mine} vs_{other}"] = {
                 "p99_ratio_tide_over": qs([a / b for a, b in p99 if b > 0]),
                 "pod_seconds_ratio_tide_over": qs([a / b for a, b in pods]),
                 "queues_tide_p99_le": sum(1 for a, b in p99 if a <= b),
@@ -409,7 +472,7 @@ def many(queues: int, horizon: float, seed: int, pool: Any, chunk: int = 250) ->
                 "queues_tide_pod_seconds_le": sum(1 for a, b in pods if a <= b),
                 "queues_compared": len(p99),
             }
-        for system in SYSTEMS:
+        for system in ARMS:
             d[system] = {
                 "p99": qs([r[system][0] for r in sel if r[system][0] is not None]),
                 "pod_seconds": qs([r[system][1] for r in sel]),
@@ -427,10 +490,10 @@ def many(queues: int, horizon: float, seed: int, pool: Any, chunk: int = 250) ->
         "per_queue": {"all": per_queue(None), "short": per_queue("short"), "long": per_queue("long")},
         "wall_seconds": round(elapsed, 1),
         "processes": getattr(pool, "_processes", 1),
-        "p99_per_queue": {s: [r[s][0] for r in rows] for s in SYSTEMS},
-        "pod_seconds_per_queue": {s: [r[s][1] for r in rows] for s in SYSTEMS},
+        "p99_per_queue": {s: [r[s][0] for r in rows] for s in ARMS},
+        "pod_seconds_per_queue": {s: [r[s][1] for r in rows] for s in ARMS},
     }
-    for system in SYSTEMS:
+    for system in ARMS:
         t = totals[system]
         print(
             f"    many  {system:13s} p99 {t['wait_p99_s']:6.2f} s  pod-s {t['pod_seconds']:10.0f}  interrupted {t['interrupted']:6d}",
@@ -441,7 +504,7 @@ def many(queues: int, horizon: float, seed: int, pool: Any, chunk: int = 250) ->
 
 # --- plots -----------------------------------------------------------------------------------------------
 
-COLORS = {"tide": "tab:blue", "keda-tuned": "tab:orange", "keda-defaults": "tab:red"}
+COLORS = {"tide": "tab:blue", "keda-tuned": "tab:orange", "keda-defaults": "tab:red", TIDE_OFF: "tab:cyan"}
 
 
 def plot_validation(v: dict[str, Any], path: Path) -> None:
@@ -450,7 +513,7 @@ def plot_validation(v: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in ("flash", "long") if n in v]
+    names = [n for n in ("flash", "long", "waves") if n in v]
     fig, axes = plt.subplots(len(names), 3, figsize=(14, 3.2 * len(names)), squeeze=False, sharey=True)
     for i, name in enumerate(names):
         for j, system in enumerate(SYSTEMS):
@@ -513,7 +576,7 @@ def plot_week(w: dict[str, Any], path: Path) -> None:
     zoom_at = max(day, key=lambda a: a[1])[0]
     z0, z1 = zoom_at - 300, zoom_at + 1200
     fine = np.arange(0, traces.WEEK, 10.0)
-    for system in SYSTEMS:
+    for system in ARMS:
         tl = w["timeline_seed_1"][system]
         ts = np.array([0.0] + [p[0] for p in tl])
         ns = np.array([0] + [p[1] for p in tl])
@@ -543,7 +606,7 @@ def plot_many(m: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for system in SYSTEMS:
+    for system in ARMS:
         vals = np.sort([v for v in m["p99_per_queue"][system] if v is not None])
         left.plot(
             np.maximum(vals, 0.01),
@@ -595,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             out["validation"] = {"source": source, "calibration": cal, "seeds": args.seeds, "traces": v,
                                  "run_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
             plot_validation(v, RESULTS / "sim-validation.png")
+            print("==> waves with slower pod start-ups", flush=True)
+            out["waves_startup"] = {"seeds": args.seeds, "by_startup_s": waves_startup(cal, args.seeds)}
         if "week" not in skip:
             print("==> a week-long bursty trace", flush=True)
             t0 = time.perf_counter()

@@ -126,3 +126,25 @@ def many_queue(index: int, seed: int, horizon: float, startup: float) -> QueueSp
         arrivals.append((float(at), size, None))
     arrivals.sort(key=lambda a: a[0])
     return QueueSpec(index, "short", cfg, 10, 20, Trace(f"q{index}", arrivals, horizon + 1800))
+
+
+def waves(
+    burst: int = 2000, minutes: float = 15, every: float = 60, background: float = 1.0, seed: int = 12
+) -> Trace:
+    """bench/vs_keda.py ``waves``, the same generator and seed: ``burst`` messages every ``every`` s over a
+    Poisson background of ``background``/s for ``minutes``."""
+    rng = random.Random(seed)
+    span = minutes * 60
+    times = [k * every for k in range(int(span // every)) for _ in range(burst)]
+    t = rng.expovariate(background)
+    while t < span:
+        times.append(round(t, 3))
+        t += rng.expovariate(background)
+    times.sort()
+    arrivals: list[tuple[Any, ...]] = []
+    for at in times:  # one entry per instant (a burst is one cohort)
+        if arrivals and arrivals[-1][0] == at:
+            arrivals[-1] = (at, arrivals[-1][1] + 1, None)
+        else:
+            arrivals.append((at, 1, None))
+    return Trace("waves", arrivals, horizon=span + 480.0)

@@ -24,6 +24,16 @@ table-driven test. The rules, in order:
    highest of one such episode, since a heartbeat's rate lags by its window): a rate measured without a
    backlog is only what arrived, and dividing the arrivals by it would hold any count forever. Until a
    capacity is measured, or when no worker reports a rate (arrivals stopped), the floor does not apply.
+   A scale-up is not made for a backlog the current pods drain first (``drains-first``): with a per-replica
+   rate measured from the backlog's own fall (two readings in a row with messages waiting: every worker is
+   busy, so the fall per second and worker is what one can do, less any arrivals) and a pod start-up
+   measured from this resource's own scale-ups (the decision to the first reading with a new worker's
+   heartbeat), the current workers drain the backlog in ``D = backlog / (workers x rate - arrivals)``
+   (arrivals: the workers' recent rates). When ``D`` is at most the start-up, no pod started now could be
+   Ready before the backlog is gone. Up to ``HOLD_STARTUPS`` start-ups, a new pod would work less than it
+   took to start, and holding delays the backlog's last message by at most one start-up; that holds unless
+   a wait objective is set and ``oldest age + D`` would exceed it. At 0 replicas, with no worker, or before
+   a rate and a start-up are measured, the rules above apply unchanged.
 4. From zero, only a backlog above ``activationBacklog`` wakes the workload (``below-activation``) - but a
    retry that came due or work held in-flight always wakes it (``retry-due``, ``in-flight``): only a
    worker moves due retries back and reaps orphaned processing lists.
@@ -68,6 +78,13 @@ class PolicyState:
     last_reading: tuple[float, int] | None = None  # (time, backlog total) of the last reading: arrivals
     capacity: float | None = None  # messages/s per replica, measured while messages waited past the target
     saturated: bool = False  # the last reading had messages waiting past the target (one capacity episode)
+    # drains-first: (time, backlog total, workers) of the last reading if messages waited in it
+    last_waiting: tuple[float, int, int] | None = None
+    drain_rate: float | None = None  # messages/s per worker, from the backlog's fall while messages waited
+    startup: float | None = None  # seconds from a scale-up to the first reading with a new worker
+    awaiting: tuple[float, int] | None = (
+        None  # (time, workers then) of a scale-up no new worker has shown for
+    )
 
 
 # Idle this long (nothing waiting, running or due) and the scale-down window no longer holds idle pods: long
@@ -77,6 +94,11 @@ IDLE_SECONDS = 5.0
 # The arrival-rate floor keeps this much more capacity than the arrivals need (workers at most ~83 % busy):
 # at exactly the arrival rate any burst would queue, and the rates it divides are 30 s averages.
 ARRIVAL_HEADROOM = 1.2
+
+# drains-first: no pods for a backlog the current workers drain within this many pod start-ups. Within
+# one, no new pod could be Ready before it is gone; within two, a new pod would work less than it took to
+# start, and holding delays the last message by at most one start-up. 0 switches the rule off.
+HOLD_STARTUPS = 2.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,55 @@ def _arrivals(last: tuple[float, int] | None, total: int, live: Sequence[float],
     if last is None or now - last[0] <= 0 or not live:
         return None
     return max(0.0, sum(live) + (total - last[1]) / (now - last[0]))
+
+
+def _drain_rate(state: PolicyState, total: int, waiting: int, workers: int, now: float) -> float | None:
+    """Messages/s one worker drains, from the backlog's fall between two readings with messages waiting in
+    both (every worker busy throughout) and the same workers at both (a worker that joined in between worked
+    for an unknown part of it): what fell, per second and worker. A lower bound: arrivals in between hide
+    some of the work done. A backlog that did not fall says the workers do not keep up: 0."""
+    last = state.last_waiting
+    if last is None or waiting <= 0 or now - last[0] <= 0 or workers <= 0 or last[2] != workers:
+        return state.drain_rate
+    return max(0.0, last[1] - total) / ((now - last[0]) * workers)
+
+
+def _drains_first(
+    scaling: Scaling,
+    total: int,
+    age: float | None,
+    rates: Sequence[float],
+    pods: int,
+    drain_rate: float,
+    startup: float,
+    current: int,
+) -> str | None:
+    """Why no pod is added for this backlog, or None: the ``pods`` working drain it within one start-up (no
+    pod started now could be Ready before), or within ``HOLD_STARTUPS`` of them while the objectives set (the
+    oldest message's wait, the drain time) are still met."""
+    arriving = sum(rates)  # the workers' recent rates: what has been arriving, as long as they keep up
+    if pods < 1 or pods * drain_rate <= arriving:
+        return None
+    drains_in = total / (pods * drain_rate - arriving)
+    how = (
+        f"{pods} workers at {drain_rate:.1f}/s each (measured from the backlog's fall), less arrivals"
+        f" {arriving:.1f}/s, drain it in {drains_in:.1f}s"
+    )
+    if drains_in <= startup:
+        return f"{how}, before a pod started now could be Ready ({startup:.1f}s start-up): holding {current}"
+    if drains_in > HOLD_STARTUPS * startup:
+        return None
+    wait, drain = scaling.target_wait_seconds, scaling.target_drain_seconds
+    if wait and (age or 0.0) + drains_in > wait:
+        return None
+    if drain and drains_in > drain:
+        return None
+    return (
+        f"{how}, within {HOLD_STARTUPS:g} x the {startup:.1f}s pod start-up"
+        + (f" and the {wait:g}s wait target" if wait else "")
+        + (f" and the {drain:g}s drain target" if drain else "")
+        + f" (a pod added would work less than it took to start): holding {current}"
+    )
 
 
 def decide(
@@ -212,6 +283,18 @@ def decide(
             raw, rule = need, "wait-time"
             detail += f"; {how}"
 
+    workers = len(rates)
+    waiting = total - reading.busy
+    drain_rate = _drain_rate(state, total, waiting, workers, now)
+    startup, awaiting = state.startup, state.awaiting
+    if awaiting is not None and workers > awaiting[1]:
+        startup, awaiting = now - awaiting[0], None
+    if HOLD_STARTUPS > 0 and raw > current >= 1 and rule != "arrival-rate" and drain_rate and startup:
+        why = _drains_first(scaling, total, age, rates, min(workers, current), drain_rate, startup, current)
+        if why:
+            raw, rule = current, "drains-first"
+            detail += "; " + why
+
     if current == 0:
         if reading.busy == 0 and reading.retries_due == 0 and total <= scaling.activation_backlog:
             raw, rule = 0, "below-activation"
@@ -264,7 +347,18 @@ def decide(
     period = max(scaling.scale_up.period_seconds, scaling.scale_down.period_seconds)
     events = tuple((t, d) for t, d in state.scale_events if now - t < period)
     st = PolicyState(
-        history, events, state.last_scale_time, 0, last_active, (now, total), capacity, saturated
+        history,
+        events,
+        state.last_scale_time,
+        0,
+        last_active,
+        (now, total),
+        capacity,
+        saturated,
+        (now, total, workers) if waiting > 0 else None,
+        drain_rate,
+        startup,
+        awaiting,
     )
 
     idle_for = now - last_active if total == 0 and last_active is not None else 0.0
@@ -294,6 +388,10 @@ def decide(
                 desired, rule = int(limit), "rate-limit-down"
                 detail += f"; scale-down limit {desired} per {scaling.scale_down.period_seconds:g}s"
 
+    if st.awaiting is not None and desired <= workers:
+        st = replace(st, awaiting=None)  # every pod asked for is up (or the count came back down)
+    if st.awaiting is None and desired > max(current, workers):
+        st = replace(st, awaiting=(now, workers))  # the first reading with a new worker measures start-up
     change = f"holding {current}" if desired == current else f"{current} -> {desired}"
     reason = f"{detail}; {change}"
     return Decision(desired, rule, reason, _record(st, current, desired, now), windows=windows)

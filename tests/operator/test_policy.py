@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from tide_operator import policy
 from tide_operator.policy import PolicyState, decide
 from tide_operator.spec import Behavior, Fallback, Scaling, parse_scaling
 from tide_worker.backlog import Backlog
@@ -26,6 +27,15 @@ def st(**kw: Any) -> PolicyState:
 
 
 T = 1000.0
+
+# drains-first rows: the scaling as one tuple (rows unpack it), the state with a rate and a start-up measured
+DF = (sc(),)
+DF_ST = PolicyState(drain_rate=700.0, startup=1.5, last_reading=(T - 1, 0))
+
+
+def DF_W(wait: float) -> tuple[Scaling]:
+    return (sc(target_wait_seconds=wait),)
+
 
 ROWS = [
     # id, scaling, reading, rates, current, state, now, desired, rule
@@ -604,6 +614,144 @@ ROWS = [
         5,
         "rate-limit-down",
     ),
+    # drains-first: one worker measured at 700/s (the backlog's fall), pods measured to start in 1.5 s, the
+    # worker's recent rate 1/s as the arrivals; sc() would ask ceil(backlog / 50) replicas, clamped to 10
+    ("drains-first-before-ready", *DF, Backlog(ready=1000), [1.0], 1, DF_ST, T, 1, "drains-first"),  # 1.4 s
+    ("drains-first-within-two-startups", *DF, Backlog(ready=2000), [1.0], 1, DF_ST, T, 1, "drains-first"),
+    ("drains-first-too-much", *DF, Backlog(ready=2200), [1.0], 1, DF_ST, T, 10, "max"),  # 3.1 s > 2 x 1.5
+    ("drains-first-inflight-counts", *DF, Backlog(ready=1000, inflight=1200), [1.0], 1, DF_ST, T, 10, "max"),
+    ("drains-first-two-workers", *DF, Backlog(ready=4000), [1.0, 1.0], 2, DF_ST, T, 2, "drains-first"),
+    # a worker whose pod is going away still heartbeats: only the current replicas count as draining
+    ("drains-first-stopping-worker", *DF, Backlog(ready=4000), [1.0, 1.0], 1, DF_ST, T, 10, "max"),
+    ("drains-first-arrivals-outpace", *DF, Backlog(ready=1000), [700.0], 1, DF_ST, T, 10, "max"),
+    ("drains-first-arrivals-slow-it", *DF, Backlog(ready=1000), [300.0], 1, DF_ST, T, 1, "drains-first"),
+    ("drains-first-from-zero", *DF, Backlog(ready=1000), [], 0, DF_ST, T, 10, "max"),  # no worker: start
+    (
+        "drains-first-no-rate",
+        *DF,
+        Backlog(ready=1000),
+        [1.0],
+        1,
+        replace(DF_ST, drain_rate=None),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "drains-first-rate-zero",
+        *DF,
+        Backlog(ready=1000),
+        [1.0],
+        1,
+        replace(DF_ST, drain_rate=0.0),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "drains-first-no-startup",
+        *DF,
+        Backlog(ready=1000),
+        [1.0],
+        1,
+        replace(DF_ST, startup=None),
+        T,
+        10,
+        "max",
+    ),
+    # measured in this reading: 2700 -> 2000 in 1 s with one worker and messages waiting in both
+    (
+        "drains-first-rate-measured-now",
+        *DF,
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(DF_ST, drain_rate=None, last_waiting=(T - 1, 2700, 1)),
+        T,
+        1,
+        "drains-first",
+    ),
+    (
+        "drains-first-backlog-grew",  # saturated and growing: the workers do not keep up, rate 0
+        *DF,
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(DF_ST, last_waiting=(T - 1, 1500, 1)),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "drains-first-worker-joined",  # 2700 -> 1000 with a second worker up since: no rate from that
+        *DF,
+        Backlog(ready=1000),
+        [1.0, 1.0],
+        2,
+        replace(DF_ST, drain_rate=None, last_waiting=(T - 1, 2700, 1)),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "drains-first-startup-measured-now",  # a scale-up 1.5 s ago from 0 workers; the first one is up
+        *DF,
+        Backlog(ready=1000),
+        [1.0],
+        1,
+        replace(DF_ST, startup=None, awaiting=(T - 1.5, 0)),
+        T,
+        1,
+        "drains-first",
+    ),
+    # with a wait objective: hold only while the oldest message's age + the drain stays within it ...
+    (
+        "drains-first-wait-met",
+        *DF_W(5),
+        Backlog(ready=2000, oldest_age=1),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        1,
+        "drains-first",
+    ),
+    ("drains-first-wait-missed", *DF_W(3), Backlog(ready=2000, oldest_age=1), [1.0], 1, DF_ST, T, 10, "max"),
+    # ... unless no pod could be Ready before the backlog is gone (past the target: the wait rule asked 2)
+    (
+        "drains-first-past-wait",
+        *DF_W(2),
+        Backlog(ready=1000, oldest_age=3),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        1,
+        "drains-first",
+    ),
+    (
+        "drains-first-drain-target-missed",  # targetDrainSeconds 2 < the 2.9 s drain: the drain rule's count
+        sc(target_drain_seconds=2, target_backlog_per_replica=100_000, max_replicas=10),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        10,
+        "max",
+    ),
+    (
+        "drains-first-drain-target-met",  # within targetDrainSeconds 4: the drain rule's 500 is not needed
+        sc(target_drain_seconds=4, target_backlog_per_replica=100_000, max_replicas=10),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        1,
+        "drains-first",
+    ),
+    ("drains-first-min-still-applies", sc(min_replicas=3), Backlog(ready=1000), [1.0], 1, DF_ST, T, 3, "min"),
     # read failures and fallback
     ("read-fail-holds", sc(), None, [], 4, st(), T, 4, "read-failed"),
     ("read-fail-never-zero", sc(), None, [], 0, st(), T, 0, "read-failed"),
@@ -824,3 +972,140 @@ def test_short_gaps_between_bursts_keep_the_window():
     readings = ([Backlog(ready=100)] + [Backlog()] * 4) * 6
     seq = run(s, readings)
     assert seq == [10] * len(seq), seq
+
+
+DRAINS_FIRST_ROWS = [row for row in ROWS if row[0].startswith("drains-first")]
+
+
+@pytest.mark.parametrize(
+    ("scaling", "reading", "rates", "current", "state", "now", "desired", "rule"),
+    [pytest.param(*row[1:], id=row[0]) for row in DRAINS_FIRST_ROWS if row[-1] == "drains-first"],
+)
+def test_drains_first_rows_scale_up_with_the_rule_off(
+    monkeypatch, scaling, reading, rates, current, state, now, desired, rule
+):
+    """Every row the rule decides is a scale-up without it (HOLD_STARTUPS 0 switches it off)."""
+    monkeypatch.setattr(policy, "HOLD_STARTUPS", 0.0)
+    d = decide(scaling, reading, rates, current, state, now)
+    assert d.desired > desired and d.rule != "drains-first", d.reason
+
+
+@pytest.mark.parametrize(
+    ("rates", "current", "state", "now", "drain_rate", "startup", "awaiting", "last_waiting"),
+    [
+        pytest.param(
+            [1.0],
+            1,
+            st(last_waiting=(T - 1, 2700, 1)),
+            T,
+            700.0,
+            None,
+            (T, 1),
+            (T, 2000, 1),
+            id="fall-per-second-and-worker",
+        ),
+        pytest.param(
+            [1.0, 1.0],
+            2,
+            st(last_waiting=(T - 2, 3000, 2)),
+            T,
+            250.0,
+            None,
+            (T, 2),
+            (T, 2000, 2),
+            id="over-two-seconds-two-workers",
+        ),
+        pytest.param(
+            [1.0],
+            1,
+            st(drain_rate=9.0, last_waiting=(T - 1, 2700, 2)),
+            T,
+            9.0,
+            None,
+            (T, 1),
+            (T, 2000, 1),
+            id="workers-changed-keeps",
+        ),
+        pytest.param(
+            [1.0], 1, st(drain_rate=9.0), T, 9.0, None, (T, 1), (T, 2000, 1), id="no-earlier-wait-keeps"
+        ),
+        pytest.param(
+            [], 0, st(), T, None, None, (T, 0), (T, 2000, 0), id="scale-up-from-zero-awaits-a-worker"
+        ),
+        pytest.param(
+            [1.0],
+            1,
+            st(awaiting=(T - 2.5, 0)),
+            T,
+            None,
+            2.5,
+            (T, 1),
+            (T, 2000, 1),
+            id="first-new-worker-measures-start-up",  # and the scale-up to 10 awaits the next
+        ),
+        pytest.param(
+            [1.0],
+            1,
+            st(awaiting=(T - 2.5, 1), startup=4.0),
+            T,
+            None,
+            4.0,
+            (T - 2.5, 1),
+            (T, 2000, 1),
+            id="no-new-worker-yet",
+        ),
+    ],
+)
+def test_drains_first_measures_rate_and_start_up(
+    rates, current, state, now, drain_rate, startup, awaiting, last_waiting
+):
+    d = decide(sc(), Backlog(ready=2000), rates, current, state, now)
+    got = (d.state.drain_rate, d.state.startup, d.state.awaiting, d.state.last_waiting)
+    assert got == (drain_rate, startup, awaiting, last_waiting), d.reason
+
+
+def test_drains_first_no_wait_recorded_without_waiting_messages():
+    """Only messages in flight: the workers may have free lanes, so the next fall measures nothing."""
+    d = decide(sc(), Backlog(inflight=40), [1.0], 1, st(), T)
+    assert d.state.last_waiting is None
+
+
+def test_drains_first_reason_says_why():
+    d = decide(*DF, Backlog(ready=2000), [1.0], 1, DF_ST, T)
+    assert "1 workers at 700.0/s each (measured from the backlog's fall)" in d.reason
+    assert "drain it in 2.9s, within 2 x the 1.5s pod start-up" in d.reason and d.reason.endswith("holding 1")
+    d = decide(*DF, Backlog(ready=1000), [1.0], 1, DF_ST, T)
+    assert "before a pod started now could be Ready (1.5s start-up)" in d.reason
+
+
+def test_drains_first_waves_in_miniature():
+    """bench/vs_keda.py's waves at the defaults, one reading a second: a burst every 60 s that one worker
+    (700/s) drains in ~3 s, over an idle background; pods start 2 s after a scale-up. The first burst
+    scales up (nothing measured yet) and measures the rate while the new pods start; later bursts stay at
+    the one pod. A burst three times as large still scales up."""
+    s = parse_scaling({"targetBacklogPerReplica": 10, "cooldownSeconds": 300})
+    state, spec, workers, backlog = PolicyState(), 1, 1, 0.0
+    pending: list[tuple[float, int]] = []  # (Ready at, count)
+    peaks = []
+    for i in range(300):
+        now = T + i
+        for at, n in list(pending):
+            if at <= now:
+                workers, pending = n, [p for p in pending if p != (at, n)]
+        if i % 60 == 0:
+            backlog += 6000 if i == 240 else 2000
+            peak = spec
+        d = decide(s, Backlog(ready=int(backlog)), [1.0] * workers, spec, state, now)
+        state = d.state
+        if d.desired > spec:
+            pending.append((now + 2, d.desired))
+        elif d.desired < spec:
+            workers = min(workers, d.desired)
+        spec = d.desired
+        peak = max(peak, spec)
+        if i % 60 == 59:
+            peaks.append(peak)
+        backlog = max(0.0, backlog - 700.0 * min(workers, spec))
+    assert state.startup == 2.0 and state.drain_rate == 700.0
+    assert peaks[0] == 10 and peaks[1:4] == [1, 1, 1], peaks
+    assert peaks[4] == 10, peaks  # 6000 at 700/s: 8.6 s, more than two start-ups
