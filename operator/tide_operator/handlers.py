@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
+from tide_operator.heap import tune_gc
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
 
@@ -63,6 +64,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         paused = None
     memo.fleet = Fleet(memo.shared, paused)
     memo.fleet.start()
+    tune_gc()  # before the listing: thousands of loops' state would otherwise stall every full collection
 
 
 @kopf.on.cleanup()
