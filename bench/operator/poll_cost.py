@@ -33,9 +33,9 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "hack"), str(ROOT / "worker-i
 
 from tide_local.redisproc import RedisServer  # noqa: E402
 from tide_operator import fleet as fleet_mod  # noqa: E402
+from tide_operator import heap  # noqa: E402
 from tide_operator.consumer import Shared  # noqa: E402
 from tide_operator.fleet import Fleet  # noqa: E402
-from tide_operator.heap import tune_gc  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -82,15 +82,22 @@ def body(i: int, url: str, interval: float) -> dict[str, Any]:
 
 
 async def measure(
-    url: str, n: int, seconds: float, interval: float, profile: bool, tune: bool = True
+    url: str,
+    n: int,
+    seconds: float,
+    interval: float,
+    profile: bool,
+    tune: bool = True,
+    freeze: float = heap.FREEZE_SECONDS,
 ) -> dict[str, Any]:
     if tune:
-        tune_gc()  # as the operator's startup handler does
+        heap.tune_gc()  # as the operator's startup handler does
     kube = StandInKube()
     shared = Shared()
     shared.kube = kube  # type: ignore[assignment]
     fleet = Fleet(shared)
     fleet.start()
+    freezer = asyncio.create_task(heap.collect_and_freeze(freeze)) if tune else None
     for i in range(n):
         fleet.event(None, body(i, url, interval))
     # warm: every loop has polled and written its first status
@@ -141,8 +148,14 @@ async def measure(
         "redis_round_trips_per_s": round((trips1 - trips0) / elapsed, 1),
         "idle_writes": writes1 - writes0,
         "gc_thresholds": list(gc.get_threshold()),
+        "rss_mb": round(
+            int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1
+        ),
+        "full_collections": gc.get_stats()[2]["collections"],
         "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
+    if freezer is not None:
+        freezer.cancel()
     await fleet.close()
     await shared.close()
     if spy is not None:
@@ -176,14 +189,28 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--profile", action="store_true", help="sample this process with py-spy")
     ap.add_argument("--default-gc", action="store_true", help="CPython's collector thresholds (A/B)")
+    ap.add_argument(
+        "--freeze-seconds", type=float, default=heap.FREEZE_SECONDS, help="collect-and-freeze period"
+    )
+    ap.add_argument(
+        "--gc-thresholds", help="collector thresholds to try instead of heap.GC_THRESHOLDS: a,b,c"
+    )
     args = ap.parse_args()
+    if args.gc_thresholds:
+        heap.GC_THRESHOLDS = tuple(int(x) for x in args.gc_thresholds.split(","))  # type: ignore[assignment]
     logging.basicConfig(level=logging.WARNING)
     fleet_mod.log.setLevel(logging.WARNING)
     kopf.event = lambda *a, **k: None  # type: ignore[assignment]  # no API server to post Events to
     with RedisServer() as server:
         out = asyncio.run(
             measure(
-                server.url, args.resources, args.seconds, args.interval, args.profile, not args.default_gc
+                server.url,
+                args.resources,
+                args.seconds,
+                args.interval,
+                args.profile,
+                not args.default_gc,
+                args.freeze_seconds,
             )
         )
     print(json.dumps(out, indent=1))

@@ -4,7 +4,9 @@ Every resource that shares a client (same server, credentials and TLS settings) 
 ``ReadBatcher``: the daemons of one polling tick each enqueue their commands, and the batcher sends whatever
 is queued as one non-transactional pipeline and hands each reader its own slice of the replies (an error
 reply stays in its slice, so one bad key fails only its resource). A thousand resources on one server cost
-one round trip per tick instead of a thousand. On Redis Cluster, redis-py splits the pipeline by node.
+one round trip per tick instead of a thousand. On Redis Cluster, redis-py splits the pipeline by node. On
+one server, the list readings of a batch also share calls of the list script (up to ``MAX_QUEUES_PER_CALL``
+queues a call, each read under its own ``pcall``, an error reply kept per queue).
 
 A list reading is ``LLEN Q``, the registry ``{Q}:workers``, the due and waiting retries of ``{Q}:delayed``,
 for every worker the registry named last time its processing list and heartbeat, and the processing lists
