@@ -397,6 +397,10 @@ def scale_bench(
             / 21,
             2,
         )
+        if "tide_redis_reads_total" in m1:  # resources / interval when every poll keeps to the grid
+            out["idle_redis_reads_per_s"] = round(
+                (m1["tide_redis_reads_total"] - m0.get("tide_redis_reads_total", 0.0)) / 21, 1
+            )
         if "tide_redis_round_trips_total" in m1:
             out["idle_redis_round_trips_per_s"] = round(
                 (m1["tide_redis_round_trips_total"] - m0.get("tide_redis_round_trips_total", 0.0)) / 21, 1
@@ -609,6 +613,10 @@ def main() -> int:
     # keys this run did not produce (the wake records of bench/operator's wake script, a part skipped) stay
     old = json.loads(out.read_text()) if out.exists() else {}
     records = merge_records(old.get("records", []), [size_record(r) for r in results.get("scale", [])])
+    if "scale" in results:  # sizes not run now keep their detail (a --sizes 1000 run keeps the 10,000 one)
+        sizes = {r["resources"] for r in results["scale"]}
+        kept = [r for r in old.get("scale", []) if r.get("resources") not in sizes]
+        results["scale"] = sorted(kept + results["scale"], key=lambda r: r["resources"])
     results = {**{k: v for k, v in old.items() if k != "many_resources"}, **results, "records": records}
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "operator.png")

@@ -103,6 +103,7 @@ class Shared:
     pool: ClientPool = field(default_factory=ClientPool)
     kube: Kube | None = None
     daemons: int = 0
+    scaling: int = 0  # /scale patches in flight (a burst: the status writes after them wait a poll)
     ticker: Ticker = field(default_factory=Ticker)
     waker: Waker = field(default_factory=Waker)  # keyspace notifications end a sleep at zero early
 
@@ -458,6 +459,7 @@ class Consumer:
         if changed and decision.desired < current and deletion_costs_enabled():
             await self.set_deletion_costs()
         if changed:
+            self.shared.scaling += 1
             try:
                 self.current = await self.shared.k8s().set_replicas(self.ns, target, decision.desired)
                 self.current_read_at = time.monotonic()
@@ -476,6 +478,8 @@ class Consumer:
                     await self.deployment_missing(target)
                     return interval
                 self.warn("scale", Reason.SCALE_FAILED, f"{target.kind} {target.name}: {exc.message}")
+            finally:
+                self.shared.scaling -= 1
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         # A quiet poll: the same reading, decision and inputs as the last one, whose status is written
         # and with no failure in flight. The conditions, metrics and status would come out the same, so
@@ -500,7 +504,12 @@ class Consumer:
             self.decision = decision
             return interval
         self.observe(spec, reading, error, decision, paused)
-        await self.patch_status(force=changed)
+        if urgent and self.shared.scaling > 0:
+            # a burst: other resources' scale-ups still wait for the API server, and this status write
+            # would queue in front of theirs; the next poll writes it (the status is left unsettled)
+            self.status_settled = False
+        else:
+            await self.patch_status(force=changed)
         self.last_quiet = None if changed or reading is None else quiet
         if reading is None:
             metrics.READ_ERRORS.labels(self.ns, self.name).inc()

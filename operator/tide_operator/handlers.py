@@ -9,6 +9,7 @@ operator-wide ``memo``: no module state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -19,6 +20,7 @@ from prometheus_client import start_http_server
 
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
+from tide_operator.heap import collect_and_freeze, tune_gc
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
 
@@ -63,10 +65,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         paused = None
     memo.fleet = Fleet(memo.shared, paused)
     memo.fleet.start()
+    # before the listing: thousands of loops' state would otherwise stall every full collection
+    tune_gc()
+    memo.heap = asyncio.create_task(collect_and_freeze(), name="tide: collect and freeze")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.heap.cancel()
     await memo.fleet.close()
     await memo.shared.close()
 

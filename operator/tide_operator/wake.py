@@ -53,7 +53,7 @@ from tide_worker.connection import redact
 
 from tide_operator import metrics
 from tide_operator.conditions import Condition, Reason
-from tide_operator.spec import QueueConsumerSpec, is_paused
+from tide_operator.spec import QueueConsumerSpec
 
 MODE_ENV = "TIDE_OPERATOR_KEYSPACE_EVENTS"
 MODES = ("off", "use", "configure")
@@ -114,7 +114,7 @@ class Resource(Protocol):
 
     spec: QueueConsumerSpec | None
     current: int | None
-    body: Any
+    paused: bool  # the tide.dev/paused annotation as the loop last read it (a plain copy, per poll)
 
     @property
     def reader(self) -> Any: ...
@@ -538,7 +538,7 @@ class Waker:
         sleeper = self._sleepers.get(r)
         if sleeper is None:
             sleeper = self._sleepers[r] = Sleeper()
-        armed = r.current == 0 and not is_paused(r.body.metadata.annotations)
+        armed = r.current == 0 and not r.paused
         conds = []
         for w, keys in groups.items():
             w.set(r, sleeper, kind, keys, armed)

@@ -290,3 +290,38 @@ def test_several_lists_scale_on_the_sum_and_show_each(
         r.delete("high")
         wait_for("4 replicas from low alone", lambda: api.replicas() == 4, timeout=30)
     r.close()
+
+
+def test_a_burst_on_many_resources_writes_every_status_after_the_scale_ups(
+    crds, namespace, k8s, sa_kubeconfig, redis_server, tmp_path
+):
+    """Scale-ups of one burst go to the API server before their status writes (a status write after a
+    scale-up waits a poll while other scale-ups are in flight): every target is scaled, and every status
+    then says so."""
+    url = redis_server.url
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    api = Api(k8s, namespace)
+    names = [f"b{i}" for i in range(12)]
+    scaling = {"maxReplicas": 10, "targetBacklogPerReplica": 50, "cooldownSeconds": 600}
+    for name in names:
+        api.create_deployment(deployment(name, {}))
+        api.create_qc(qc(name, url, {"list": {"key": name}}, scaling, target=name))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op:
+        for name in names:
+            wait_for(f"{name} Ready", lambda n=name: api.condition(n, "Ready") == "True", timeout=60)
+        pipe = r.pipeline(transaction=False)
+        for name in names:
+            pipe.lpush(name, *range(500))
+        pipe.execute()
+        for name in names:
+            wait_for(f"{name} at 10", lambda n=name: api.replicas(n) == 10, timeout=30)
+
+        def written(name: str) -> bool:
+            st = api.get_qc(name).get("status") or {}
+            return st.get("currentReplicas") == 10 and st.get("desiredReplicas") == 10
+
+        for name in names:
+            wait_for(f"{name}'s status", lambda n=name: written(n), timeout=30)
+        assert op.log().count("Traceback") == 0, op.log()[-3000:]
+    r.close()

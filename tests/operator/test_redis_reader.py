@@ -312,6 +312,59 @@ def test_batcher_keeps_errors_per_request(r, redis_url):
     assert trips == 1
 
 
+async def _or_error(coro):
+    try:
+        return await coro
+    except redis.exceptions.RedisError as exc:
+        return exc
+
+
+def test_shared_script_call_reads_each_queue_as_its_own_call_does(r, redis_url):
+    """Many list queues in one call of the script: each reading equals the one its own call gives, with
+    workers, orphans, retries and heads of each kind; a bad key in the middle fails only its queue."""
+    now = time.time()
+    names = [f"mix{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        k = QueueKeys(name)
+        if i % 2:
+            r.lpush(k.ready, *range(i))
+        if i % 3 == 0:
+            register(r, k, "w1", i % 4, 1.5 + i)
+            register(r, k, "w2", 1, 0.5)
+        if i % 4 == 1:
+            r.lpush(k.processing("gone"), "orphaned")
+        if i % 5 == 0:
+            r.zadd(k.delayed, {"due": now - 5, "later": now + 30})
+    r.set(QueueKeys("mix6").ready, "not a list")
+
+    async def go(batched: bool):
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        batcher = pool.batcher(client) if batched else None
+        readers = [make_reader(client, Source("list", n), batcher) for n in names]
+        out = []
+        for _ in range(2):  # the second reading with the registries cached
+            t = time.time()
+            if batched:  # at once: one batch
+                out = await asyncio.gather(*(x.read(t) for x in readers), return_exceptions=True)
+            else:  # one by one: a call each, within the pool's connections
+                out = [await _or_error(x.read(t)) for x in readers]
+        await pool.close()
+        return out, batcher.round_trips if batcher else None
+
+    alone, _ = run(go(False))
+    shared, trips = run(go(True))
+    assert trips is not None and trips <= 4  # 12 queues: a call or two per reading, not 12
+    for name, a, b in zip(names, alone, shared, strict=True):
+        if name == "mix6":
+            assert isinstance(a, redis.exceptions.ResponseError) and "WRONGTYPE" in str(a)
+            assert isinstance(b, redis.exceptions.ResponseError) and "WRONGTYPE" in str(b)
+            continue
+        assert replace(a.backlog, oldest_age=None) == replace(b.backlog, oldest_age=None), name
+        assert (a.rates, a.workers) == (b.rates, b.workers), name
+    assert [x.backlog.inflight for x in shared if not isinstance(x, Exception)][:3] == [1, 1, 0]
+
+
 def test_batcher_loads_the_script_once_for_a_batch(r, redis_url):
     r.script_flush()
 
@@ -338,15 +391,18 @@ def test_batcher_splits_large_queues(r, redis_url):
         pool = ClientPool()
         client = pool.get(redis_url, False, Credentials())
         batcher = pool.batcher(client)
-        batcher.max_commands = 3  # a list read is one script call: 3 reads fit a pipeline
+        # 2 queues a script call, 2 calls a pipeline: 7 reads are 4 calls in 2 round trips
+        batcher.max_queues, batcher.max_commands = 2, 2
         readers = [make_reader(client, Source("list", f"s{i}"), batcher) for i in range(7)]
         res = await asyncio.gather(*(x.read(time.time()) for x in readers))
         await pool.close()
         return res, batcher.round_trips
 
+    for i in range(7):
+        r.lpush(f"s{i}", *range(i + 1))
     r.script_load(LIST_BACKLOG_LUA)
     res, trips = run(go())
-    assert len(res) == 7 and trips == 3
+    assert [x.backlog.ready for x in res] == list(range(1, 8)) and trips == 2
 
 
 def test_batcher_connection_failure_fails_every_request():

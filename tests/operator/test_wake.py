@@ -38,14 +38,6 @@ def test_flags_parsing() -> None:
         mode_from_env({wake.MODE_ENV: "on"})
 
 
-class Meta:
-    annotations: dict[str, str] = {}
-
-
-class Body:
-    metadata = Meta()
-
-
 class FakeLoop:
     """The part of a Consumer the waker reads and writes (a real reader on a real client)."""
 
@@ -67,7 +59,7 @@ class FakeLoop:
         client = self.client = pool.get(url, cluster, creds or Credentials())
         self.reader = make_reader(client, self.spec.source, pool.batcher(client))
         self.current: int | None = 0
-        self.body = Body()
+        self.paused = False
         self.conditions: dict[str, tuple[bool, str, str]] = {}
 
     @property

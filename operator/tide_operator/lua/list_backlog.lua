@@ -9,6 +9,11 @@
 -- the consuming end: 't:<enqueue time>' from its envelope, 'h:<sha1 of it>' when it carries no time, or
 -- false when the list is empty), then per worker: processing length and its heartbeat's rate (a string)
 -- or false, then per orphan: processing length.
+-- Many queues in one call (the operator's batched reads of one server; never on Cluster, where each
+-- queue's keys live in its own slot): ARGV[1] '*', ARGV[2..4] the envelope's limits, then per queue four
+-- arguments: how many KEYS are its own (in the order above, queue after queue), now, its registered
+-- workers, its end. Returns one reply per queue, each as above or an error reply of that queue alone (a
+-- key of the wrong type fails its own queue, not the others of the call).
 -- The fields of a heartbeat (tide_worker.records.Heartbeat): name, type, required. A heartbeat that
 -- Heartbeat.decode refuses says nothing about throughput here either (tests/operator/test_backlog_contract.py
 -- runs this script on heartbeats Python encodes, and on each of them broken, and compares).
@@ -40,9 +45,11 @@ end
 
 -- The enqueue time of a message by tide_worker.envelope.decode's rules (enqueued_time): the envelope's
 -- ts, or false for a plain string, an envelope without ts, or a malformed one (decode refuses it).
-local ENVELOPE_VERSION = tonumber(ARGV[4]) or 1
-local MAX_ATTEMPTS = tonumber(ARGV[5]) or 2147483647
-local MAX_TIME = tonumber(ARGV[6]) or 1e15
+local MANY = ARGV[1] == '*'
+local E = MANY and 2 or 4  -- where the envelope's limits start
+local ENVELOPE_VERSION = tonumber(ARGV[E]) or 1
+local MAX_ATTEMPTS = tonumber(ARGV[E + 1]) or 2147483647
+local MAX_TIME = tonumber(ARGV[E + 2]) or 1e15
 
 local function finite(v)
   return type(v) == 'number' and v == v and v ~= math.huge and v ~= -math.huge
@@ -109,23 +116,44 @@ local function head(key, side)
   return 'h:' .. redis.sha1hex(raw)
 end
 
-local out = {
-  redis.call('LLEN', KEYS[1]),
-  redis.call('ZRANGE', KEYS[2], 0, -1),
-  redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1]),
-  redis.call('ZCARD', KEYS[3]),
-  redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1),
-  head(KEYS[1], ARGV[3]),
-}
--- without ARGV[2], every key past the third is a worker's pair (no orphans)
-local last = 3 + 2 * (tonumber(ARGV[2]) or math.floor((#KEYS - 3) / 2))
-for i = 4, last, 2 do
-  out[#out + 1] = redis.call('LLEN', KEYS[i])
-  -- false when the heartbeat expired or is not one
-  local hb = redis.call('GET', KEYS[i + 1])
-  out[#out + 1] = hb and heartbeat_rate(hb) or false
+-- One queue's reply; its keys are KEYS[first .. last].
+local function backlog(first, last, now, nworkers, side)
+  local out = {
+    redis.call('LLEN', KEYS[first]),
+    redis.call('ZRANGE', KEYS[first + 1], 0, -1),
+    redis.call('ZCOUNT', KEYS[first + 2], '-inf', now),
+    redis.call('ZCARD', KEYS[first + 2]),
+    redis.call('ZRANGEBYSCORE', KEYS[first + 2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1),
+    head(KEYS[first], side),
+  }
+  -- without nworkers, every key past the third is a worker's pair (no orphans)
+  local pairs_end = first + 2 + 2 * (tonumber(nworkers) or math.floor((last - first - 2) / 2))
+  for i = first + 3, pairs_end, 2 do
+    out[#out + 1] = redis.call('LLEN', KEYS[i])
+    -- false when the heartbeat expired or is not one
+    local hb = redis.call('GET', KEYS[i + 1])
+    out[#out + 1] = hb and heartbeat_rate(hb) or false
+  end
+  for i = pairs_end + 1, last do
+    out[#out + 1] = redis.call('LLEN', KEYS[i])
+  end
+  return out
 end
-for i = last + 1, #KEYS do
-  out[#out + 1] = redis.call('LLEN', KEYS[i])
+
+if not MANY then
+  return backlog(1, #KEYS, ARGV[1], ARGV[2], ARGV[3])
 end
-return out
+local replies, first = {}, 1
+for a = 5, #ARGV, 4 do
+  local last = first + tonumber(ARGV[a]) - 1
+  local ok, res = pcall(backlog, first, last, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  if ok then
+    replies[#replies + 1] = res
+  elseif type(res) == 'table' and res.err then  -- a command's error reply (Redis 7: a table)
+    replies[#replies + 1] = res
+  else
+    replies[#replies + 1] = {err = tostring(res)}
+  end
+  first = last + 1
+end
+return replies
