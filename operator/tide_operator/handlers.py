@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
+import socket
 from typing import Any
 
 import kopf
@@ -19,6 +21,7 @@ from prometheus_client import start_http_server
 
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
+from tide_operator.sharding import Sharder
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
 
@@ -55,6 +58,23 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     except ValueError as exc:  # an operator setting such as TIDE_OPERATOR_KEYSPACE_EVENTS: stop, say why
         raise kopf.PermanentError(str(exc)) from None
     memo.shared.k8s()
+    memo.sharder = None
+    shards = sharding_settings(settings)
+    if shards is not None:
+        memo.fleet = Fleet(memo.shared, None, shards.count)
+        memo.fleet.start()
+        memo.sharder = Sharder(
+            memo.shared.k8s(),
+            shards.namespace,
+            shards.prefix,
+            shards.count,
+            shards.identity,
+            settings.peering.lifetime,
+            memo.fleet.gain,
+            memo.fleet.lose,
+        )
+        memo.sharder.start()
+        return
     try:
         paused = kopf_pause_toggle()
     except RuntimeError:
@@ -65,8 +85,43 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.fleet.start()
 
 
+class ShardSettings:
+    def __init__(self, count: int, namespace: str, prefix: str, identity: str) -> None:
+        self.count, self.namespace, self.prefix, self.identity = count, namespace, prefix, identity
+
+
+def sharding_settings(settings: kopf.OperatorSettings) -> ShardSettings | None:
+    """``TIDE_SHARDS`` (unset or 0: not sharded) and where the leases live; PermanentError saying what to
+    fix for a setting that cannot work."""
+    raw = os.environ.get("TIDE_SHARDS", "").strip()
+    if raw in ("", "0"):
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise kopf.PermanentError(f"TIDE_SHARDS={raw!r}: give a whole number of shards from 1 to 1024, or 0")
+    if not settings.peering.standalone:
+        raise kopf.PermanentError(
+            "TIDE_SHARDS needs `kopf run --standalone`: kopf's peering would pause every replica but one, "
+            "while the shard leases already keep each QueueConsumer to one replica"
+        )
+    namespace = os.environ.get("TIDE_SHARD_NAMESPACE") or os.environ.get("POD_NAMESPACE", "")
+    identity = os.environ.get("POD_NAME") or socket.gethostname()
+    if not namespace:
+        raise kopf.PermanentError(
+            "TIDE_SHARDS: the namespace of the shard leases is unknown: set POD_NAMESPACE (the chart does) "
+            "or TIDE_SHARD_NAMESPACE"
+        )
+    prefix = os.environ.get("TIDE_SHARD_LEASE_PREFIX", "tide-operator")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", prefix):
+        raise kopf.PermanentError(
+            f"TIDE_SHARD_LEASE_PREFIX={prefix!r}: lowercase letters, digits and '-', at most 42 characters"
+        )
+    return ShardSettings(int(raw), namespace, prefix, identity)
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.sharder is not None:  # stops the loops of its shards first, then gives their leases back
+        await memo.sharder.close()
     await memo.fleet.close()
     await memo.shared.close()
 
@@ -74,6 +129,12 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="daemons")
 def probe_daemons(memo: kopf.Memo, **_: Any) -> int:
     return int(memo.shared.daemons)
+
+
+@kopf.on.probe(id="shards")
+def probe_shards(memo: kopf.Memo, **_: Any) -> list[int] | None:
+    """The shards this replica serves (None: not sharded)."""
+    return None if memo.sharder is None else sorted(memo.fleet.held)
 
 
 @kopf.on.probe(id="redis_pools")

@@ -243,3 +243,24 @@ class Kube:
             patch = {"metadata": manifest["metadata"], "spec": dict(manifest["spec"])}
             patch["spec"].pop("replicas", None)
             await self.request("PATCH", api_path(*collection, name), patch, resource="deployments")
+
+    # --- Leases of the shards (tide_operator.sharding) ------------------------------------------------
+
+    async def list_leases(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        path = api_path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases")
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        doc = await self.request("GET", ApiPath(f"{path}?{query}"), resource="leases")
+        items: list[dict[str, Any]] = doc.get("items") or []
+        return items
+
+    async def create_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create a Lease; Conflict when it exists (another replica created it first)."""
+        path = api_path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases")
+        return await self.request("POST", path, lease, content_type="application/json", resource="leases")
+
+    async def replace_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """Replace a Lease (PUT) at the ``metadata.resourceVersion`` it carries: Conflict when another
+        replica wrote it since, so two replicas can never both take one lease."""
+        name = lease["metadata"]["name"]
+        path = api_path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases", name)
+        return await self.request("PUT", path, lease, content_type="application/json", resource="leases")
