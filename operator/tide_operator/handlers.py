@@ -111,9 +111,9 @@ def sharding_settings(settings: kopf.OperatorSettings) -> ShardSettings | None:
             "or TIDE_SHARD_NAMESPACE"
         )
     prefix = os.environ.get("TIDE_SHARD_LEASE_PREFIX", "tide-operator")
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", prefix):
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?", prefix):
         raise kopf.PermanentError(
-            f"TIDE_SHARD_LEASE_PREFIX={prefix!r}: lowercase letters, digits and '-', at most 42 characters"
+            f"TIDE_SHARD_LEASE_PREFIX={prefix!r}: lowercase letters, digits and '-', at most 50 characters"
         )
     return ShardSettings(int(raw), namespace, prefix, identity)
 
