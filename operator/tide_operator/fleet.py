@@ -196,8 +196,13 @@ class Fleet:
             # what the next holder would see of it; later watch events refresh it
             self.resting[key] = resting_body(consumer.body)
             tasks.append(task)
-        grace = max(0.1, min(STOP_TIMEOUT, deadline - time.monotonic() - 1.0))
-        await asyncio.gather(*(_finish(t, grace) for t in tasks))
+        grace = min(STOP_TIMEOUT, deadline - time.monotonic() - 1.0)
+        if grace <= 0:
+            # too late to let a poll finish (the process stalled past its renewals): cancelled before
+            # any of them runs on to its next request, so none writes once another replica may hold it
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*(_finish(t, max(0.0, grace)) for t in tasks))
         log.info(f"shard {shard}: stopped {len(keys)} loops ({len(self.loops)} left)")
 
     async def _follow_pauses(self) -> None:
