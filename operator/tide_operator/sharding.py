@@ -41,6 +41,8 @@ from tide_operator.shard import (
 log = logging.getLogger("tide_operator")
 
 LABEL = "tide.dev/shard-set"
+# How long a replica waits after joining before it takes shards (others starting with it join meanwhile).
+JOIN_SECONDS = 2.0
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Sharder:
         self._tasks: list[asyncio.Task[None]] = []
         self._releasing: list[asyncio.Task[None]] = []
         self._last_error = ""
+        self._counted = False
 
     def shard_name(self, i: int) -> str:
         return f"{self.prefix}-shard-{i}"
@@ -138,6 +141,25 @@ class Sharder:
 
     async def round(self) -> float:
         """Renew, release and acquire once; returns the seconds until the next round."""
+        snapshot = list(self.held.items())  # the watchdog may drop some while the renewals are out
+        renewed = await asyncio.gather(
+            *(self._renew(self.shard_name(i), h) for i, h in snapshot), return_exceptions=True
+        )
+        failed = None
+        for (i, old), new in zip(snapshot, renewed, strict=True):
+            if self.held.get(i) is not old:
+                continue  # the watchdog gave it up meanwhile
+            if isinstance(new, BaseException):  # kept until its stop time (the watchdog)
+                failed = new
+            elif new is None:
+                del self.held[i]
+                log.warning(f"shard {i}: lease written by another replica; stopping its loops now")
+                await self.lose(i, 0.0)  # past any deadline: cancelled at once
+            else:
+                self.held[i] = new
+        if failed is not None:
+            raise failed
+        # then the others' leases (renewing first: a slow list never delays a renew)
         items = await self._api(self.kube.list_leases(self.namespace, f"{LABEL}={self.prefix}"))
         now = time.time()
         found = {lease.name: lease for lease in map(lease_of, items)}
@@ -148,18 +170,12 @@ class Sharder:
             j: found.get(self.member_name(j)) or Lease(self.member_name(j), "", 0.0)
             for j in range(self.shards)
         }
-
-        renewed = await asyncio.gather(*(self._renew(self.shard_name(i), h) for i, h in self.held.items()))
-        for (i, old), new in zip(list(self.held.items()), renewed, strict=True):
-            if self.held.get(i) is not old:
-                continue  # the watchdog gave it up meanwhile
-            if new is None:
-                del self.held[i]
-                log.warning(f"shard {i}: lease taken by another replica; stopping its loops")
-                await self.lose(i, old.deadline)
-            else:
-                self.held[i] = new
         await self._keep_membership(slots, now)
+        if not self._counted:
+            # the first round only joins (a membership slot): replicas started together see each other at
+            # their next round before taking shards, instead of one taking all and handing half back
+            self._counted = True
+            return min(self.period, JOIN_SECONDS)
 
         self.live = live_replicas([*shards.values(), *slots.values()], self.identity, now)
         moves = plan(shards, self.held, self.live, self.identity, now)
@@ -222,8 +238,9 @@ class Sharder:
     # --- one lease -------------------------------------------------------------------------------------
 
     async def _api(self, call: Awaitable[dict[str, Any]] | Awaitable[list[dict[str, Any]]]) -> Any:
-        # a round never waits longer than a renew period on one call
-        return await asyncio.wait_for(call, timeout=self.period)
+        # an API server slowed down (bursts on 1,000 resources on two busy cores) may take seconds: wait
+        # as long as a renew could still count; the watchdog stops the loops in time regardless
+        return await asyncio.wait_for(call, timeout=self.lifetime - self.margin)
 
     def _body(self, name: str, resource_version: str, spec: dict[str, Any]) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name, "namespace": self.namespace, "labels": {LABEL: self.prefix}}

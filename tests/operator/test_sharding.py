@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,3 +274,71 @@ def test_sharding_refuses_kopf_peering(fleet: tuple[Api, Path], tmp_path: Path) 
         assert "TIDE_SHARDS needs `kopf run --standalone`" in op.log()
     finally:
         op.stop()
+
+
+def scale_patches(op: Operator) -> float:
+    """The PATCHes of /scale this process made (its tide_kube_requests_total)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    m = re.search(r'tide_kube_requests_total\{[^}]*resource="scale"[^}]*verb="PATCH"[^}]*\} (\S+)', text)
+    m = m or re.search(r'tide_kube_requests_total\{[^}]*verb="PATCH"[^}]*resource="scale"[^}]*\} (\S+)', text)
+    return float(m[1]) if m else 0.0
+
+
+def test_a_stalled_replica_writes_nothing_once_its_shards_are_taken(
+    fleet: tuple[Api, Path], redis_url: str, tmp_path: Path
+) -> None:
+    """SIGSTOP one replica past its lease lifetime while a burst waits on every queue: the other takes its
+    shards and scales everything; on SIGCONT the stalled one stops its loops before they write (its /scale
+    PATCH count does not move), then gets its share back."""
+    api, kubeconfig = fleet
+    ops: list[Operator] = []
+    try:
+        a = start(kubeconfig, api.ns, tmp_path, "op-a")
+        b = start(kubeconfig, api.ns, tmp_path, "op-b")
+        ops += [a, b]
+        wait_for("8 shards split 4/4", lambda: split(api, a, b), timeout=90, interval=0.5)
+        time.sleep(3)  # every loop past its first poll
+        before = scale_patches(a)
+        with redis.Redis.from_url(redis_url) as r:
+            a.proc.send_signal(signal.SIGSTOP)
+            stopped = time.time()
+            try:
+                push(r, 30)
+                wait_for(
+                    "op-b holds all 8",
+                    lambda: len(holders(api)) == 8 and set(holders(api).values()) == {"op-b"},
+                    timeout=LIFETIME * 3,
+                    interval=0.5,
+                )
+                wait_for(
+                    "every target at 3", lambda: set(replicas(api).values()) == {3}, timeout=60, interval=0.5
+                )
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            resumed = time.time()
+            assert resumed - stopped > LIFETIME
+            wait_for("op-a back with its share", lambda: split(api, a, b), timeout=90, interval=0.5)
+            # op-a's loops saw the backlog when they woke, but were stopped and cancelled before writing
+            assert scale_patches(a) == before, a.log()[-3000:]
+            log = a.log()
+            assert "stopping their loops before they expire" in log or "stopping its loops now" in log, log[
+                -3000:
+            ]
+            who = scaled_by([a, b], "0 -> 3")
+            assert sorted(who) == sorted(NAMES) and all(p == ["operator-op-b"] for p in who.values()), who
+            # and, served by two again, every resource scales once more, by one of them
+            held_a = shards_of(api, a) or set()
+            push(r, 20)
+            wait_for(
+                "every target at 5", lambda: set(replicas(api).values()) == {5}, timeout=60, interval=0.5
+            )
+            who = scaled_by([a, b], "3 -> 5")
+            assert sorted(who) == sorted(NAMES), who
+            for name, procs in who.items():
+                mine = shard_of(api.ns, name, SHARDS) in held_a
+                assert procs == ["operator-op-a" if mine else "operator-op-b"], (name, procs)
+    finally:
+        for op in ops:
+            op.stop()
+            print(f"--- {op.log_path.name}\n{op.log()[-3000:]}")
