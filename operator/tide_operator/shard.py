@@ -71,8 +71,10 @@ class Lease:
     def held_by_other(self, me: str, now: float) -> bool:
         return bool(self.holder) and self.holder != me and self.expires > now
 
-    def free(self, now: float) -> bool:
-        return not self.holder or self.expires <= now
+    def free(self, now: float, me: str = "") -> bool:
+        """Takeable (by ``me``): released, expired, or still naming ``me`` (a lease this process gave up
+        when a renew came too late, or one of the same pod's previous container, which is gone)."""
+        return not self.holder or self.expires <= now or (bool(me) and self.holder == me)
 
 
 def parse_time(value: Any) -> float | None:
@@ -139,7 +141,7 @@ def plan(shards: Mapping[int, Lease], held: Iterable[int], live: int, me: str, n
         return Plan(acquire=(), release=tuple(mine[share:][::-1]))
     start = _rotation(me, count) if count else 0
     order = [(start + i) % count for i in range(count)]
-    free = [i for i in order if i not in mine and shards[i].free(now)]
+    free = [i for i in order if i not in mine and shards[i].free(now, me)]
     return Plan(acquire=tuple(free[: share - len(mine)]), release=())
 
 
