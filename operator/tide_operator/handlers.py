@@ -76,6 +76,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             memo.fleet.gain,
             memo.fleet.lose,
         )
+        memo.fleet.fence = memo.sharder.may_write
         memo.sharder.start()
         return
     try:

@@ -84,12 +84,27 @@ class Sharder:
         self.gain = gain
         self.lose = lose
         self.held: dict[int, Held] = {}
+        # shard -> monotonic time until which its loops may write (the stop time of its last renew)
+        self.valid_until: dict[int, float] = {}
         self.member: tuple[int, Held] | None = None
         self.live = 1
         self._tasks: list[asyncio.Task[None]] = []
         self._releasing: list[asyncio.Task[None]] = []
         self._last_error = ""
         self._counted = False
+
+    def may_write(self, i: int) -> bool:
+        """Whether the loops of shard ``i`` may still write (``kube.WRITE_FENCE``): its lease renewed
+        recently enough that no other replica can take it before the stop margin."""
+        return time.monotonic() < self.valid_until.get(i, 0.0)
+
+    def _hold(self, i: int, held: Held) -> None:
+        self.held[i] = held
+        self.valid_until[i] = held.stop_at
+
+    def _drop(self, i: int) -> None:
+        self.valid_until.pop(i, None)
+        self.held.pop(i, None)
 
     def shard_name(self, i: int) -> str:
         return f"{self.prefix}-shard-{i}"
@@ -113,6 +128,7 @@ class Sharder:
         await asyncio.gather(*self._releasing, return_exceptions=True)
         held, self.held = self.held, {}
         await asyncio.gather(*(self.lose(i, h.deadline) for i, h in held.items()))
+        self.valid_until.clear()
         names = [(self.shard_name(i), h) for i, h in held.items()]
         if self.member is not None:
             names.append((self.member_name(self.member[0]), self.member[1]))
@@ -152,11 +168,11 @@ class Sharder:
             if isinstance(new, BaseException):  # kept until its stop time (the watchdog)
                 failed = new
             elif new is None:
-                del self.held[i]
+                self._drop(i)
                 log.warning(f"shard {i}: lease written by another replica; stopping its loops now")
                 await self.lose(i, 0.0)  # past any deadline: cancelled at once
             else:
-                self.held[i] = new
+                self._hold(i, new)
         if failed is not None:
             raise failed
         # then the others' leases (renewing first: a slow list never delays a renew)
@@ -187,7 +203,7 @@ class Sharder:
         for i in moves.acquire:
             taken = await self._acquire(shards[i])
             if taken is not None:
-                self.held[i] = taken
+                self._hold(i, taken)
                 log.info(f"shard {i}: acquired ({len(self.held)} held, {self.live} alive)")
                 self.gain(i)
         wait = self.period
@@ -201,7 +217,8 @@ class Sharder:
     async def _give_back(self, i: int, held: Held) -> None:
         """Release a shard beyond this replica's share: its loops end first, then the lease is freed."""
         log.info(f"shard {i}: releasing it for another replica ({self.live} alive)")
-        await self.lose(i, held.deadline)
+        await self.lose(i, held.deadline)  # its loops may write until they end (within the lease)
+        self.valid_until.pop(i, None)
         try:
             await self._release(self.shard_name(i), held)
         except (KubeError, OSError, TimeoutError) as exc:
@@ -226,7 +243,7 @@ class Sharder:
             now = time.monotonic()
             late = [(i, h) for i, h in self.held.items() if now >= h.stop_at]
             for i, _ in late:
-                del self.held[i]
+                self._drop(i)
             if late:
                 log.warning(
                     f"shards {sorted(i for i, _ in late)}: leases not renewed within "

@@ -342,3 +342,37 @@ def test_a_stalled_replica_writes_nothing_once_its_shards_are_taken(
         for op in ops:
             op.stop()
             print(f"--- {op.log_path.name}\n{op.log()[-3000:]}")
+
+
+def test_a_write_behind_a_lapsed_lease_is_not_sent(
+    cluster: Any, namespace: str, k8s: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write fence a sharded fleet sets in each loop's context (kube.WRITE_FENCE): once the loop's
+    shard lease lapses, its next /scale PATCH raises FencedOff before anything is sent; reads still go."""
+    import asyncio
+
+    from tide_operator.kube import WRITE_FENCE, FencedOff, Kube, api_path
+
+    api = Api(k8s, namespace)
+    api.create_deployment(deployment("w", {}))
+    # kubernetes reads KUBECONFIG when imported: point its default at the local cluster's
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
+    lease_valid = [True]
+
+    async def go() -> int:
+        kube = Kube()
+        token = WRITE_FENCE.set(lambda: lease_valid[0])
+        path = api_path("apis", "apps", "v1", "namespaces", namespace, "deployments", "w", "scale")
+        try:
+            await kube.request("PATCH", path, {"spec": {"replicas": 2}}, resource="scale")
+            lease_valid[0] = False
+            with pytest.raises(FencedOff, match="not sent"):
+                await kube.request("PATCH", path, {"spec": {"replicas": 5}}, resource="scale")
+            scale = await kube.request("GET", path, resource="scale")
+            return int(scale["spec"]["replicas"])
+        finally:
+            WRITE_FENCE.reset(token)
+            await kube.close()
+
+    assert asyncio.run(go()) == 2
+    assert api.replicas() == 2
