@@ -9,12 +9,17 @@ and bench/results/operator.png.
    the bursts; Kubernetes writes the operator made while idle. ``--runs`` repeats the burst on other lists
    (after everything is back to zero); the worst burst is reported. One record per size goes into
    ``records`` ``{"resources", "replicas", "rss_mb", "all_scaled_s", "burst_p99_s", "idle_cpu_cores"}``;
-   records of other kinds already in operator.json (the wake records) are kept.
+   records of other kinds already in operator.json (the wake records) are kept, and so are the records
+   and scale runs of other (resources, replicas).
+3. ``--replicas N`` (N > 1): N operator processes sharing the resources through shard Leases
+   (``TIDE_SHARDS``, ``--shards``); the runs wait until the leases are split evenly; ``rss_mb`` is the
+   largest replica's peak (what each replica's limit must hold), ``rss_mb_total`` the sum, CPU the sum.
 
 ``--profile`` samples the operator with py-spy (``pip install py-spy``) during the idle window and the
 first burst and prints the functions that took the most samples (collapsed stacks in ``.cache/``).
 
     python bench/operator/bench.py [--bursts 50] [--sizes 1000,10000] [--hot-fraction 0.1] [--runs 3] [--interval 1]
+        [--replicas 2 --shards 8]
 """
 
 from __future__ import annotations
@@ -99,13 +104,14 @@ def qc(name: str, url: str, interval: float) -> dict[str, Any]:
 class Operator:
     source = ROOT / "operator"  # --operator-src: the directory holding the tide_operator package to run
 
-    def __init__(self, info: Any, ns: str | None, log: Path) -> None:
+    def __init__(self, info: Any, ns: str | None, log: Path, extra_env: dict[str, str] | None = None) -> None:
         self.metrics_port = free_port()
         env = dict(
             os.environ,
             KUBECONFIG=str(info.kubeconfig),
             TIDE_OPERATOR_METRICS_PORT=str(self.metrics_port),
             PYTHONPATH=os.pathsep.join([str(self.source), str(ROOT)]),
+            **(extra_env or {}),
         )
         self.proc = subprocess.Popen(
             # ns None: every namespace (one watch, as a cluster-wide install runs)
@@ -318,14 +324,66 @@ def create_all(api_client: Any, ns: str, names: list[str], url: str, interval: f
 def serving(api_client: Any, prefix: str) -> int:
     """QueueConsumers with conditions in the namespaces starting with ``prefix`` (raw JSON: a list of
     10,000 objects parsed into client models would take the bench seconds)."""
-    resp = client.CustomObjectsApi(api_client).list_cluster_custom_object(
-        "tide.dev", "v1alpha1", "queueconsumers", _preload_content=False
-    )
-    items = json.loads(resp.data)["items"]
+    try:
+        resp = client.CustomObjectsApi(api_client).list_cluster_custom_object(
+            "tide.dev", "v1alpha1", "queueconsumers", _preload_content=False
+        )
+        items = json.loads(resp.data)["items"]
+    except Exception as exc:  # an API server on two busy cores may cut a long answer: look again
+        print(f"listing QueueConsumers failed ({exc!r}); again", flush=True)
+        return 0
     return sum(
         1
         for i in items
         if i["metadata"]["namespace"].startswith(prefix) and (i.get("status") or {}).get("conditions")
+    )
+
+
+class Operators:
+    """One operator, or ``replicas`` sharded ones (``TIDE_SHARDS``, leases in ``lease_ns``): RSS per
+    process, CPU and metrics summed."""
+
+    def __init__(self, info: Any, n: int, replicas: int, shards: int, lease_ns: str) -> None:
+        if replicas == 1:
+            self.ops = [Operator(info, None, CACHE / f"bench-operator-scale-{n}.log")]
+            return
+        self.ops = [
+            Operator(
+                info,
+                None,
+                CACHE / f"bench-operator-scale-{n}-r{i}.log",
+                {"TIDE_SHARDS": str(shards), "TIDE_SHARD_NAMESPACE": lease_ns, "POD_NAME": f"bench-op-{i}"},
+            )
+            for i in range(replicas)
+        ]
+
+    def stats(self) -> tuple[list[float], float]:
+        """(RSS MB of each process, CPU seconds of all)."""
+        each = [op.stats() for op in self.ops]
+        return [rss for rss, _ in each], sum(cpu for _, cpu in each)
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = collections.defaultdict(float)
+        for op in self.ops:
+            for k, v in op.metrics().items():
+                out[k] += v
+        return out
+
+    def stop(self) -> None:
+        for op in self.ops:
+            op.stop()
+
+
+def leases_split(api_client: Any, ns: str, replicas: int, shards: int) -> bool:
+    """Every shard's Lease held, each replica holding its share (ceil(shards / replicas) at most)."""
+    items = client.CoordinationV1Api(api_client).list_namespaced_lease(ns).items
+    holders = collections.Counter(
+        i.spec.holder_identity for i in items if "-shard-" in i.metadata.name and i.spec.holder_identity
+    )
+    return (
+        sum(holders.values()) == shards
+        and len(holders) == replicas
+        and max(holders.values()) <= -(-shards // replicas)
     )
 
 
@@ -344,14 +402,20 @@ def scale_bench(
     interval: float,
     profile: bool,
     per_namespace: int = 100,
+    replicas: int = 1,
+    shards: int = 8,
 ) -> dict[str, Any]:
-    """N resources in N / per_namespace namespaces, one operator watching every namespace; bursts on
-    ``hot`` lists at once (spread over the namespaces), ``runs`` times on other lists."""
+    """N resources in N / per_namespace namespaces, one operator (or ``replicas`` sharded ones) watching
+    every namespace; bursts on ``hot`` lists at once (spread over the namespaces), ``runs`` times on
+    other lists."""
     prefix = f"bench-op-{n}-{int(time.time())}-"
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     namespaces = [f"{prefix}{i:03d}" for i in range(max(1, n // per_namespace))]
     for ns in namespaces:
         setup_ns(core, ns)
+    lease_ns = f"{prefix}leases"
+    if replicas > 1:
+        setup_ns(core, lease_ns)
     t = time.monotonic()
     keys = [f"{namespaces[i % len(namespaces)]}/q{i:05d}" for i in range(n)]
     by_ns: dict[str, list[str]] = collections.defaultdict(list)
@@ -362,10 +426,13 @@ def scale_bench(
         create_all(api_client, ns, names, url, interval)
     create_s = time.monotonic() - t
     sw = ScaleWatch(apps, None)
-    op = Operator(info, None, CACHE / f"bench-operator-scale-{n}.log")
+    op = Operators(info, n, replicas, shards, lease_ns)
     r = redis.Redis.from_url(url)
     out: dict[str, Any] = {
         "resources": n,
+        "replicas": replicas,
+        **({"shards": shards} if replicas > 1 else {}),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "namespaces": len(namespaces),
         "hot": hot,
         "polling_interval_s": interval,
@@ -375,6 +442,12 @@ def scale_bench(
     try:
         t = time.monotonic()
         deadline = t + 900
+        while replicas > 1 and time.monotonic() < deadline:  # the shards split between the replicas
+            if leases_split(api_client, lease_ns, replicas, shards):
+                break
+            time.sleep(1)
+        if replicas > 1:
+            out["leases_split_after_s"] = round(time.monotonic() - t, 1)
         while time.monotonic() < deadline:  # all loops up: every resource has a status
             if serving(api_client, prefix) >= n:
                 break
@@ -384,7 +457,7 @@ def scale_bench(
         # scrapes stay outside the CPU and profile windows: exposing ~9 series a resource is not the loop's cost
         m0 = op.metrics()
         time.sleep(1)
-        prof = Profiler(op.pid, CACHE / f"bench-operator-profile-idle-{n}.txt") if profile else None
+        prof = Profiler(op.ops[0].pid, CACHE / f"bench-operator-profile-idle-{n}.txt") if profile else None
         _rss0, cpu0 = op.stats()
         time.sleep(20)
         rss1, cpu1 = op.stats()
@@ -405,14 +478,17 @@ def scale_bench(
             out["idle_redis_round_trips_per_s"] = round(
                 (m1["tide_redis_round_trips_total"] - m0.get("tide_redis_round_trips_total", 0.0)) / 21, 1
             )
-        out["idle_rss_mb"] = round(rss1, 1)
-        rss_max = rss1
+        out["idle_rss_mb"] = round(max(rss1), 1)
+        if replicas > 1:
+            out["idle_rss_mb_per_replica"] = [round(x, 1) for x in rss1]
+            out["idle_rss_mb_total"] = round(sum(rss1), 1)
+        rss_max = list(rss1)
         step = max(1, n // hot)
         for run in range(runs):
             hot_keys = keys[run % step :: step][:hot]
             time.sleep(random.random() * interval)  # a varied phase against the operator's polling grid
             prof = (
-                Profiler(op.pid, CACHE / f"bench-operator-profile-burst-{n}.txt")
+                Profiler(op.ops[0].pid, CACHE / f"bench-operator-profile-burst-{n}.txt")
                 if profile and run == 0
                 else None
             )
@@ -426,7 +502,7 @@ def scale_bench(
             ok = sw.wait(lambda hk=hot_keys: all(sw.replicas.get(x) == 10 for x in hk), 180)
             elapsed = time.monotonic() - t0
             rss, cpu1 = op.stats()
-            rss_max = max(rss_max, rss)
+            rss_max = [max(a, b) for a, b in zip(rss_max, rss, strict=True)]
             if prof:
                 out["profile_burst"] = prof.stop()
             lat = sorted(sw.changed[x] - t0 for x in hot_keys if sw.replicas.get(x) == 10)
@@ -465,13 +541,13 @@ def scale_bench(
                 pipe.delete(key.split("/")[1])
             pipe.execute()
             sw.wait(lambda hk=hot_keys: all(sw.replicas.get(x) == 0 for x in hk), 180)
-            rss_max = max(rss_max, op.stats()[0])
+            rss_max = [max(a, b) for a, b in zip(rss_max, op.stats()[0], strict=True)]
             time.sleep(5)
     finally:
         op.stop()
         sw.stop = True
         r.close()
-        for ns in namespaces:
+        for ns in namespaces + ([lease_ns] if replicas > 1 else []):
             delete_namespace(core.api_client, ns)
     done = [x for x in per_run if x["all_scaled_s"] is not None]
     out.update(
@@ -484,7 +560,15 @@ def scale_bench(
         burst_p99_max_s=max(x["p99_s"] for x in done) if done else None,
         hot_p50_s=round(statistics.median(x["p50_s"] for x in done), 3) if done else None,
         burst_cpu_cores=round(statistics.median(x["cpu_cores"] for x in per_run), 2) if per_run else None,
-        operator_rss_mb=round(rss_max, 1),
+        operator_rss_mb=round(max(rss_max), 1),
+        **(
+            {
+                "operator_rss_mb_per_replica": [round(x, 1) for x in rss_max],
+                "operator_rss_mb_total": round(sum(rss_max), 1),
+            }
+            if replicas > 1
+            else {}
+        ),
         per_run=per_run,
     )
     return out
@@ -492,14 +576,19 @@ def scale_bench(
 
 def size_record(run: dict[str, Any]) -> dict[str, Any]:
     """The issue's one record per size (worst burst, peak RSS)."""
-    return {
+    record = {
         "resources": run["resources"],
-        "replicas": 1,
-        "rss_mb": run["operator_rss_mb"],
+        "replicas": run.get("replicas", 1),
+        "rss_mb": run["operator_rss_mb"],  # sharded: the largest replica's peak
         "all_scaled_s": run["all_hot_scaled_within_s"],
         "burst_p99_s": run["burst_p99_max_s"],
-        "idle_cpu_cores": run["operator_idle_cpu_cores"],
+        "idle_cpu_cores": run["operator_idle_cpu_cores"],  # sharded: all replicas together
     }
+    if run.get("replicas", 1) > 1:
+        record["rss_mb_per_replica"] = run["operator_rss_mb_per_replica"]
+        record["rss_mb_total"] = run["operator_rss_mb_total"]
+        record["load_avg_at_start"] = run["load_avg_at_start"]
+    return record
 
 
 def merge_records(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -531,9 +620,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 drawstyle="steps-post",
                 label=f"burst {i + 1}",
             )
+        reps = many.get("replicas", 1)
+        rss = (
+            f"RSS {many['operator_rss_mb']:.0f} MB"
+            if reps == 1
+            else f"RSS {' + '.join(f'{x:.0f}' for x in many['operator_rss_mb_per_replica'])} MB"
+        )
         ax.set_title(
-            f"{many['resources']:,} resources ({many['namespaces']} ns), bursts on {many['hot']:,}\n"
-            f"RSS {many['operator_rss_mb']:.0f} MB, idle {many['operator_idle_cpu_cores']} cores"
+            f"{many['resources']:,} resources ({many['namespaces']} ns), {reps} replica{'s' * (reps > 1)}, "
+            f"bursts on {many['hot']:,}\n{rss}, idle {many['operator_idle_cpu_cores']} cores"
         )
         ax.legend()
     for ax in axes:
@@ -555,6 +650,8 @@ def main() -> int:
     ap.add_argument("--hot-fraction", type=float, default=0.1, help="share of the lists a burst lands on")
     ap.add_argument("--runs", type=int, default=3, help="bursts on other hot lists; the worst is reported")
     ap.add_argument("--interval", type=float, default=1.0, help="pollingIntervalSeconds of every resource")
+    ap.add_argument("--replicas", type=int, default=1, help="operator processes (more than 1: sharded)")
+    ap.add_argument("--shards", type=int, default=8, help="TIDE_SHARDS with --replicas above 1")
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--profile", action="store_true", help="sample the operator with py-spy (scale part)")
@@ -603,6 +700,8 @@ def main() -> int:
                     args.runs,
                     args.interval,
                     args.profile,
+                    replicas=args.replicas,
+                    shards=args.shards,
                 )
                 results["scale"].append(run)
                 print(json.dumps({k: v for k, v in run.items() if k != "per_run"}, indent=1), flush=True)
@@ -613,10 +712,12 @@ def main() -> int:
     # keys this run did not produce (the wake records of bench/operator's wake script, a part skipped) stay
     old = json.loads(out.read_text()) if out.exists() else {}
     records = merge_records(old.get("records", []), [size_record(r) for r in results.get("scale", [])])
-    if "scale" in results:  # sizes not run now keep their detail (a --sizes 1000 run keeps the 10,000 one)
-        sizes = {r["resources"] for r in results["scale"]}
-        kept = [r for r in old.get("scale", []) if r.get("resources") not in sizes]
-        results["scale"] = sorted(kept + results["scale"], key=lambda r: r["resources"])
+    if "scale" in results:  # the scale runs of other (resources, replicas) stay beside this run's
+        fresh = {(r["resources"], r.get("replicas", 1)) for r in results["scale"]}
+        kept = [r for r in old.get("scale", []) if (r["resources"], r.get("replicas", 1)) not in fresh]
+        results["scale"] = sorted(
+            kept + results["scale"], key=lambda r: (r["resources"], r.get("replicas", 1))
+        )
     results = {**{k: v for k, v in old.items() if k != "many_resources"}, **results, "records": records}
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "operator.png")

@@ -10,7 +10,10 @@ what the loop reads). kopf still owns the watch, the peering and the lifecycle:
 - DELETED stops it (kopf keeps no finalizer for event handlers, so deleting a QueueConsumer never waits
   for the operator);
 - while kopf's peering pauses the operator (another replica of higher priority is alive), every loop is
-  stopped, as kopf stops its daemons; kopf lists the resources again when it resumes, which starts them.
+  stopped, as kopf stops its daemons; kopf lists the resources again when it resumes, which starts them;
+- sharded (``TIDE_SHARDS``, kopf standalone): only the resources of the shards this replica holds run
+  (``tide_operator.sharding`` keeps the leases); the others are kept as a trimmed body each, so a shard
+  gained starts its loops at once, and a shard lost stops them (``gain`` / ``lose``).
 
 The poll of each loop still waits on the shared polling grid (``redis_reader.Ticker`` in ``Consumer.run``);
 that wait is the one point where a loop sleeps between polls.
@@ -20,15 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from tide_operator.consumer import Consumer, Shared
+from tide_operator.shard import shard_of
 
 log = logging.getLogger("tide_operator")
 
@@ -64,6 +70,31 @@ def light_body(body: Mapping[str, Any], status: bool = True) -> kopf.Body:
     return kopf.Body(raw)
 
 
+def resume_status(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a status a loop starts from (``Consumer.__init__``): kept for the resources of shards
+    another replica serves, so the one that takes a shard over resumes cooldowns and transition times."""
+    status = body.get("status") or {}
+    kept: dict[str, Any] = {k: status[k] for k in ("lastScaleTime", "lastActiveTime") if k in status}
+    total = (status.get("backlog") or {}).get("total")
+    if total is not None:
+        kept["backlog"] = {"total": total}
+    conditions = [
+        {"type": c.get("type"), "lastTransitionTime": c.get("lastTransitionTime", "")}
+        for c in status.get("conditions") or []
+    ]
+    if conditions:
+        kept["conditions"] = conditions
+    return kept
+
+
+def resting_body(body: Mapping[str, Any]) -> kopf.Body:
+    """A resource this replica does not serve (yet): its light body with only ``resume_status``."""
+    light = light_body(body, status=False)
+    raw: Any = dict(light)
+    raw["status"] = resume_status(body)
+    return kopf.Body(raw)
+
+
 class Stop:
     """The ``stopped`` flag a loop polls (what kopf's DaemonStopped was): true once the loop must end."""
 
@@ -77,10 +108,15 @@ class Stop:
 class Fleet:
     """The running loops, one per served QueueConsumer, keyed by namespace/name."""
 
-    def __init__(self, shared: Shared, paused: Any | None = None) -> None:
+    def __init__(self, shared: Shared, paused: Any | None = None, shards: int | None = None) -> None:
         self.shared = shared
         self.paused = paused  # kopf's operator-paused ToggleSet (peering), None when standalone
         self.loops: dict[tuple[str, str], tuple[Consumer, Stop, asyncio.Task[None]]] = {}
+        # sharded: the shard count, the shards held, and the resources of the others (not running)
+        self.shards = shards
+        self.held: set[int] = set()
+        self.resting: dict[tuple[str, str], kopf.Body] = {}
+        self._context: contextvars.Context | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._trim = _malloc_trim()
 
@@ -97,20 +133,32 @@ class Fleet:
         """One watch event of a QueueConsumer (``kind`` None: the listing)."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
+        # kopf's context (its event queue, which kopf.event posts to): a loop started by a shard gained,
+        # from the lease task, runs in it too
+        self._context = contextvars.copy_context()
         if kind == "DELETED" or meta.get("deletionTimestamp"):
+            self.resting.pop(key, None)
             self.stop(key)
             return
         if self.paused is not None and self.paused.is_on():
             return  # an event that slipped in while pausing; the listing after the pause starts it
+        if self.shards is not None and shard_of(key[0], key[1], self.shards) not in self.held:
+            self.resting[key] = resting_body(body)  # served by another replica: kept to take it over
+            return
         loop = self.loops.get(key)
         if loop is not None and loop[0].body.metadata.get("uid") == meta.get("uid"):
-            loop[0].update(light_body(body, status=False))
+            loop[0].update(resting_body(body) if self.shards is not None else light_body(body, status=False))
             return
         if loop is not None:  # deleted and created again under the same name before we saw the delete
             self.stop(key)
-        consumer = Consumer(light_body(body), log, self.shared)
+        self.resting.pop(key, None)
+        self._run(key, light_body(body))
+
+    def _run(self, key: tuple[str, str], body: kopf.Body) -> None:
+        consumer = Consumer(body, log, self.shared)
         stop = Stop()
-        task = asyncio.create_task(consumer.run(stop), name=f"tide: {key[0]}/{key[1]}")
+        log.debug(f"[{key[0]}/{key[1]}] loop started")
+        task = asyncio.create_task(consumer.run(stop), name=f"tide: {key[0]}/{key[1]}", context=self._context)
         self.loops[key] = (consumer, stop, task)
 
     def stop(self, key: tuple[str, str]) -> None:
@@ -123,6 +171,39 @@ class Fleet:
     def stop_all(self) -> None:
         for key in list(self.loops):
             self.stop(key)
+
+    # --- sharded: the shards this replica holds (tide_operator.sharding) ------------------------------
+
+    def gain(self, shard: int) -> None:
+        """Shard ``shard`` is this replica's now: start the loops of its resources."""
+        assert self.shards is not None
+        self.held.add(shard)
+        keys = [k for k in self.resting if shard_of(k[0], k[1], self.shards) == shard]
+        for key in keys:
+            self._run(key, self.resting.pop(key))
+        log.info(f"shard {shard}: serving {len(keys)} QueueConsumers ({len(self.loops)} in all)")
+
+    async def lose(self, shard: int, deadline: float) -> None:
+        """Shard ``shard`` is no longer this replica's: stop its loops, and return once each has ended
+        (cancelled if still busy a second before ``deadline``, monotonic: when the lease can expire)."""
+        assert self.shards is not None
+        self.held.discard(shard)
+        keys = [k for k in self.loops if shard_of(k[0], k[1], self.shards) == shard]
+        tasks = []
+        for key in keys:
+            consumer, stop, task = self.loops.pop(key)
+            stop.set = True
+            # what the next holder would see of it; later watch events refresh it
+            self.resting[key] = resting_body(consumer.body)
+            tasks.append(task)
+        grace = min(STOP_TIMEOUT, deadline - time.monotonic() - 1.0)
+        if grace <= 0:
+            # too late to let a poll finish (the process stalled past its renewals): cancelled before
+            # any of them runs on to its next request, so none writes once another replica may hold it
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*(_finish(t, max(0.0, grace)) for t in tasks))
+        log.info(f"shard {shard}: stopped {len(keys)} loops ({len(self.loops)} left)")
 
     async def _follow_pauses(self) -> None:
         assert self.paused is not None
@@ -149,15 +230,16 @@ class Fleet:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _finish(task: asyncio.Task[None]) -> None:
-    """Let a stopped loop end its poll (it checks its flag after each), cancel it after STOP_TIMEOUT."""
-    done, _ = await asyncio.wait([task], timeout=STOP_TIMEOUT)
+async def _finish(task: asyncio.Task[None], timeout: float = STOP_TIMEOUT) -> None:
+    """Let a stopped loop end its poll (it checks its flag after each), cancel it after ``timeout``."""
+    done, _ = await asyncio.wait([task], timeout=timeout)
     if not done:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     elif not task.cancelled() and task.exception() is not None:
         log.error(f"a loop ended with {task.exception()!r}")
+    log.debug(f"[{task.get_name().removeprefix('tide: ')}] loop ended")
 
 
 def _malloc_trim() -> Any | None:

@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import random
+import re
+import socket
 from typing import Any
 
 import kopf
@@ -21,6 +23,8 @@ from prometheus_client import start_http_server
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
 from tide_operator.heap import collect_and_freeze, tune_gc
+from tide_operator.kube import Kube
+from tide_operator.sharding import Sharder
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
 
@@ -57,6 +61,29 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     except ValueError as exc:  # an operator setting such as TIDE_OPERATOR_KEYSPACE_EVENTS: stop, say why
         raise kopf.PermanentError(str(exc)) from None
     memo.shared.k8s()
+    # before the listing: thousands of loops' state would otherwise stall every full collection
+    tune_gc()
+    memo.heap = asyncio.create_task(collect_and_freeze(), name="tide: collect and freeze")
+    memo.sharder = None
+    shards = sharding_settings(settings)
+    if shards is not None:
+        memo.fleet = Fleet(memo.shared, None, shards.count)
+        memo.fleet.start()
+        memo.sharder = Sharder(
+            # a client of its own: renewals never queue behind the loops' requests for the 64 connections
+            # of the shared one (10,000 loops starting at once queue 20,000)
+            Kube(),
+            shards.namespace,
+            shards.prefix,
+            shards.count,
+            shards.identity,
+            settings.peering.lifetime,
+            memo.fleet.gain,
+            memo.fleet.lose,
+        )
+        memo.fleet.fence = memo.sharder.may_write
+        memo.sharder.start()
+        return
     try:
         paused = kopf_pause_toggle()
     except RuntimeError:
@@ -65,14 +92,47 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         paused = None
     memo.fleet = Fleet(memo.shared, paused)
     memo.fleet.start()
-    # before the listing: thousands of loops' state would otherwise stall every full collection
-    tune_gc()
-    memo.heap = asyncio.create_task(collect_and_freeze(), name="tide: collect and freeze")
+
+
+class ShardSettings:
+    def __init__(self, count: int, namespace: str, prefix: str, identity: str) -> None:
+        self.count, self.namespace, self.prefix, self.identity = count, namespace, prefix, identity
+
+
+def sharding_settings(settings: kopf.OperatorSettings) -> ShardSettings | None:
+    """``TIDE_SHARDS`` (unset or 0: not sharded) and where the leases live; PermanentError saying what to
+    fix for a setting that cannot work."""
+    raw = os.environ.get("TIDE_SHARDS", "").strip()
+    if raw in ("", "0"):
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise kopf.PermanentError(f"TIDE_SHARDS={raw!r}: give a whole number of shards from 1 to 1024, or 0")
+    if not settings.peering.standalone:
+        raise kopf.PermanentError(
+            "TIDE_SHARDS needs `kopf run --standalone`: kopf's peering would pause every replica but one, "
+            "while the shard leases already keep each QueueConsumer to one replica"
+        )
+    namespace = os.environ.get("TIDE_SHARD_NAMESPACE") or os.environ.get("POD_NAMESPACE", "")
+    identity = os.environ.get("POD_NAME") or socket.gethostname()
+    if not namespace:
+        raise kopf.PermanentError(
+            "TIDE_SHARDS: the namespace of the shard leases is unknown: set POD_NAMESPACE (the chart does) "
+            "or TIDE_SHARD_NAMESPACE"
+        )
+    prefix = os.environ.get("TIDE_SHARD_LEASE_PREFIX", "tide-operator")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?", prefix):
+        raise kopf.PermanentError(
+            f"TIDE_SHARD_LEASE_PREFIX={prefix!r}: lowercase letters, digits and '-', at most 50 characters"
+        )
+    return ShardSettings(int(raw), namespace, prefix, identity)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.heap.cancel()
+    if memo.sharder is not None:  # stops the loops of its shards first, then gives their leases back
+        await memo.sharder.close()
+        await memo.sharder.kube.close()
     await memo.fleet.close()
     await memo.shared.close()
 
@@ -80,6 +140,12 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="daemons")
 def probe_daemons(memo: kopf.Memo, **_: Any) -> int:
     return int(memo.shared.daemons)
+
+
+@kopf.on.probe(id="shards")
+def probe_shards(memo: kopf.Memo, **_: Any) -> list[int] | None:
+    """The shards this replica serves (None: not sharded)."""
+    return None if memo.sharder is None else sorted(memo.fleet.held)
 
 
 @kopf.on.probe(id="redis_pools")

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import json
 import re
 import ssl
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NewType
 
@@ -73,6 +75,19 @@ class NotFound(KubeError):
 
 class Conflict(KubeError):
     """409: it exists already (create), or changed meanwhile (update)."""
+
+
+class FencedOff(KubeError):
+    """Not sent: the loop's shard lease is no longer this replica's to act on (``WRITE_FENCE``)."""
+
+
+# Set in each loop task's context by a sharded fleet: true while the loop's shard lease is valid. Every
+# write of that task checks it just before it is sent, so a loop that lags behind its event loop (or a
+# process resumed after a stall) never writes once another replica may hold the shard, whenever the
+# watchdog gets to stop it. Lease writes (their own client, another task) carry no fence.
+WRITE_FENCE: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "tide_write_fence", default=None
+)
 
 
 class Kube:
@@ -136,6 +151,9 @@ class Kube:
                 # each failure posted a Warning event: more writes for the server that was behind.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=10),
             )
+        fence = WRITE_FENCE.get() if method != "GET" else None
+        if fence is not None and not fence():
+            raise FencedOff(0, f"{method} {resource}: this replica's shard lease ran out; not sent")
         metrics.KUBE_REQUESTS.labels(method, resource).inc()
         headers = self._headers()
         data = None
@@ -243,3 +261,24 @@ class Kube:
             patch = {"metadata": manifest["metadata"], "spec": dict(manifest["spec"])}
             patch["spec"].pop("replicas", None)
             await self.request("PATCH", api_path(*collection, name), patch, resource="deployments")
+
+    # --- Leases of the shards (tide_operator.sharding) ------------------------------------------------
+
+    async def list_leases(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        path = api_path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases")
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        doc = await self.request("GET", ApiPath(f"{path}?{query}"), resource="leases")
+        items: list[dict[str, Any]] = doc.get("items") or []
+        return items
+
+    async def create_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create a Lease; Conflict when it exists (another replica created it first)."""
+        path = api_path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases")
+        return await self.request("POST", path, lease, content_type="application/json", resource="leases")
+
+    async def replace_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """Replace a Lease (PUT) at the ``metadata.resourceVersion`` it carries: Conflict when another
+        replica wrote it since, so two replicas can never both take one lease."""
+        name = lease["metadata"]["name"]
+        path = api_path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases", name)
+        return await self.request("PUT", path, lease, content_type="application/json", resource="leases")

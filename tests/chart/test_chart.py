@@ -52,6 +52,7 @@ def test_helm_lint_is_clean() -> None:
         ("ports.metrics=70000", "at '/ports/metrics': maximum: got 70,000, want 65,535"),
         ("metrics.serviceMonitor.interval=soon", "at '/metrics/serviceMonitor/interval'"),
         ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
+        ("sharding.shards=0", "at '/sharding/shards': minimum: got 0, want 1"),
         (
             "operator.keyspaceEvents=on",
             "at '/operator/keyspaceEvents': value must be one of 'off', 'use', 'configure'",
@@ -134,12 +135,48 @@ def test_optional_parts_follow_values() -> None:
     docs = render("metrics.serviceMonitor.enabled=true", "dashboard.enabled=false")
     assert by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
     assert not by_kind(docs, "ConfigMap")
-    docs = render("replicaCount=2")
+    docs = render("replicaCount=2", "sharding.enabled=false")
     assert by_kind(docs, "ClusterKopfPeering")
     assert (
         "--peering=t-tide"
         in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     )
+    assert not [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "t-tide-shards"]
+
+
+def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_several_replicas_are_sharded_with_leases_in_the_release_namespace_only(scope: str) -> None:
+    docs = render("replicaCount=3", "sharding.shards=4", f"rbac.scope={scope}", namespace="ops")
+    container = _container(docs)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TIDE_SHARDS"] == "4" and env["TIDE_SHARD_LEASE_PREFIX"] == "t-tide"
+    assert env["TIDE_PEERING_LIFETIME"] == "15"
+    # every replica active: no kopf peering (it would pause all but one), no peering object
+    assert "--standalone" in container["args"] and not any(
+        a.startswith("--peering") for a in container["args"]
+    )
+    assert not by_kind(docs, "ClusterKopfPeering") and not by_kind(docs, "KopfPeering")
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "t-tide-shards"]
+    assert role["metadata"]["namespace"] == "ops"
+    # the rules of crds/rbac/role-shard-leases.yaml, update narrowed to this release's 4 + 4 lease names
+    expected = _rules(ROOT / "crds" / "rbac" / "role-shard-leases.yaml", "Role")
+    names = [f"t-tide-{kind}-{i}" for i in range(4) for kind in ("shard", "member")]
+    expected[1] = {**expected[1], "resourceNames": names}
+    assert role["rules"] == expected
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == "t-tide-shards"]
+    assert binding["metadata"]["namespace"] == "ops" and binding["subjects"][0]["name"] == "t-tide"
+    # nothing cluster-wide about leases
+    for cluster_role in by_kind(docs, "ClusterRole"):
+        assert all("leases" not in rule["resources"] for rule in cluster_role["rules"])
+    # one replica: standalone, no leases
+    single = render(namespace="ops")
+    assert "TIDE_SHARDS" not in {e["name"] for e in _container(single)["env"]}
+    assert not [r for r in by_kind(single, "Role") if r["metadata"]["name"] == "t-tide-shards"]
 
 
 def test_crds_in_chart_and_crds_dir_are_one_source() -> None:

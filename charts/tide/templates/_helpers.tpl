@@ -35,3 +35,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "tide.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* Sharded replicas: several replicas with sharding on (Leases per shard instead of kopf peering). */}}
+{{- define "tide.sharded" -}}
+{{- if and (gt (int .Values.replicaCount) 1) .Values.sharding.enabled }}true{{ end }}
+{{- end }}
