@@ -66,6 +66,7 @@ from tide_worker.producer import Producer  # noqa: E402
 
 from bench import vs_keda_figures as figures  # noqa: E402
 from bench import vs_keda_handler as handler  # noqa: E402
+from bench.sim.traces import wave_times  # noqa: E402
 from tests.e2e.backends import LocalBackend  # noqa: E402
 
 QUEUE = "vk:jobs"
@@ -112,14 +113,7 @@ def waves(
 ) -> Trace:
     """A burst of ``burst`` messages every ``every`` s over a Poisson background of ``background`` per
     second, for ``minutes``; 20 ms jobs (the flash worker)."""
-    rng = random.Random(seed)
-    span = minutes * 60
-    times = [k * every for k in range(int(span // every)) for _ in range(burst)]
-    t = rng.expovariate(background)
-    while t < span:
-        times.append(round(t, 3))
-        t += rng.expovariate(background)
-    times.sort()
+    times = wave_times(burst, minutes, every, background, seed)
     title = f"waves: {burst} messages every {every:.0f} s over {background:g}/s Poisson, {minutes:g} min"
     return Trace("waves", tuple((at, {"i": i}) for i, at in enumerate(times)), TARGET, 16, title)
 

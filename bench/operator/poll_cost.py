@@ -29,13 +29,15 @@ from typing import Any
 import kopf
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "hack"), str(ROOT / "worker-image")]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "hack"), str(ROOT / "worker-image")]
 
 from tide_local.redisproc import RedisServer  # noqa: E402
 from tide_operator import fleet as fleet_mod  # noqa: E402
 from tide_operator import heap  # noqa: E402
 from tide_operator.consumer import Shared  # noqa: E402
 from tide_operator.fleet import Fleet  # noqa: E402
+
+from bench.operator.bench import qc  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -62,23 +64,11 @@ class StandInKube:
 
 
 def body(i: int, url: str, interval: float) -> dict[str, Any]:
+    """bench.py's QueueConsumer, in 100 namespaces, with what the API server would add."""
     ns, name = f"ns{i // 100:03d}", f"q{i:05d}"
-    return {
-        "apiVersion": "tide.dev/v1alpha1",
-        "kind": "QueueConsumer",
-        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{i}", "generation": 1},
-        "spec": {
-            "redis": {"url": url},
-            "source": {"list": {"key": name}},
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "scaling": {
-                "targetBacklogPerReplica": 50,
-                "cooldownSeconds": 0,
-                "pollingIntervalSeconds": interval,
-                "scaleDown": {"stabilizationSeconds": 0},
-            },
-        },
-    }
+    out = qc(name, url, interval)
+    out["metadata"] = {"name": name, "namespace": ns, "uid": f"uid-{i}", "generation": 1}
+    return out
 
 
 async def measure(

@@ -128,11 +128,10 @@ def many_queue(index: int, seed: int, horizon: float, startup: float) -> QueueSp
     return QueueSpec(index, "short", cfg, 10, 20, Trace(f"q{index}", arrivals, horizon + 1800))
 
 
-def waves(
-    burst: int = 2000, minutes: float = 15, every: float = 60, background: float = 1.0, seed: int = 12
-) -> Trace:
-    """bench/vs_keda.py ``waves``, the same generator and seed: ``burst`` messages every ``every`` s over a
-    Poisson background of ``background``/s for ``minutes``."""
+def wave_times(burst: int, minutes: float, every: float, background: float, seed: int) -> list[float]:
+    """The waves trace's enqueue times, sorted: ``burst`` at each multiple of ``every`` s and a Poisson
+    background of ``background``/s, for ``minutes``. The one generator of the real runs
+    (bench/vs_keda.py) and of the simulator."""
     rng = random.Random(seed)
     span = minutes * 60
     times = [k * every for k in range(int(span // every)) for _ in range(burst)]
@@ -141,6 +140,16 @@ def waves(
         times.append(round(t, 3))
         t += rng.expovariate(background)
     times.sort()
+    return times
+
+
+def waves(
+    burst: int = 2000, minutes: float = 15, every: float = 60, background: float = 1.0, seed: int = 12
+) -> Trace:
+    """bench/vs_keda.py ``waves``, the same generator and seed: ``burst`` messages every ``every`` s over a
+    Poisson background of ``background``/s for ``minutes``."""
+    span = minutes * 60
+    times = wave_times(burst, minutes, every, background, seed)
     arrivals: list[tuple[Any, ...]] = []
     for at in times:  # one entry per instant (a burst is one cohort)
         if arrivals and arrivals[-1][0] == at:
