@@ -659,7 +659,7 @@ class Worker:
         chunk = [first]
         pos = self.positions.get(id(first))
         if pos is not None and pos <= self.alone_until:
-            size = 1  # fetched with a suspect: positions only grow, so the rest of this take would be too
+            size = 1  # fetched with a suspect (or before one): one message per take, each counted first
         while len(chunk) < size and not self.ready.empty():
             item = self.ready.get_nowait()
             if item is None:  # a stop marker: put it back for the next take
