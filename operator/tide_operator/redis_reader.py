@@ -146,6 +146,8 @@ class ClientPool:
                 sentinel_password=creds.sentinel_password,
                 tls_insecure=insecure,
                 client_name="tide-operator",
+                # a burst's concurrent readers wait for one of the MAX_CONNECTIONS, not fail as unreachable
+                pool_timeout=READ_TIMEOUT,
                 extra=extra,
             )
             client = async_client(settings)

@@ -584,3 +584,26 @@ def test_stream_heartbeats_before_a_scale_down_count_each_consumers_pending_entr
                    namespace="ns", oldest_started=now - 7)  # fmt: skip
     r.set(other.worker("c3"), hb.encode(), ex=30)
     assert run(go("missing")) == {"c3": (1, pytest.approx(now - 7))}
+
+
+def test_more_concurrent_callers_than_connections_wait_for_one(r, redis_url):
+    """A burst's readers on one server share MAX_CONNECTIONS: the extra ones wait for a free connection.
+    redis-py's default pool failed them at once with MaxConnectionsError, a ConnectionError that reads as
+    "Redis unreachable" (42 of 50 failed before the blocking pool)."""
+    from tide_operator.redis_reader import MAX_CONNECTIONS
+
+    async def go() -> tuple[list[object], int]:
+        pool = ClientPool()
+        client = pool.get(redis_url, False, Credentials())
+        try:
+            calls = [client.blpop(["nothing-here"], 0.05) for _ in range(6 * MAX_CONNECTIONS)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            opened = sum(1 for c in r.client_list() if c.get("name") == "tide-operator")
+            return results, opened
+        finally:
+            await pool.close()
+
+    results, opened = run(go())
+    assert [x for x in results if isinstance(x, BaseException)] == []
+    assert results == [None] * (6 * MAX_CONNECTIONS)  # each waited its 50 ms on an empty list
+    assert 0 < opened <= MAX_CONNECTIONS

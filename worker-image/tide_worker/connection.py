@@ -215,6 +215,10 @@ class RedisSettings:
     client_name: str | None = None
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    # Standalone asyncio clients: wait up to this long for a free connection when ``max_connections`` (in
+    # ``extra``) are all in use, instead of failing at once with MaxConnectionsError (a ConnectionError,
+    # which would read as "Redis unreachable"). None: redis-py's pool, which fails at once.
+    pool_timeout: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -350,4 +354,11 @@ def async_client(settings: RedisSettings) -> aredis.Redis | AsyncRedisCluster:
     # No retry inside redis-py: callers retry with their own backoff, and a call on a dead connection
     # then fails after one socket timeout instead of four.
     kw = {"retry": AsyncRetry(NoBackoff(), retries=0), **kw}
+    if settings.pool_timeout is not None:
+        pool = _from_url(
+            aredis.BlockingConnectionPool.from_url, settings.url, {"timeout": settings.pool_timeout, **kw}
+        )
+        client = aredis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True  # aclose() closes the pool, as with from_url
+        return client
     return _from_url(aredis.Redis.from_url, settings.url, kw)  # type: ignore[no-any-return]
