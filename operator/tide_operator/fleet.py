@@ -118,6 +118,7 @@ class Fleet:
         self.resting: dict[tuple[str, str], kopf.Body] = {}
         self._context: contextvars.Context | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Task[None]] = set()  # stopped loops being let finish (_finish)
         self._trim = _malloc_trim()
 
     def start(self) -> None:
@@ -165,8 +166,10 @@ class Fleet:
         loop = self.loops.pop(key, None)
         if loop is not None:
             loop[1].set = True
-            self._tasks.append(asyncio.create_task(_finish(loop[2])))
-            self._tasks = [t for t in self._tasks if not t.done()]
+            finishing = asyncio.create_task(_finish(loop[2]))
+            # a set that forgets each when done: stopping 10,000 loops at once stays linear
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
 
     def stop_all(self) -> None:
         for key in list(self.loops):
@@ -222,7 +225,7 @@ class Fleet:
 
     async def close(self) -> None:
         self.stop_all()
-        pending = [t for t in self._tasks if not t.done()]
+        pending = [t for t in (*self._tasks, *self._finishing) if not t.done()]
         for t in self._tasks:
             if t.get_name().startswith("tide: "):
                 t.cancel()
