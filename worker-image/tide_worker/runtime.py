@@ -599,7 +599,13 @@ class Worker:
         the processing list), plus what this call fetches. Redis may so count too few, never too many.
         """
         assert self.counting is not None
-        cut = max(self.cut_sent, self.taken_pos + self.idle_lanes * self.chunk_size)
+        # What an idle lane may start at once without another count. Adaptive: one message. Its chunk is
+        # taken from messages already fetched, so whether they came with a suspect (_take_chunk: then one
+        # per take) is known before the count covering them is sent; crediting a whole chunk here would
+        # also credit what this very fetch brings, suspects included, and count them again at the
+        # suspect's next death. A fixed --batch-size keeps its chunk (its documented trade).
+        per_lane = 1 if self.cfg.adaptive or self.taken_pos < self.alone_until else self.chunk_size
+        cut = max(self.cut_sent, self.taken_pos + self.idle_lanes * per_lane)
         self.cut_sent = cut
         self.counted_none = False
         fetched = self.fetched_pos  # a blocking fetch may add positions while this call is out
