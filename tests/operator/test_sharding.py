@@ -151,6 +151,20 @@ def push(r: redis.Redis, n: int) -> None:
         p.execute()
 
 
+def burst_scaled_by(
+    api: Api, r: redis.Redis, ops: list[Operator], n: int, target: int, arrow: str
+) -> dict[str, list[str]]:
+    """Push ``n`` onto every queue, wait until every target is at ``target``, and return which processes
+    logged ``arrow`` for each resource; every resource must have been scaled."""
+    push(r, n)
+    wait_for(
+        f"every target at {target}", lambda: set(replicas(api).values()) == {target}, timeout=60, interval=0.5
+    )
+    who = scaled_by(ops, arrow)
+    assert sorted(who) == sorted(NAMES), who
+    return who
+
+
 def replicas(api: Api) -> dict[str, int]:
     return {
         d.metadata.name: int(d.spec.replicas or 0) for d in api.apps.list_namespaced_deployment(api.ns).items
@@ -198,12 +212,7 @@ def test_replicas_share_the_resources_take_over_and_hand_back(
 
         # every resource scaled, each by the one replica that holds its shard
         with redis.Redis.from_url(redis_url) as r:
-            push(r, 30)
-            wait_for(
-                "every target at 3", lambda: set(replicas(api).values()) == {3}, timeout=60, interval=0.5
-            )
-            who = scaled_by([a, b], "0 -> 3")
-            assert sorted(who) == sorted(NAMES), who
+            who = burst_scaled_by(api, r, [a, b], 30, 3, "0 -> 3")
             for name, procs in who.items():
                 assert procs == [(a if name in mine_a else b).log_path.stem], (name, procs)
             del owner
@@ -220,12 +229,8 @@ def test_replicas_share_the_resources_take_over_and_hand_back(
             print(f"takeover after SIGKILL: {took:.1f}s (lifetime {LIFETIME}s)")
             # a behaviour bound, not a speed figure: the lifetime plus one renew round and slack
             assert took < LIFETIME + LIFETIME / 3 + 3, took
-            push(r, 20)
-            wait_for(
-                "every target at 5", lambda: set(replicas(api).values()) == {5}, timeout=60, interval=0.5
-            )
-            who = scaled_by([a, b], "3 -> 5")
-            assert sorted(who) == sorted(NAMES) and all(p == ["operator-op-b"] for p in who.values()), who
+            who = burst_scaled_by(api, r, [a, b], 20, 5, "3 -> 5")
+            assert all(p == ["operator-op-b"] for p in who.values()), who
 
             # a new replica gets its share back; op-b releases only after its loops ended
             c = start(kubeconfig, api.ns, tmp_path, "op-c")
@@ -235,12 +240,7 @@ def test_replicas_share_the_resources_take_over_and_hand_back(
             )
             held_c = shards_of(api, c) or set()
             mine_c = {n for n in NAMES if shard_of(api.ns, n, SHARDS) in held_c}
-            push(r, 20)
-            wait_for(
-                "every target at 7", lambda: set(replicas(api).values()) == {7}, timeout=60, interval=0.5
-            )
-            who = scaled_by([a, b, c], "5 -> 7")
-            assert sorted(who) == sorted(NAMES), who
+            who = burst_scaled_by(api, r, [a, b, c], 20, 7, "5 -> 7")
             for name, procs in who.items():
                 assert procs == [("operator-op-c" if name in mine_c else "operator-op-b")], (name, procs)
             # nothing else moved the counts: one "Scaled" line per resource and step across all processes
@@ -329,12 +329,7 @@ def test_a_stalled_replica_writes_nothing_once_its_shards_are_taken(
             assert sorted(who) == sorted(NAMES) and all(p == ["operator-op-b"] for p in who.values()), who
             # and, served by two again, every resource scales once more, by one of them
             held_a = shards_of(api, a) or set()
-            push(r, 20)
-            wait_for(
-                "every target at 5", lambda: set(replicas(api).values()) == {5}, timeout=60, interval=0.5
-            )
-            who = scaled_by([a, b], "3 -> 5")
-            assert sorted(who) == sorted(NAMES), who
+            who = burst_scaled_by(api, r, [a, b], 20, 5, "3 -> 5")
             for name, procs in who.items():
                 mine = shard_of(api.ns, name, SHARDS) in held_a
                 assert procs == ["operator-op-a" if mine else "operator-op-b"], (name, procs)
