@@ -54,6 +54,10 @@ def hang(msg: Message) -> None:
     time.sleep(3600)
 
 
+async def ahang(msg: Message) -> None:
+    await asyncio.sleep(3600)
+
+
 def chaos(msg: Message) -> None:
     """Bodies 'ok:N', 'transient:N' (fails its first two attempts) and 'permanent:N' (always fails)."""
     kind = str(msg.body).split(":", 1)[0]

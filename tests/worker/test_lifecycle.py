@@ -153,24 +153,29 @@ def test_requeue_script_returns_thousands_in_order(r):
     assert list(reversed(r.lrange("q", 0, -1))) == raws
 
 
-@pytest.mark.parametrize("batch", ["1", "auto"])
-def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r, spawn, batch):
+@pytest.mark.parametrize(
+    ("batch", "handler"),
+    [("1", "hang"), ("auto", "hang"), ("1", "ahang")],
+    ids=["strict-direct", "auto-direct", "strict-async"],
+)
+def test_grace_deadline_requeues_what_cannot_finish_and_second_sigterm_is_fast(r, spawn, batch, handler):
     push(r, "q", ["stuck", "next"])
     w = spawn(
         "--queue",
         "q",
         "--handler",
-        "tests.worker.handlers:hang",
+        f"tests.worker.handlers:{handler}",
         "--shutdown-grace",
         "60",
         "--batch-size",
         batch,
     )
-    if batch == "1":
-        # One running, one prefetched: both are in the processing list.
+    if handler == "ahang":
+        # The pipeline, one message at a time: one running, one prefetched; both in the processing list.
         wait_until(lambda: r.llen("q") == 0, timeout=30)
     else:
-        # The adaptive fetch (the default) prefetches nothing for a handler that has not finished a run.
+        # A sync handler's direct lane prefetches nothing, and neither does the adaptive fetch for a
+        # handler that has not finished a run.
         held = lambda: [x for k in r.scan_iter(match=K.processing_pattern) for x in r.lrange(k, 0, -1)]  # noqa: E731
         wait_until(lambda: len(held()) == 1, timeout=30)
         time.sleep(0.5)

@@ -220,6 +220,36 @@ def test_sync_timeout_in_a_batch_only_fails_the_slow_message(r, start_worker):
     release.set()
 
 
+def test_direct_lane_timeout_mid_chunk_hands_the_rest_to_a_new_thread(r, start_worker):
+    """The adaptive default of a fast sync handler takes chunks in its direct lane (direct.py): a handler
+    past its timeout inside one is abandoned with its thread; the message is retried, and what finished
+    before it and the chunk's unstarted rest are acked and run once, by a lane on a new thread."""
+    release = threading.Event()
+    done: list[str] = []
+    chunks: list[int] = []
+
+    def handle(msg):
+        if msg.body == "slow":
+            chunks.append(w.worker.chunk_size)
+            release.wait(20)
+            return
+        done.append(msg.body)
+
+    bodies = [f"m{i}" for i in range(300)] + ["slow"] + [f"n{i}" for i in range(300)]
+    push(r, "q", bodies)
+    w = start_worker(handle, handler_timeout=0.3, backoff_base=60)
+    assert w.worker.direct is not None
+    wait_until(lambda: r.zcard(K.delayed) == 1)
+    wait_until(lambda: len(done) == 600)
+    assert sorted(done) == sorted(b for b in bodies if b != "slow")  # each once: none lost, none twice
+    assert chunks and chunks[0] > 1, "the slow message ran inside a chunk"
+    assert decode(r.zrange(K.delayed, 0, -1)[0]).body == "slow"
+    assert w.worker.abandoned_threads == 1
+    wait_until(lambda: int(r.hget(K.stats, "processed") or 0) == 600)
+    wait_until(lambda: r.llen(K.processing(w.worker.cfg.worker_id)) == 0)
+    release.set()
+
+
 def test_dedupe_skips_ids_that_already_succeeded(r, start_worker):
     runs: list[str] = []
     raw = encode_envelope("x", message_id="order-1")
@@ -251,16 +281,34 @@ def test_brpoplpush_fallback(r, start_worker):
     assert "blmove" not in my_commands()
 
 
-def test_fallback_on_unknown_command(r, start_worker, monkeypatch):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_fallback_on_unknown_command(r, start_worker, monkeypatch, kind):
+    """A server without BLMOVE (before 6.2, which we cannot start here: the reply is faked) is waited on
+    with BRPOPLPUSH, by the direct lane of a sync handler and by the pipeline alike."""
     import redis.exceptions as rexc
     from tide_worker import listsource
 
-    async def no_blmove(self, *a, **kw):
+    def no_blmove(self, *a, **kw):
         raise rexc.ResponseError("ERR unknown command 'BLMOVE', with args beginning with: ")
 
+    async def no_blmove_async(self, *a, **kw):
+        no_blmove(self)
+
     seen: list[str] = []
-    w = start_worker(lambda m: seen.append(m.body), block_timeout=1)
-    monkeypatch.setattr(type(w.worker.client), "blmove", no_blmove)
+
+    def record(m):
+        seen.append(m.body)
+
+    async def arecord(m):
+        seen.append(m.body)
+
+    w = start_worker(record if kind == "sync" else arecord, block_timeout=1)
+    if kind == "sync":
+        assert w.worker.direct is not None
+        monkeypatch.setattr(type(w.worker.direct.client), "blmove", no_blmove)
+    else:
+        assert w.worker.direct is None
+        monkeypatch.setattr(type(w.worker.client), "blmove", no_blmove_async)
     time.sleep(0.3)
     push(r, "q", ["a", "b"])
     wait_until(lambda: seen == ["a", "b"])
@@ -357,14 +405,32 @@ def test_concurrency_runs_handlers_in_parallel(r, start_worker):
     assert 2 <= peak <= 4
 
 
-def test_messages_left_by_a_lost_fetch_reply_are_recovered(r, start_worker):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_messages_left_by_a_lost_fetch_reply_are_recovered(r, start_worker, kind):
+    """A connection lost during a blocking fetch may have moved a message whose reply never came: once
+    Redis answers again the worker returns what its processing list holds beyond what it knows of (the
+    direct lane of a sync handler, and the pipeline)."""
     seen: list[str] = []
-    w = start_worker(lambda m: seen.append(m.body))
+
+    def record(m):
+        seen.append(m.body)
+
+    async def arecord(m):
+        seen.append(m.body)
+
+    w = start_worker(record if kind == "sync" else arecord)
+    assert (w.worker.direct is not None) == (kind == "sync")
     wid = w.worker.cfg.worker_id
-    wait_until(lambda: r.zscore(K.workers, wid) is not None)
+
+    def blocked() -> list[int]:
+        return [c["id"] for c in r.client_list() if c.get("cmd") in ("blmove", "brpoplpush")]
+
+    wait_until(blocked)
     # What a fetch leaves when Redis ran it but the reply was lost with the connection.
     r.lpush(K.processing(wid), encode_envelope("orphan"))
-    w.worker.fetch_lost = True
+    for cid in blocked():
+        r.client_kill_filter(_id=cid)
+    wait_until(lambda: seen == ["orphan"])
     push(r, "q", ["next"])
     wait_until(lambda: sorted(seen) == ["next", "orphan"])
     wait_until(lambda: r.llen(K.processing(wid)) == 0)

@@ -331,9 +331,12 @@ def _sentinel_master(factory: Any, settings: RedisSettings, kw: dict[str, Any]) 
     return sentinel.master_for(s.master_name, db=s.db)
 
 
-def sync_client(settings: RedisSettings) -> redis.Redis | RedisCluster:
-    """A synchronous client (the CLI and the producer): a lost connection is retried 3 times."""
-    kw = {"retry": _Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3), **settings.client_kwargs()}
+def sync_client(settings: RedisSettings, retries: int = 3) -> redis.Redis | RedisCluster:
+    """A synchronous client (the CLI, the producer, the worker's direct lane): a lost connection is
+    retried ``retries`` times (Cluster: always 3, each after refreshing the slot map, as asyncio's).
+    The direct lane passes 0: it retries itself, and a fetch whose reply was lost must not run twice."""
+    tries = 3 if settings.cluster else retries
+    kw = {"retry": _Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=tries), **settings.client_kwargs()}
     if settings.sentinel:
         return _sentinel_master(_Sentinel, settings, kw)  # type: ignore[no-any-return]
     if settings.cluster:

@@ -89,6 +89,13 @@ class ListSource:
     async def _ack_fetch(
         self, count: int, acks: Sequence[Delivery], counter: str = "processed", unstarted: str = ""
     ) -> Any:
+        keys, args = self.fetch_call(count, acks, counter, unstarted)
+        return await self.scripts.fetch_batch(keys=keys, args=args)
+
+    def fetch_call(
+        self, count: int, acks: Sequence[Delivery], counter: str = "processed", unstarted: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        """fetch_batch.lua's keys and arguments (also for the direct lane's sync client, direct.py)."""
         keys = [
             self.name,
             self.proc,
@@ -101,25 +108,41 @@ class ListSource:
         if ttl:
             keys += [self.keys.dedupe(d.message_id) for d in acks]
         args = [count, self.cfg.side, ttl, counter, unstarted, self.fair, *[d.raw for d in acks]]
-        return await self.scripts.fetch_batch(keys=keys, args=args)
+        return keys, args
+
+    def requeue_call(self, mode: str, deliveries: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
+        """requeue_head.lua's keys and arguments: one atomic call; the script puts them back in fetch
+        order whatever the order given here (and freezes the unstarted count)."""
+        return [self.proc, self.name, self.unstarted_key], [self.cfg.side, mode, *[d.raw for d in deliveries]]
+
+    def block_call(self, timeout: float) -> tuple[str, tuple[Any, ...]] | None:
+        """The blocking move's client method and arguments; None: this server and side have none (poll)."""
+        if self.use_blmove:
+            side = "RIGHT" if self.cfg.side == "right" else "LEFT"
+            return "blmove", (self.name, self.proc, timeout, side, "LEFT")
+        if self.cfg.side == "right":
+            # Servers before 6.2 accept only whole seconds here.
+            return "brpoplpush", (self.name, self.proc, max(1, round(timeout)))
+        return None  # no blocking left-pop-and-push before BLMOVE: poll the batch fetch instead
+
+    def blmove_refused(self, exc: rexc.ResponseError) -> bool:
+        """An "unknown command" reply to BLMOVE (Redis < 6.2): switch to BRPOPLPUSH for good."""
+        if "unknown command" not in str(exc).lower():
+            return False
+        self.use_blmove = False
+        self.log.warning("BLMOVE not supported by this server: using BRPOPLPUSH")
+        return True
 
     async def _block_one(self, timeout: float | None = None) -> bytes | None:
         timeout = self.cfg.block_timeout if timeout is None else timeout
-        if self.use_blmove:
+        while (call := self.block_call(timeout)) is not None:
+            name, args = call
             try:
-                side = "RIGHT" if self.cfg.side == "right" else "LEFT"
-                result: bytes | None = await self.client.blmove(self.name, self.proc, timeout, side, "LEFT")
+                result: bytes | None = await getattr(self.client, name)(*args)
                 return result
             except rexc.ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
+                if name != "blmove" or not self.blmove_refused(exc):
                     raise
-                self.use_blmove = False
-                self.log.warning("BLMOVE not supported by this server: using BRPOPLPUSH")
-        if self.cfg.side == "right":
-            # Servers before 6.2 accept only whole seconds here.
-            result = await self.client.brpoplpush(self.name, self.proc, max(1, round(timeout)))
-            return result
-        # No blocking left-pop-and-push before BLMOVE: poll the batch fetch instead.
         await asyncio.sleep(min(0.2, timeout))
         return None
 
@@ -138,9 +161,7 @@ class ListSource:
         return bool(await self.scripts.dead(keys=keys, args=[delivery.raw, record.encode()]))
 
     async def _return(self, mode: str, deliveries: list[Delivery]) -> int:
-        # One atomic call; the script puts them back in fetch order whatever the order given here.
-        args = [self.cfg.side, mode, *[d.raw for d in deliveries]]
-        keys = [self.proc, self.name, self.unstarted_key]  # freezes the unstarted count
+        keys, args = self.requeue_call(mode, deliveries)
         return int(await self.scripts.requeue_head(keys=keys, args=args))
 
     async def requeue(self, deliveries: list[Delivery]) -> int:

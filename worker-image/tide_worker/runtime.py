@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import redis.exceptions as rexc
 
-from tide_worker import __version__, logs
+from tide_worker import __version__, direct, logs
 from tide_worker import environment as E
 from tide_worker.config import WorkerConfig, backoff_delay
 from tide_worker.connection import (
@@ -41,14 +41,16 @@ from tide_worker.connection import (
     RedisSettings,
     async_client,
     refusal_hint,
+    sync_client,
 )
+from tide_worker.direct import DirectLane
 from tide_worker.handler import Handler
-from tide_worker.listsource import CountsUnstarted
+from tide_worker.listsource import CountsUnstarted, ListSource
 from tide_worker.metrics import HealthServer, LoopWatch, Metrics
 from tide_worker.records import DeadLetter, Heartbeat, clean_text
 from tide_worker.settle import HandlerTimeout, attempts_before, decide, exhausted, unencodable
 from tide_worker.source import Delivery, Source
-from tide_worker.threads import DaemonPool, spare_threads
+from tide_worker.threads import DaemonPool, PoolTask, spare_threads
 
 T = TypeVar("T")
 
@@ -110,16 +112,21 @@ class Worker:
         self.handler = handler
         self.log = logs.get()
         self._own_client = client is None
+        settings = RedisSettings.from_env(
+            url=cfg.redis_url,
+            cluster=cfg.cluster,
+            block_timeout=cfg.block_timeout,
+            client_name=f"tide-worker:{cfg.worker_id}",
+        )
         if client is None:
-            settings = RedisSettings.from_env(
-                url=cfg.redis_url,
-                cluster=cfg.cluster,
-                block_timeout=cfg.block_timeout,
-                client_name=f"tide-worker:{cfg.worker_id}",
-            )
             client = async_client(settings)
         self.client = client
         self.source: Source = self._make_source()
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by run(); the direct lane's thread uses it
+        # A sync handler at concurrency 1 on one list: its thread fetches and acks itself (direct.py).
+        self.direct: DirectLane | None = None
+        if self._own_client and isinstance(self.source, ListSource) and direct.fits(cfg, handler):
+            self.direct = DirectLane(self, self.source, sync_client(settings, retries=0))
         self.metrics = Metrics(cfg.source_name)
         self.watch = LoopWatch()
         self.http: HealthServer | None = None
@@ -259,6 +266,8 @@ class Worker:
                 # Not started yet: returned with the prefetched ones, in fetch order, at shutdown.
                 self.unstarted.extend(run.deliveries[run.next_index :])
                 del run.deliveries[run.next_index :]
+        if self.direct is not None:
+            self.direct.halt()  # its thread returns its own unstarted messages
         self.stop_event.set()
 
     def live(self) -> bool:
@@ -269,7 +278,7 @@ class Worker:
         return self.connected and not self.stopping
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -308,12 +317,18 @@ class Worker:
             ),
             asyncio.create_task(self._every(self._reap_interval, self._reap, "reap"), name="reaper"),
         ]
-        acker = asyncio.create_task(self._acker(), name="acker")
-        lanes = [asyncio.create_task(self._lane(i), name=f"lane-{i}") for i in range(self.cfg.concurrency)]
-        fetcher = asyncio.create_task(self._fetcher(), name="fetcher")
+        if self.direct is not None:
+            serving = [asyncio.create_task(self._serve_direct(), name="direct-lane")]
+        else:
+            acker = asyncio.create_task(self._acker(), name="acker")
+            lanes = [
+                asyncio.create_task(self._lane(i), name=f"lane-{i}") for i in range(self.cfg.concurrency)
+            ]
+            fetcher = asyncio.create_task(self._fetcher(), name="fetcher")
+            serving = [fetcher, acker, *lanes]
         crashed: BaseException | None = None
         waiter = asyncio.create_task(self.stop_event.wait())
-        done, _ = await asyncio.wait([waiter, fetcher, acker, *lanes], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not waiter and not task.cancelled() and task.exception() is not None:
                 crashed = task.exception()
@@ -325,7 +340,10 @@ class Worker:
             self.request_stop()
         waiter.cancel()
         try:
-            await self._shutdown(fetcher, lanes, acker)
+            if self.direct is not None:
+                await self._shutdown_direct(serving[0])
+            else:
+                await self._shutdown(fetcher, lanes, acker)
         finally:
             self.closing = True
             for task in side:
@@ -338,6 +356,9 @@ class Worker:
             if self._own_client:
                 with contextlib.suppress(Exception):
                     await self.client.aclose()
+            if self.direct is not None:
+                with contextlib.suppress(Exception):
+                    self.direct.client.close()
         if isinstance(crashed, AUTH_ERRORS):
             return EXIT_REFUSED
         return 1 if crashed is not None else 0
@@ -463,11 +484,16 @@ class Worker:
             version=__version__,
             pod=os.environ.get(E.POD_NAME, ""),
             namespace=os.environ.get(E.POD_NAMESPACE, ""),
-            oldest_started=min(self.held_since.values(), default=0.0),
+            oldest_started=self._oldest_started(),
         )
         await self.source.heartbeat(record.encode())
         if self.active:
             await self.source.touch(list(self.active.values()))
+
+    def _oldest_started(self) -> float:
+        if self.direct is not None:
+            return self.direct.oldest_started()
+        return min(self.held_since.values(), default=0.0)
 
     async def _heartbeat_loop(self) -> None:
         while not self.closing:
@@ -543,14 +569,11 @@ class Worker:
                 self.held[id(d)] = d
                 self.fetched_pos += 1
                 self.positions[id(d)] = self.fetched_pos
-                if d.msg is None:
-                    bad.append((d, "malformed", d.error))
-                elif (used := exhausted(d.msg.attempts, d.deliveries, self.cfg.max_attempts)) is not None:
-                    # A stream's delivery count (a crash on the last attempt), or an envelope's count.
-                    bad.append((d, used.reason, used.error))
-                else:
+                unfit = self._unfit(d)
+                if unfit is None:
                     self.ready.put_nowait(d)
                     continue
+                bad.append((d, *unfit))
                 del self.positions[id(d)]  # never taken by a lane (their count is fixed by dead.lua)
             if blocked and self.counted_none and not self.count_lock.locked() and not self.fetch_lost:
                 # Redis counts nothing unstarted and the move did not change that: the message already
@@ -578,6 +601,15 @@ class Worker:
                     )
             for d, reason, error in bad:
                 await self._dead_letter(d, reason, error, "", 0 if d.msg is None else self._attempts(d))
+
+    def _unfit(self, d: Delivery) -> tuple[str, str] | None:
+        """Why a fetched message is dead-lettered unrun (its reason and error), or None: it runs."""
+        if d.msg is None:
+            return "malformed", d.error
+        used = exhausted(d.msg.attempts, d.deliveries, self.cfg.max_attempts)
+        if used is not None:  # a stream's delivery count (a crash on the last attempt), or an envelope's
+            return used.reason, used.error
+        return None
 
     async def _fetch(self, count: int, acks: list[Delivery], block: bool) -> list[Delivery]:
         try:
@@ -854,20 +886,7 @@ class Worker:
                         if run.waiting is not None:  # awaiting a returned coroutine: cancel it
                             run.waiting.cancel()
                 if timed_out is not None:
-                    self.pool.abandon(task)
-                    self._thread_returned()
-                    task.fut.add_done_callback(lambda _f: self._thread_returned())
-                    self.log.warning(
-                        "sync handler past its timeout: abandoning its thread",
-                        extra=logs.kv(message_id=timed_out.message_id, timeout=limit),
-                    )
-                    if not self.pool.healthy() and not self._unhealthy_logged:
-                        self._unhealthy_logged = True
-                        self.log.error(
-                            "too many sync handler threads stuck past their timeout: failing the"
-                            " liveness probe (/healthz) so the worker is restarted",
-                            extra=logs.kv(stuck=self.pool.stuck, bound=self.pool.spare),
-                        )
+                    self._thread_stuck(task, timed_out, limit)
                     break
             if timed_out is None:
                 with run.lock:
@@ -892,6 +911,103 @@ class Worker:
             else:
                 await self._run_sync_chunk(leftovers)
 
+    def _thread_stuck(self, task: PoolTask, timed_out: Delivery, limit: float) -> None:
+        """The watchdog gave up on a handler thread: count it stuck, replace it, report it."""
+        assert self.pool is not None
+        self.pool.abandon(task)
+        self._thread_returned()
+        task.fut.add_done_callback(lambda _f: self._thread_returned())
+        self.log.warning(
+            "sync handler past its timeout: abandoning its thread",
+            extra=logs.kv(message_id=timed_out.message_id, timeout=limit),
+        )
+        if not self.pool.healthy() and not self._unhealthy_logged:
+            self._unhealthy_logged = True
+            self.log.error(
+                "too many sync handler threads stuck past their timeout: failing the"
+                " liveness probe (/healthz) so the worker is restarted",
+                extra=logs.kv(stuck=self.pool.stuck, bound=self.pool.spare),
+            )
+
+    # ---- the direct lane (direct.py) -----------------------------------------------------------
+
+    async def _serve_direct(self) -> None:
+        """Run the direct lane on a pool thread and watch its handler's timeout. A handler past it is
+        abandoned with its thread; its message settles as timed out, and a new lane on a new thread
+        takes the acks and the chunk's unstarted rest. Returns when the lane ends (a stop)."""
+        assert self.pool is not None and self.direct is not None
+        limit = self.cfg.handler_timeout
+        while True:
+            lane = self.direct
+            task = self.pool.submit(lane.serve)
+            done = asyncio.wrap_future(task.fut)
+            taken = None
+            while taken is None and not done.done():
+                started = lane.running_since()
+                wait = limit if started is None else max(0.0, started + limit - time.monotonic())
+                await asyncio.wait({done}, timeout=wait)
+                if not done.done():
+                    taken = lane.abandon_if_past(limit)
+            if taken is None:
+                back = done.result()  # the thread's own error (a refusal, Stopped) ends the worker
+                if back:
+                    self.metrics.requeued.inc(back)
+                    self.log.info("returned unstarted messages to the queue", extra=logs.kv(count=back))
+                return
+            timed_out, outcomes, rest, exact, acks = taken
+            self._thread_stuck(task, timed_out, limit)
+            for d, exc, elapsed in outcomes:  # finished before the timed-out one: the lane did not see them
+                if exc is None:
+                    self._measured(elapsed)
+                    self.processed += 1
+                    self.metrics.processed.inc()
+                    acks.append(d)
+                else:
+                    await self._settle(d, exc, elapsed)
+            await self._settle(
+                timed_out, HandlerTimeout(f"handler ran past its timeout of {limit:g} s"), limit
+            )
+            self.direct = DirectLane(
+                self, lane.source, lane.client, lane.scripts, pending=rest, exact=exact, acks=acks
+            )
+            if self.stopping:
+                self.direct.halt()
+
+    async def _shutdown_direct(self, serving: asyncio.Task[None]) -> None:
+        """The direct lane's shutdown: it was halted; wait for it within the grace period (it finishes
+        its message, acks, returns its unstarted rest), then return whatever the processing list still
+        holds and deregister."""
+        pending = {serving}
+        while pending and time.monotonic() < self.grace_deadline:  # a second signal moves it
+            step = min(0.2, max(0.0, self.grace_deadline - time.monotonic()))
+            _, pending = await asyncio.wait(pending, timeout=step)
+        try:
+            ended = None if pending or serving.cancelled() else serving.exception()
+            if isinstance(ended, STOP_OR_REFUSED):
+                raise ended  # Redis gone past the deadline, or a refusal: reported below
+            if pending:
+                assert self.direct is not None
+                lane = self.direct
+                # Between two of its calls: its messages are then all in the processing list.
+                acks = await asyncio.to_thread(lane.abandon, self.cfg.block_timeout + 5)
+                serving.cancel()
+                await asyncio.wait({serving}, timeout=2.0)
+                self.log.warning("grace period over: requeueing unfinished messages", extra=logs.kv(lanes=1))
+                if acks:
+                    await self._redis("ack", lambda: self.source.ack(acks))
+            n = await self._redis("requeue", self.source.requeue_all)
+            if n:
+                self.metrics.requeued.inc(n)
+                self.log.info("returned unfinished messages to the queue", extra=logs.kv(count=n))
+            await self._redis("deregister", self.source.deregister)
+            await self._redis("release", self.source.release)
+            self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
+        except STOP_OR_REFUSED as exc:
+            self.log.error(
+                "Redis unreachable at shutdown: the reaper will return what is left",
+                extra=logs.kv(op=str(exc) if isinstance(exc, Stopped) else refusal_hint(exc)),
+            )
+
     def _thread_returned(self) -> None:
         # Also called from a handler thread: only copy a plain int and set the thread-safe gauge.
         assert self.pool is not None
@@ -904,11 +1020,8 @@ class Worker:
         """Carry out what ``settle.decide`` makes of the outcome: ack, retry or dead-letter."""
         msg = d.msg
         assert msg is not None
-        self.metrics.duration.observe(elapsed)
+        self._measured(elapsed)
         cfg = self.cfg
-        t = self.handler_time
-        self.handler_time = elapsed if t is None else t + HANDLER_TIME_WEIGHT * (elapsed - t)
-        self._adapt_chunk()
         s = decide(
             exc,
             self._attempts(d) + 1,  # this run's number
@@ -939,6 +1052,14 @@ class Worker:
         if await self._redis("retry", lambda: self.source.retry(d, s.delay)):
             self.metrics.retried.inc()
         self._settled([d])
+
+    def _measured(self, elapsed: float) -> None:
+        """A handler run took ``elapsed`` seconds (also from the direct lane's thread: plain floats and a
+        thread-safe histogram)."""
+        self.metrics.duration.observe(elapsed)
+        t = self.handler_time
+        self.handler_time = elapsed if t is None else t + HANDLER_TIME_WEIGHT * (elapsed - t)
+        self._adapt_chunk()
 
     def _attempts(self, d: Delivery) -> int:
         assert d.msg is not None
