@@ -230,19 +230,21 @@ def test_direct_lane_timeout_mid_chunk_hands_the_rest_to_a_new_thread(r, start_w
 
     def handle(msg):
         if msg.body == "slow":
-            chunks.append(w.worker.chunk_size)
+            run = w.worker.direct.current
+            chunks.append(len(run.deliveries) - run.next_index)  # the chunk's rest, after this one
             release.wait(20)
             return
         done.append(msg.body)
 
-    bodies = [f"m{i}" for i in range(300)] + ["slow"] + [f"n{i}" for i in range(300)]
+    # Chunks of 1 (no run measured yet), then 100 (the cap): "slow" falls inside the third.
+    bodies = [f"m{i}" for i in range(150)] + ["slow"] + [f"n{i}" for i in range(450)]
     push(r, "q", bodies)
     w = start_worker(handle, handler_timeout=0.3, backoff_base=60)
     assert w.worker.direct is not None
     wait_until(lambda: r.zcard(K.delayed) == 1)
     wait_until(lambda: len(done) == 600)
     assert sorted(done) == sorted(b for b in bodies if b != "slow")  # each once: none lost, none twice
-    assert chunks and chunks[0] > 1, "the slow message ran inside a chunk"
+    assert chunks and chunks[0] > 0, "the slow message ran inside a chunk, not at its end"
     assert decode(r.zrange(K.delayed, 0, -1)[0]).body == "slow"
     assert w.worker.abandoned_threads == 1
     wait_until(lambda: int(r.hget(K.stats, "processed") or 0) == 600)
