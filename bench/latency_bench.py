@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case.system:9} {case.mode:55} FAILED: {exc} (see {log})", flush=True)
                 failures.append(f"{case.system} {case.mode}: {exc}")
                 continue
+            rec["load_avg"] = round(os.getloadavg()[0], 2)  # the shared machine's, as the case ended
             records.append(rec)
             print(
                 f"{case.system:9} {case.mode:55} p50 {rec['p50_ms']:8.2f} ms  p99 {rec['p99_ms']:8.2f} ms"

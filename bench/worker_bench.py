@@ -622,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                 "messages": cfg.messages,
                 "msgs_per_s": round(statistics.median(runs), 1),
                 "runs": runs,
+                # The machine is shared: its 1-minute load average as this system's runs ended.
+                "load_avg": round(os.getloadavg()[0], 2),
             }
             records.append(rec)
             print(f"{cfg.system:9} {cfg.mode:55} median {rec['msgs_per_s']:10,.0f} msg/s (N={cfg.messages})")
