@@ -383,10 +383,7 @@ class Worker:
                 self.log.info("returned unstarted messages to the queue", extra=logs.kv(count=n))
             for _ in lanes:
                 self.ready.put_nowait(None)
-            pending = set(lanes)
-            while pending and time.monotonic() < self.grace_deadline:  # a second signal moves it
-                step = min(0.2, max(0.0, self.grace_deadline - time.monotonic()))
-                _, pending = await asyncio.wait(pending, timeout=step)
+            pending = await self._within_grace(set(lanes))
             if pending:
                 for run in list(self.runs):
                     with run.lock:
@@ -404,18 +401,33 @@ class Worker:
                 acker.cancel()  # an interrupted batch goes back to self.acks; acking twice is harmless
                 await asyncio.wait([acker], timeout=1.0)
             await self._flush_acks()
-            n = await self._redis("requeue", self.source.requeue_all)
-            if n:
-                self.metrics.requeued.inc(n)
-                self.log.info("returned unfinished messages to the queue", extra=logs.kv(count=n))
-            await self._redis("deregister", self.source.deregister)
-            await self._redis("release", self.source.release)
-            self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
+            await self._hand_back_and_deregister()
         except STOP_OR_REFUSED as exc:
-            self.log.error(
-                "Redis unreachable at shutdown: the reaper will return what is left",
-                extra=logs.kv(op=str(exc) if isinstance(exc, Stopped) else refusal_hint(exc)),
-            )
+            self._unreachable_at_shutdown(exc)
+
+    async def _within_grace(self, pending: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        """Wait for the tasks until the grace deadline (a second signal moves it); those still running."""
+        while pending and time.monotonic() < self.grace_deadline:
+            step = min(0.2, max(0.0, self.grace_deadline - time.monotonic()))
+            _, pending = await asyncio.wait(pending, timeout=step)
+        return pending
+
+    async def _hand_back_and_deregister(self) -> None:
+        """The end of either shutdown: what the processing list still holds goes back to the queue, then
+        this worker leaves the registry and gives up its lease."""
+        n = await self._redis("requeue", self.source.requeue_all)
+        if n:
+            self.metrics.requeued.inc(n)
+            self.log.info("returned unfinished messages to the queue", extra=logs.kv(count=n))
+        await self._redis("deregister", self.source.deregister)
+        await self._redis("release", self.source.release)
+        self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
+
+    def _unreachable_at_shutdown(self, exc: BaseException) -> None:
+        self.log.error(
+            "Redis unreachable at shutdown: the reaper will return what is left",
+            extra=logs.kv(op=str(exc) if isinstance(exc, Stopped) else refusal_hint(exc)),
+        )
 
     async def _return_unstarted(self, unstarted: list[Delivery], fetch_over: bool) -> int:
         """Every lane's unstarted messages go back in one call; the source restores their fetch order."""
@@ -977,10 +989,7 @@ class Worker:
         """The direct lane's shutdown: it was halted; wait for it within the grace period (it finishes
         its message, acks, returns its unstarted rest), then return whatever the processing list still
         holds and deregister."""
-        pending = {serving}
-        while pending and time.monotonic() < self.grace_deadline:  # a second signal moves it
-            step = min(0.2, max(0.0, self.grace_deadline - time.monotonic()))
-            _, pending = await asyncio.wait(pending, timeout=step)
+        pending = await self._within_grace({serving})
         try:
             ended = None if pending or serving.cancelled() else serving.exception()
             if isinstance(ended, STOP_OR_REFUSED):
@@ -995,18 +1004,9 @@ class Worker:
                 self.log.warning("grace period over: requeueing unfinished messages", extra=logs.kv(lanes=1))
                 if acks:
                     await self._redis("ack", lambda: self.source.ack(acks))
-            n = await self._redis("requeue", self.source.requeue_all)
-            if n:
-                self.metrics.requeued.inc(n)
-                self.log.info("returned unfinished messages to the queue", extra=logs.kv(count=n))
-            await self._redis("deregister", self.source.deregister)
-            await self._redis("release", self.source.release)
-            self.log.info("worker stopped", extra=logs.kv(processed=self.processed, failed=self.failed))
+            await self._hand_back_and_deregister()
         except STOP_OR_REFUSED as exc:
-            self.log.error(
-                "Redis unreachable at shutdown: the reaper will return what is left",
-                extra=logs.kv(op=str(exc) if isinstance(exc, Stopped) else refusal_hint(exc)),
-            )
+            self._unreachable_at_shutdown(exc)
 
     def _thread_returned(self) -> None:
         # Also called from a handler thread: only copy a plain int and set the thread-safe gauge.
