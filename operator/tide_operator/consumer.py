@@ -169,17 +169,9 @@ class Consumer:
         self.deploy_error = ""
         self.settle_reads: collections.deque[float] = collections.deque()
         self.pod_costs: dict[str, int] = {}  # the deletion costs last written, by pod name
-        labels = (self.ns, self.name)
-        # labelled children looked up once: a poll sets them without the registry's label lookups
-        self.m_desired = metrics.DESIRED.labels(*labels)
-        self.m_current = metrics.CURRENT.labels(*labels)
-        self.m_oldest = metrics.OLDEST_AGE.labels(*labels)
+        # what the per-resource gauges show when scraped (metrics.RESOURCES)
         self.last_gauges: tuple[int, int] | None = None
         self.last_backlog_metric: Backlog | None = None
-        self.m_backlog = {
-            part: metrics.BACKLOG.labels(*labels, part)
-            for part in ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total")
-        }
 
     def update(self, body: kopf.Body) -> None:
         """A newer body from the watch: the next poll reads its spec, generation and annotations."""
@@ -567,11 +559,7 @@ class Consumer:
     def observe(
         self, spec: QueueConsumerSpec, reading: Reading | None, error: str, decision: Decision, paused: bool
     ) -> None:
-        gauges = (decision.desired, self.current or 0)
-        if gauges != self.last_gauges:  # a set takes a lock: 1,000 quiet resources skip it
-            self.m_desired.set(gauges[0])
-            self.m_current.set(gauges[1])
-            self.last_gauges = gauges
+        self.last_gauges = (decision.desired, self.current or 0)
         self.observe_redis(spec, reading, error)
         # True only while a fallback replica count is applied; a failed read without one holds the count
         fb = decision.fallback
@@ -605,16 +593,7 @@ class Consumer:
                 Reason.BACKLOG if b.total else Reason.IDLE,
                 f"backlog {b.total}",
             )
-            if b != self.last_backlog_metric:
-                m = self.m_backlog
-                m["ready"].set(b.ready)
-                m["inflight"].set(b.inflight)
-                m["retries_due"].set(b.retries_due)
-                m["stream_lag"].set(b.stream_lag)
-                m["stream_pending"].set(b.stream_pending)
-                m["total"].set(b.total)
-                self.m_oldest.set(b.oldest_age or 0.0)
-                self.last_backlog_metric = b
+            self.last_backlog_metric = b
             self.last_backlog = backlog_status(b, reading.parts)
         self.decision = decision
         self.queue_label = spec.source.label
@@ -710,6 +689,7 @@ class Consumer:
     async def run(self, stopped: Any) -> None:
         """Poll until ``stopped`` turns true (``fleet.Stop``)."""
         self.shared.daemons += 1
+        metrics.RESOURCES.track(self)
         try:
             # the first poll on this resource's phase of the grid too: a thousand loops started by one
             # listing spread over the interval instead of all calling the API server at once
@@ -726,4 +706,4 @@ class Consumer:
         finally:
             self.shared.waker.forget(self)
             self.shared.daemons -= 1
-            metrics.forget(self.ns, self.name)
+            metrics.forget(self)

@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
-from tide_operator.heap import collect_and_freeze, tune_gc
+from tide_operator.heap import collect_and_freeze, shrink_tls_buffers, tune_gc
 from tide_operator.kube import Kube
 from tide_operator.sharding import Sharder
 from tide_operator.spec import GROUP, PLURAL, VERSION
@@ -63,6 +63,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.shared.k8s()
     # before the listing: thousands of loops' state would otherwise stall every full collection
     tune_gc()
+    shrink_tls_buffers()
     memo.heap = asyncio.create_task(collect_and_freeze(), name="tide: collect and freeze")
     memo.sharder = None
     shards = sharding_settings(settings)

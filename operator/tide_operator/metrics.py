@@ -1,21 +1,77 @@
-"""Prometheus metrics of the operator (served on ``TIDE_OPERATOR_METRICS_PORT``, default 9090)."""
+"""Prometheus metrics of the operator (served on ``TIDE_OPERATOR_METRICS_PORT``, default 9090).
+
+The per-resource gauges are read from each loop's last poll when scraped (``RESOURCES``): a labelled
+child per resource and series (nine per resource) held 7.6 MB at 1,000 resources, 76 MB at 10,000, to
+repeat values the loops keep anyway; a deleted resource's series go with its loop.
+"""
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
+from typing import Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from tide_worker.backlog import Backlog
 
 LABELS = ("namespace", "name")
+PARTS = ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total")
 
-BACKLOG = Gauge("tide_backlog", "Backlog of the QueueConsumer's source, by part", [*LABELS, "part"])
-OLDEST_AGE = Gauge(
-    "tide_oldest_message_age_seconds",
-    "Seconds the oldest waiting message of the source has waited (0 when none waits)",
-    LABELS,
-)
-DESIRED = Gauge("tide_desired_replicas", "Replicas the policy wants", LABELS)
-CURRENT = Gauge("tide_current_replicas", "Replicas of the scale target", LABELS)
+
+class Polled(Protocol):
+    """What a resource's loop shows: its last decision's (desired, current) and its last backlog."""
+
+    ns: str
+    name: str
+    last_gauges: tuple[int, int] | None
+    last_backlog_metric: Backlog | None
+
+
+class ResourceGauges(Collector):
+    """``tide_backlog``, ``tide_oldest_message_age_seconds``, ``tide_desired_replicas`` and
+    ``tide_current_replicas`` of every resource with a loop, from that loop's last poll."""
+
+    def __init__(self) -> None:
+        # by (namespace, name): a loop replacing one still finishing shows once, and is not forgotten
+        # when the old one ends
+        self.loops: dict[tuple[str, str], Polled] = {}
+
+    def track(self, loop: Polled) -> None:
+        self.loops[loop.ns, loop.name] = loop
+
+    def forget(self, loop: Polled) -> None:
+        if self.loops.get((loop.ns, loop.name)) is loop:
+            del self.loops[loop.ns, loop.name]
+
+    def collect(self) -> Iterator[Metric]:
+        # runs in the HTTP server's thread: a copy of the dict (atomic under the GIL), plain attribute reads
+        backlog = GaugeMetricFamily(
+            "tide_backlog", "Backlog of the QueueConsumer's source, by part", labels=[*LABELS, "part"]
+        )
+        oldest = GaugeMetricFamily(
+            "tide_oldest_message_age_seconds",
+            "Seconds the oldest waiting message of the source has waited (0 when none waits)",
+            labels=LABELS,
+        )
+        desired = GaugeMetricFamily("tide_desired_replicas", "Replicas the policy wants", labels=LABELS)
+        current = GaugeMetricFamily("tide_current_replicas", "Replicas of the scale target", labels=LABELS)
+        for loop in list(self.loops.values()):
+            key = [loop.ns, loop.name]
+            gauges = loop.last_gauges
+            if gauges is not None:
+                desired.add_metric(key, gauges[0])
+                current.add_metric(key, gauges[1])
+            b = loop.last_backlog_metric
+            if b is not None:
+                for part in PARTS:
+                    backlog.add_metric([*key, part], getattr(b, part))
+                oldest.add_metric(key, b.oldest_age or 0.0)
+        yield from (backlog, oldest, desired, current)
+
+
+RESOURCES = ResourceGauges()
+REGISTRY.register(RESOURCES)
 DECISION_SECONDS = Histogram(
     "tide_decision_seconds",
     "One poll: Redis read, decision and any /scale patch",
@@ -38,11 +94,6 @@ KUBE_SECONDS = Histogram(
 )
 
 
-def forget(namespace: str, name: str) -> None:
-    """Drop a deleted resource's series so they do not linger at their last value."""
-    for gauge in (DESIRED, CURRENT, OLDEST_AGE):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, name)
-    for part in ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total"):
-        with contextlib.suppress(KeyError):
-            BACKLOG.remove(namespace, name, part)
+def forget(loop: Polled) -> None:
+    """Drop an ended loop's gauges so they do not linger at their last value."""
+    RESOURCES.forget(loop)

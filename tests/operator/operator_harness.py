@@ -210,6 +210,9 @@ class Api:
     def create_qc(self, body: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object("tide.dev", "v1alpha1", self.ns, "queueconsumers", body)
 
+    def delete_qc(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object("tide.dev", "v1alpha1", self.ns, "queueconsumers", name)
+
     def get_qc(self, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
             "tide.dev", "v1alpha1", self.ns, "queueconsumers", name

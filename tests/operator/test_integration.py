@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import calendar
 import time
+import urllib.request
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from tide_worker import ops
 from tide_worker.keys import QueueKeys
 
@@ -167,12 +169,39 @@ def test_stream_scales_from_lag_and_pending(crds, namespace, k8s, sa_kubeconfig,
         assert api.replicas() == 6, op.log()[-2000:]
         backlog = api.get_qc("ev")["status"]["backlog"]
         assert backlog["streamPending"] == 300 and backlog["streamLag"] == 0
+        # the gauges as Prometheus scrapes them, read from the loop's last poll
+        shown = wait_for(
+            "gauges", lambda: scrape(op.metrics_port, namespace, "ev").get("tide_desired_replicas")
+        )
+        got = scrape(op.metrics_port, namespace, "ev")
+        assert shown == got["tide_current_replicas"] == 6, got
+        assert got["tide_backlog/stream_pending"] == 300 and got["tide_backlog/stream_lag"] == 0, got
+        assert got["tide_backlog/total"] == 300 and got["tide_backlog/ready"] == 0, got
         ids = [e[0] for e in r.xrange("events")]
         r.xack("events", "g", *ids[:200])
         wait_for("2 replicas from 100 pending", lambda: api.replicas() == 2, timeout=20)
         r.xack("events", "g", *ids[200:])
         wait_for("zero after the cooldown", lambda: api.replicas() == 0, timeout=20)
+        assert scrape(op.metrics_port, namespace, "ev")["tide_backlog/total"] == 0
+        api.delete_qc("ev")
+        wait_for("its series gone", lambda: not scrape(op.metrics_port, namespace, "ev"), timeout=20)
     r.close()
+
+
+def scrape(port: int, namespace: str, name: str) -> dict[str, float]:
+    """The operator's per-resource samples of one QueueConsumer: ``metric`` or ``metric/part``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("namespace") == namespace and sample.labels.get("name") == name:
+                part = sample.labels.get("part")
+                out[sample.name + (f"/{part}" if part else "")] = sample.value
+    return {k: v for k, v in out.items() if k.split("/")[0] in GAUGES}
+
+
+GAUGES = ("tide_backlog", "tide_oldest_message_age_seconds", "tide_desired_replicas", "tide_current_replicas")
 
 
 def test_paused_resource_does_not_move(crds, namespace, k8s, sa_kubeconfig, redis_server, tmp_path):

@@ -607,3 +607,32 @@ def test_more_concurrent_callers_than_connections_wait_for_one(r, redis_url):
     assert [x for x in results if isinstance(x, BaseException)] == []
     assert results == [None] * (6 * MAX_CONNECTIONS)  # each waited its 50 ms on an empty list
     assert 0 < opened <= MAX_CONNECTIONS
+
+
+def test_tls_replies_larger_than_the_shrunk_read_buffer_arrive_whole(redis_tls, tls_files, monkeypatch):
+    """The operator's TLS read buffers (heap.shrink_tls_buffers): a reply of many buffers, and the buffer of a
+    connection opened after the change is the smaller one."""
+    import asyncio.sslproto
+
+    import redis.asyncio as aioredis
+    from tide_operator.heap import TLS_READ_BUFFER, shrink_tls_buffers
+
+    monkeypatch.setattr(asyncio.sslproto.SSLProtocol, "max_size", asyncio.sslproto.SSLProtocol.max_size)
+    shrink_tls_buffers()
+    value = bytes(range(256)) * (5 * 2**20 // 256 + 7)  # 5 MB and a bit: ~80 reads of 64 KB
+    with redis_tls.client() as c:
+        c.set("big", value)
+
+    async def read() -> tuple[bytes, int]:
+        client = aioredis.Redis.from_url(redis_tls.url, ssl_ca_certs=tls_files.ca_cert)
+        try:
+            got = await client.get("big")
+            conn = client.connection or await client.connection_pool.get_connection()
+            protocol = conn._writer.transport._ssl_protocol  # type: ignore[union-attr]
+            return got, len(protocol._ssl_buffer)
+        finally:
+            await client.aclose()
+
+    got, buffer = asyncio.run(read())
+    assert got == value
+    assert buffer == TLS_READ_BUFFER < 256 * 1024
