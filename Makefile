@@ -52,6 +52,7 @@ bench-latency: install
 
 # Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.
 bench-operator: install
+	@hack/operator-venv.sh
 	$(PY) bench/operator/bench.py
 	$(PY) bench/operator/wake.py
 

@@ -13,7 +13,11 @@ bench/results/operator-wake.png. ``--idle N`` (default 1,000) then measures what
 at zero on a server with notifications, all subscribed, operator CPU over 10 s; then the server's
 notifications turned off and, once the operator's recheck has unsubscribed them, the same again.
 
-    python bench/operator/wake.py [--rounds 50] [--interval 1] [--idle 1000] [--skip-latency]
+``--beside N`` measures the wake-up at scale instead: the same rounds while the operator also serves N idle
+QueueConsumers on the server with notifications (all subscribed first); its records, each with
+``"resources"``, go under ``wake.beside``, and the rest of ``wake`` stays.
+
+    python bench/operator/wake.py [--rounds 50] [--interval 1] [--idle 1000] [--skip-latency] [--beside 10000]
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run(info: Any, api_client: Any, rounds: int, interval: float) -> dict[str, Any]:
+def run(info: Any, api_client: Any, rounds: int, interval: float, beside: int = 0) -> dict[str, Any]:
     ns = f"bench-op-wake-{int(time.time())}"
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
@@ -57,6 +61,10 @@ def run(info: Any, api_client: Any, rounds: int, interval: float) -> dict[str, A
         body = qc(name, servers[mode].url, interval)
         body["spec"]["scaling"]["targetBacklogPerReplica"] = 1
         custom.create_namespaced_custom_object("tide.dev", "v1alpha1", ns, "queueconsumers", body)
+    if beside:
+        create_all(
+            api_client, ns, [f"b{i:05d}" for i in range(beside)], servers["notifications"].url, interval
+        )
     sw = ScaleWatch(apps, ns)
     op = Operator(info, ns, CACHE / "bench-operator-wake.log")
     clients = {mode: redis.Redis.from_url(s.url) for mode, s in servers.items()}
@@ -72,6 +80,17 @@ def run(info: Any, api_client: Any, rounds: int, interval: float) -> dict[str, A
                         conditions[mode] = {k: c[k] for k in ("status", "reason", "message")}
             time.sleep(0.5)
         print(json.dumps(conditions), flush=True)
+        deadline = time.monotonic() + 900
+        while (
+            beside
+            and time.monotonic() < deadline
+            and len(clients["notifications"].pubsub_channels()) <= beside
+        ):
+            time.sleep(
+                2
+            )  # every idle resource subscribed: the rounds run beside all of them, not their start
+        if beside:
+            time.sleep(20)  # their first status writes are done
         for i in range(2 * rounds):
             mode = ("notifications", "polling")[i % 2]
             name, r = names[mode], clients[mode]
@@ -95,6 +114,7 @@ def run(info: Any, api_client: Any, rounds: int, interval: float) -> dict[str, A
         records.append(
             {
                 "wake": mode,
+                "resources": len(names) + beside,
                 "first_push_to_patch_p50_s": round(statistics.median(xs), 3) if xs else None,
                 "first_push_to_patch_p99_s": round(percentile(xs, 0.99), 3) if xs else None,
                 "max_s": round(max(xs), 3) if xs else None,
@@ -184,6 +204,7 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="pollingIntervalSeconds of both resources")
     ap.add_argument("--idle", type=int, default=1000, help="resources at zero for the idle cost (0: skip)")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--beside", type=int, default=0, help="idle resources served during the rounds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where JSON and plot go")
     args = ap.parse_args()
     info = local_cluster.up(verbose=False)
@@ -193,6 +214,20 @@ def main() -> int:
     load0 = [round(x, 2) for x in os.getloadavg()]
     out = args.out / "operator.json"
     previous = (json.loads(out.read_text()) if out.exists() else {}).get("wake", {})
+    if args.beside:
+        api_client.configuration.connection_pool_maxsize = 32
+        beside = run(info, api_client, args.rounds, args.interval, args.beside)
+        beside["machine"] = {"cpus": os.cpu_count(), "load_avg_at_start": load0,
+                             "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+        beside["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        api_client.close()
+        for rec in beside["records"]:
+            print(json.dumps({k: v for k, v in rec.items() if k != "samples_s"}), flush=True)
+        doc = json.loads(out.read_text()) if out.exists() else {}
+        doc.setdefault("wake", {})["beside"] = beside
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {out} (key 'wake.beside')")
+        return 0
     if args.skip_latency:  # the latency part of the last run stays, with its own machine load and time
         result = {k: v for k, v in previous.items() if k in ("records", "machine", "time")}
     else:

@@ -1,18 +1,16 @@
 """Slim a venv for the operator image (its build stage): strip, trim and pack its packages.
 
-The operator's dependencies are mostly Python source and bytecode that compress 5-10x: the Kubernetes
-client alone is 57 MB of generated models and APIs, plus an asyncio copy of it (68 MB) that nothing
-imports. Packed, the image fits in 150 MB (docs/images.md). In order:
-  - ``--drop``: remove subpackages nothing imports (the image's tests import every operator module);
+The operator's dependencies are mostly Python source and bytecode that compress 5-10x (docs/images.md).
+In order:
   - strip the debug symbols of compiled extensions (wheels ship them; ``strip`` runs in the build stage);
   - remove build leftovers: Cython/C sources and headers, type stubs, the packages' own test modules;
   - pack each pure-Python package into one zip on the import path, with unchecked bytecode (a read-only
     filesystem can cache none, and nothing compiles at start) and its source, so tracebacks keep their
-    lines; ``--bytecode-only`` packages (generated code) carry bytecode alone.
+    lines.
 Packages with compiled extensions stay on disk (extensions cannot load from a zip), and so do those that
 hand out paths to their data files (certifi's CA bundle, tzdata's zone files).
 
-Usage: python3 pack.py SITE_PACKAGES ZIP [--drop PKG/SUB ...] [--bytecode-only PKG ...]
+Usage: python3 pack.py SITE_PACKAGES ZIP
 """
 
 from __future__ import annotations
@@ -47,12 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("site_packages", type=Path)
     parser.add_argument("zip", type=Path)
-    parser.add_argument("--drop", action="append", default=[], help="a subpackage nothing imports")
-    parser.add_argument("--bytecode-only", action="append", default=[], help="a package of generated code")
     args = parser.parse_args()
     site: Path = args.site_packages
-    for sub in args.drop:
-        shutil.rmtree(site / sub)
     extensions = [str(p) for p in site.rglob("*.so")]
     if extensions:
         subprocess.run(["strip", "--strip-unneeded", *extensions], check=True)
@@ -70,8 +64,7 @@ def main() -> None:
                 if "__pycache__" in path.parts or path.suffix == ".pyc":
                     continue
                 rel = path.relative_to(site).as_posix()
-                if path.suffix != ".py" or entry.name not in args.bytecode_only:
-                    zf.write(path, rel)
+                zf.write(path, rel)
                 if path.suffix == ".py":
                     pyc = py_compile.compile(
                         str(path),

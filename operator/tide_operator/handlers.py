@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
 from tide_operator.heap import collect_and_freeze, shrink_tls_buffers, tune_gc
-from tide_operator.kube import Kube
+from tide_operator.kube import Kube, connection_info
 from tide_operator.sharding import Sharder
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
@@ -32,6 +32,13 @@ def _not_track_success(record: logging.LogRecord) -> bool:
     # kopf logs "Handler 'track' succeeded." for every watch event, a status write included: at 10,000
     # resources that is a line per resource per status change, saying nothing
     return not (isinstance(record.msg, str) and record.msg.startswith("Handler 'track' succeeded"))
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials are the operator's own (``kube.connection_info``), wherever a Kubernetes client
+    library is installed or not: one way in, tested as it ships."""
+    return connection_info()
 
 
 @kopf.on.startup()

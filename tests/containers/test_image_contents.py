@@ -12,7 +12,19 @@ from tests.containers.conftest import Images
 pytestmark = pytest.mark.slow  # the first session builds the images
 
 LIMIT = 150e6  # bytes, as `docker images` counts them
-ABSENT = ["tide_local", "pip", "setuptools", "pytest", "hypothesis", "mypy", "ruff", "trustme"]
+# no Kubernetes client library either: the operator speaks HTTP (kube.py) and logs in with kopf
+ABSENT = [
+    "tide_local",
+    "pip",
+    "setuptools",
+    "pytest",
+    "hypothesis",
+    "mypy",
+    "ruff",
+    "trustme",
+    "kubernetes",
+    "pykube",
+]
 NO_TOOLS = ["gcc", "cc", "make", "strip", "pip", "pip3", "git"]
 
 
