@@ -65,6 +65,9 @@ from tide_operator.wake import Waker
 from tide_operator.workload import build_deployment, target_for
 
 STATUS_MIN_INTERVAL = 2.0
+# In a burst on many resources, a status write and the periodic /scale re-read wait while any resource's
+# /scale patch is in flight, at most this long: the API server serves the scale-ups first.
+STATUS_BURST_WAIT = 10.0
 # Re-read the target's replicas to notice changes made by someone else; spread over a window so a
 # thousand resources do not re-read in the same second.
 SCALE_REREAD_SECONDS = 30.0
@@ -158,6 +161,7 @@ class Consumer:
         self.last_info_write_at = -math.inf
         self.last_quiet: tuple[Any, ...] | None = None  # what the last full poll saw (see ``poll``)
         self.status_settled = False  # the last status call left nothing unwritten
+        self.status_waiting_since: float | None = None  # a status write held back by others' scale-ups
         self.target_failures = 0
         # key -> (message, monotonic time) of the Warning events of failures still going on
         self.failing: dict[str, tuple[str, float]] = {}
@@ -321,7 +325,12 @@ class Consumer:
     async def current_replicas(self, spec: QueueConsumerSpec, target: TargetRef) -> int:
         now = time.monotonic()
         settling = bool(self.settle_reads) and self.settle_reads[0] <= now
-        if self.current is None or now - self.current_read_at > self.reread_after or settling:
+        age = now - self.current_read_at
+        # the periodic re-read waits while scale-ups are in flight (a burst), as status writes do
+        due = age > self.reread_after and (
+            not self.shared.scaling or age > self.reread_after + STATUS_BURST_WAIT
+        )
+        if self.current is None or due or settling:
             while self.settle_reads and self.settle_reads[0] <= now:
                 self.settle_reads.popleft()
             k = self.shared.k8s()
@@ -496,17 +505,25 @@ class Consumer:
             self.decision = decision
             return interval
         self.observe(spec, reading, error, decision, paused)
-        if urgent and self.shared.scaling > 0:
+        if self.shared.scaling > 0 and self.status_may_wait():
             # a burst: other resources' scale-ups still wait for the API server, and this status write
-            # would queue in front of theirs; the next poll writes it (the status is left unsettled)
+            # would queue in front of theirs; a later poll writes it (the status is left unsettled)
             self.status_settled = False
         else:
+            self.status_waiting_since = None
             await self.patch_status(force=changed)
         self.last_quiet = None if changed or reading is None else quiet
         if reading is None:
             metrics.READ_ERRORS.labels(self.ns, self.name).inc()
             return min(MAX_BACKOFF, interval * 2.0 ** max(0, self.state.failures - 1))
         return interval
+
+    def status_may_wait(self) -> bool:
+        """True while this resource's status write has waited less than ``STATUS_BURST_WAIT``."""
+        now = time.monotonic()
+        if self.status_waiting_since is None:
+            self.status_waiting_since = now
+        return now - self.status_waiting_since < STATUS_BURST_WAIT
 
     async def set_deletion_costs(self) -> None:
         """Before a scale-down: each reporting worker's pod gets a deletion cost from the work it holds,
