@@ -29,6 +29,12 @@ told to stop, finished in the grace or not); scale changes (``spec.replicas`` ch
 scaler (Tide's operator; KEDA's user plus the HPA controller); the scaler's CPU seconds and peak RSS (Tide's
 operator process against KEDA's operator plus metrics API server, children included).
 
+The trace starts a random part of the scaler's polling interval after the idle queue was first seen
+(``phase_s``; seeded by ``--seed``): a burst lands anywhere in KEDA's 30 s period as it does in production,
+where a fixed delay would put every run at the same point of it (24 s before its next poll, near its worst).
+``--runs N`` repeats each (trace, system) N times; its record then holds the median of each figure, ``runs``,
+``per_run`` (the main figures of each run) and the timeline of the run with the median p99 wait.
+
 Writes bench/results/vs-keda.json (the records and the timelines; a run of some traces replaces only
 theirs) and bench/results/vs-keda-<trace>.png.
 """
@@ -392,7 +398,12 @@ def reset_redis(r: redis.Redis, trace: Trace) -> None:
 
 
 def run_one(
-    backend: LocalBackend, trace: Trace, system: str, cap_seconds: float, running: keda.Keda | None
+    backend: LocalBackend,
+    trace: Trace,
+    system: str,
+    cap_seconds: float,
+    running: keda.Keda | None,
+    phase: float = 0.0,
 ) -> dict[str, Any]:
     from tide_local.kube import Kube
 
@@ -418,7 +429,7 @@ def run_one(
             if time.monotonic() > deadline:
                 raise RuntimeError("KEDA did not create its HPA")
             time.sleep(0.5)
-    time.sleep(5)  # both scalers have seen the idle queue at least once
+    time.sleep(5 + phase)  # both scalers have seen the idle queue at least once; then the random phase
 
     deployments = Watch(backend.kubeconfig, f"/apis/apps/v1/namespaces/{ns}/deployments",
                         {"fieldSelector": f"metadata.name={DEPLOYMENT}"})  # fmt: skip
@@ -521,6 +532,7 @@ def run_one(
         "back_to_zero_s": round(t_end - t0, 1) if t_end < end else None,
         "capped_at_s": None if t_end < end else cap_seconds,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "phase_s": round(phase, 2),
         "timeline": {"t": tl.t, "backlog": tl.backlog, "replicas": tl.replicas, "ready": tl.ready},
     }
 
@@ -609,6 +621,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
+# Seconds between two readings of the queue by each system's scaler (Tide's default; KEDA's pollingInterval).
+POLLING_INTERVAL = {"tide": 1.0, "keda-tuned": 1.0, "keda-defaults": 30.0}
+
+
 def table(records: list[dict[str, Any]]) -> str:
     """The records as a Markdown table (bench/README.md), one row per (trace, system)."""
     head = "| trace | system | " + " | ".join(title for _, title in COLUMNS) + " |"
@@ -636,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop a run this long after the start even if not back to zero "
                              "(default: 480 s; waves: its 15 minutes + 420 s)")  # fmt: skip
     parser.add_argument("--table", action="store_true", help="print bench/results/vs-keda.json as a table")
+    parser.add_argument("--runs", type=int, default=1, help="runs per (trace, system); records hold medians")
+    parser.add_argument("--seed", type=int, default=1, help="of the start phases")
     args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads((RESULTS / "vs-keda.json").read_text())))
@@ -658,14 +676,19 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         running = keda.start(info, Path(os.environ["TIDE_CLUSTER_DIR"]) / "keda")
+        rng = random.Random(args.seed)
         for name in args.traces.split(","):
             for system in args.systems.split(","):
-                print(f"==> {name} against {system}", flush=True)
                 trace = traces[name]
                 cap = args.cap_seconds or (trace.schedule[-1][0] + 420 if name == "waves" else 480.0)
-                records.append(run_one(backend, trace, system, cap, running))
-                print(json.dumps({k: v for k, v in records[-1].items() if k != "timeline"}), flush=True)
-                save(records, traces)  # after each run: a later failure keeps the runs done
+                runs: list[dict[str, Any]] = []
+                for k in range(args.runs):
+                    print(f"==> {name} against {system} (run {k + 1} of {args.runs})", flush=True)
+                    phase = rng.uniform(0, POLLING_INTERVAL[system])
+                    runs.append(run_one(backend, trace, system, cap, running, phase))
+                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "timeline"}), flush=True)
+                records.append(figures.median_record(runs))
+                save(records, traces)  # after each (trace, system): a later failure keeps those done
     finally:
         print("==> cleaning up", flush=True)
         if running is not None:

@@ -100,3 +100,34 @@ def writes_by(audit: Path, since: float, until: float, users: tuple[str, ...]) -
             if since <= t <= until:
                 count += 1
     return count
+
+
+PER_RUN = (
+    "wait_p50_s",
+    "wait_p99_s",
+    "first_pod_ready_s",
+    "pod_seconds",
+    "interrupted",
+    "phase_s",
+    "load_avg",
+)
+
+
+def median_record(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for the runs of a (trace, system): each numeric figure's median (the lower middle for an even
+    count: a figure one of the runs had), but the runs interrupted and stopped busy summed over all runs (one
+    is one too many), and the timeline of the run with the median p99 wait."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = sorted(r[key] for r in runs if r.get(key) is not None)
+            out[key] = values[(len(values) - 1) // 2] if values else None
+    for key in ("interrupted", "stopped_busy"):
+        out[key] = sum(r.get(key) or 0 for r in runs)
+    by_p99 = sorted(runs, key=lambda r: r.get("wait_p99_s") or 0.0)
+    out["timeline"] = by_p99[(len(runs) - 1) // 2]["timeline"]
+    out["runs"] = len(runs)
+    out["per_run"] = [{k: r.get(k) for k in PER_RUN} for r in runs]
+    return out

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from bench.vs_keda_figures import PodLife, cold_starts, pod_lives, pod_seconds, stopped_busy, writes_by
+from bench.vs_keda_figures import (
+    PodLife,
+    cold_starts,
+    median_record,
+    pod_lives,
+    pod_seconds,
+    stopped_busy,
+    writes_by,
+)
 
 
 def pod(name: str, ready: bool = False, deleting: bool = False) -> dict[str, Any]:
@@ -86,3 +94,21 @@ def test_writes_by_counts_completed_requests_of_the_users_in_the_window(tmp_path
     users = ("keda", "system:serviceaccount:kube-system:horizontal-pod-autoscaler")
     assert writes_by(audit, since, since + 10, users) == 2
     assert writes_by(tmp_path / "missing.log", since, since + 10, users) == 0
+
+
+def test_runs_become_one_record_of_medians_with_interruptions_summed() -> None:
+    def run(p99: float, pod_s: float, interrupted: int, t: float) -> dict[str, Any]:
+        return {"trace": "flash", "system": "tide", "wait_p50_s": p99 / 2, "wait_p99_s": p99,
+                "pod_seconds": pod_s, "interrupted": interrupted, "stopped_busy": 0, "first_pod_ready_s": None,
+                "phase_s": t, "load_avg": [t], "timeline": {"t": [t]}}  # fmt: skip
+
+    runs = [run(9.0, 200.0, 0, 1.0), run(7.0, 240.0, 1, 2.0), run(8.0, 180.0, 0, 3.0)]
+    rec = median_record(runs)
+    assert (rec["wait_p99_s"], rec["wait_p50_s"], rec["pod_seconds"]) == (8.0, 4.0, 200.0)
+    assert rec["interrupted"] == 1  # any run's interruption shows
+    assert rec["first_pod_ready_s"] is None
+    assert rec["timeline"] == {"t": [3.0]}  # the run whose p99 is the median
+    assert rec["runs"] == 3 and [r["wait_p99_s"] for r in rec["per_run"]] == [9.0, 7.0, 8.0]
+    assert median_record(runs[:1]) is runs[0]
+    # an even count: the lower middle, a figure one of the runs had
+    assert median_record(runs[:2])["wait_p99_s"] == 7.0
