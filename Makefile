@@ -41,18 +41,18 @@ bench: bench-worker bench-latency bench-operator
 
 bench-worker: install
 	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
-	@hack/bench-async.sh
+	@hack/extra-venv.sh .cache/bench-async bench-async
 	$(PY) bench/worker_bench.py
 
 # Enqueue-to-handler-start p50/p99 at 100 msgs/s into one worker, every system of bench-worker.
 bench-latency: install
 	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
-	@hack/bench-async.sh
+	@hack/extra-venv.sh .cache/bench-async bench-async
 	$(PY) bench/latency_bench.py
 
 # Burst-to-patch latency (50 bursts) and 1,000 QueueConsumers with bursts on 100, on the local stack.
 bench-operator: install
-	@hack/operator-venv.sh
+	@hack/extra-venv.sh .cache/operator-venv operator
 	$(PY) bench/operator/bench.py
 	$(PY) bench/operator/wake.py
 

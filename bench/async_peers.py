@@ -1,5 +1,5 @@
 """The producer side of arq and SAQ, run with .cache/bench-async/bin/python (their own venv, see
-hack/bench-async.sh), the way bench/bullmq/producer.js is for BullMQ:
+hack/extra-venv.sh), the way bench/bullmq/producer.js is for BullMQ:
 
     python bench/async_peers.py preload arq|saq N   # N no-op jobs, 500 enqueues in flight at a time
     python bench/async_peers.py lines arq|saq       # one latency job per line read on stdin, carrying

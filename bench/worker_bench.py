@@ -292,7 +292,7 @@ def celery_default_config(n: int) -> Config:
     )
 
 
-ASYNC_BIN = ROOT / ".cache" / "bench-async" / "bin"  # arq and SAQ: their own venv (hack/bench-async.sh)
+ASYNC_BIN = ROOT / ".cache" / "bench-async" / "bin"  # arq and SAQ: their own venv (hack/extra-venv.sh)
 
 
 def async_preload(system: str) -> Callable[[redis.Redis, int], None]:

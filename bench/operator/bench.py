@@ -49,8 +49,9 @@ from tide_local.cleanup import delete_namespace
 from tide_local.redisproc import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-# The operator as its image runs it (hack/operator-venv.sh: the operator extra alone); the test venv's kopf
-# also imports the kubernetes client the local stack installs, 16 MB that no operator image holds.
+# The operator as its image runs it (`hack/extra-venv.sh .cache/operator-venv operator`: the operator extra
+# alone); the test venv's kopf also imports the kubernetes client the local stack installs, 16 MB that no
+# operator image holds.
 PRODUCT_KOPF = ROOT / ".cache" / "operator-venv" / "bin" / "kopf"
 KOPF = PRODUCT_KOPF if PRODUCT_KOPF.exists() else Path(sys.executable).parent / "kopf"
 OPERATOR_VENV = "product" if KOPF == PRODUCT_KOPF else "test (kopf imports the kubernetes client: +16 MB)"
