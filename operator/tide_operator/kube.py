@@ -114,7 +114,19 @@ def connection_info() -> kopf.ConnectionInfo:
             "no credentials: not in a pod with a ServiceAccount token, and no kubeconfig "
             "($KUBECONFIG or ~/.kube/config)"
         )
-    return info
+    # kopf reads file paths as they are written; kubectl reads a relative one from the kubeconfig's folder
+    first = (os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0]
+    folder = Path(os.path.expanduser(first)).parent
+
+    def beside(path: Any) -> Any:
+        return str(folder / os.fsdecode(path)) if path and not os.path.isabs(path) else path
+
+    return dataclasses.replace(
+        info,
+        ca_path=beside(info.ca_path),
+        certificate_path=beside(info.certificate_path),
+        private_key_path=beside(info.private_key_path),
+    )
 
 
 class Kube:

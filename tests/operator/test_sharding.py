@@ -350,8 +350,7 @@ def test_a_write_behind_a_lapsed_lease_is_not_sent(
 
     api = Api(k8s, namespace)
     api.create_deployment(deployment("w", {}))
-    # kubernetes reads KUBECONFIG when imported: point its default at the local cluster's
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))  # what kube.connection_info reads
     lease_valid = [True]
 
     async def go() -> int:
