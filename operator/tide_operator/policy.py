@@ -33,7 +33,17 @@ table-driven test. The rules, in order:
    Ready before the backlog is gone. Up to ``HOLD_STARTUPS`` start-ups, a new pod would work less than it
    took to start, and holding delays the backlog's last message by at most one start-up; that holds unless
    a wait objective is set and ``oldest age + D`` would exceed it. At 0 replicas, with no worker, or before
-   a rate and a start-up are measured, the rules above apply unchanged.
+   a rate and a start-up are measured, the rules above apply unchanged. The rate is the one measured at the
+   current worker count when there is one (a shared bottleneck makes it depend on the count).
+   No more pods than add throughput (``knee``): the total drain measured per worker count (the highest
+   fall of each count within ``KNEE_MEMORY``; arrivals only hide work, so each is a lower bound) shows
+   where pods stop adding throughput, as on a node or a database that every pod shares. With ``r`` the
+   per-worker rate at the fewest workers measured and ``best`` the highest total at any count, the count is
+   capped at ``ceil(best / r)``, the fewest that reach ``best`` at ``r`` each, once more workers than that
+   were measured (so the cap is evidence, not a guess) and never below the current count. When the
+   backlog did not fall between two readings with messages waiting at a count at or above the cap, the cap
+   does not apply: those workers do not keep up, so the measurements may understate what more pods add. A
+   measurement older than ``KNEE_MEMORY`` is forgotten, so a bottleneck that went away is probed again.
 4. From zero, only a backlog above ``activationBacklog`` wakes the workload (``below-activation``) - but a
    retry that came due or work held in-flight always wakes it (``retry-due``, ``in-flight``): only a
    worker moves due retries back and reaps orphaned processing lists.
@@ -85,6 +95,8 @@ class PolicyState:
     awaiting: tuple[float, int] | None = (
         None  # (time, workers then) of a scale-up no new worker has shown for
     )
+    # knee: (workers, total messages/s drained, when measured), one per worker count, in count order
+    throughput: tuple[tuple[int, float, float], ...] = ()
 
 
 # Idle this long (nothing waiting, running or due) and the scale-down window no longer holds idle pods: long
@@ -99,6 +111,11 @@ ARRIVAL_HEADROOM = 1.2
 # one, no new pod could be Ready before it is gone; within two, a new pod would work less than it took to
 # start, and holding delays the last message by at most one start-up. 0 switches the rule off.
 HOLD_STARTUPS = 2.0
+
+
+# knee: a count's measured drain is kept this long (the highest of the fresh ones), then forgotten, so a
+# bottleneck that went away (a bigger node, a faster database) is measured again by the next burst.
+KNEE_MEMORY = 600.0
 
 
 @dataclass(frozen=True)
@@ -150,14 +167,46 @@ def _arrivals(last: tuple[float, int] | None, total: int, live: Sequence[float],
 
 
 def _drain_rate(state: PolicyState, total: int, waiting: int, workers: int, now: float) -> float | None:
-    """Messages/s one worker drains, from the backlog's fall between two readings with messages waiting in
-    both (every worker busy throughout) and the same workers at both (a worker that joined in between worked
-    for an unknown part of it): what fell, per second and worker. A lower bound: arrivals in between hide
-    some of the work done. A backlog that did not fall says the workers do not keep up: 0."""
+    """Messages/s one worker drains, measured in this reading, or None: from the backlog's fall between two
+    readings with messages waiting in both (every worker busy throughout) and the same workers at both (a
+    worker that joined in between worked for an unknown part of it): what fell, per second and worker. A
+    lower bound: arrivals in between hide some of the work done. A backlog that did not fall says the
+    workers do not keep up: 0."""
     last = state.last_waiting
     if last is None or waiting <= 0 or now - last[0] <= 0 or workers <= 0 or last[2] != workers:
-        return state.drain_rate
+        return None
     return max(0.0, last[1] - total) / ((now - last[0]) * workers)
+
+
+def _throughput(
+    state: PolicyState, workers: int, measured: float | None, now: float
+) -> tuple[tuple[int, float, float], ...]:
+    """The fresh per-count drains, with this reading's measurement (a positive one) kept if it is the
+    highest of its count."""
+    fresh = {n: (r, t) for n, r, t in state.throughput if now - t < KNEE_MEMORY}
+    if measured:
+        total = measured * workers
+        if workers not in fresh or total >= fresh[workers][0]:
+            fresh[workers] = (total, now)
+    return tuple((n, r, t) for n, (r, t) in sorted(fresh.items()))
+
+
+def _knee(throughput: Sequence[tuple[int, float, float]]) -> tuple[int, str] | None:
+    """The fewest workers that reach the best measured drain at the per-worker rate of the fewest measured,
+    with how it was found, or None while no count above it was measured (no evidence of a bottleneck)."""
+    if len(throughput) < 2:
+        return None
+    low, low_total, _ = throughput[0]
+    per = low_total / low
+    top, best, _ = max(throughput, key=lambda m: m[1])
+    knee = max(low, math.ceil(round(best / per, 6)))
+    if throughput[-1][0] <= knee:
+        return None
+    how = (
+        f"{top} workers drained {best:.0f}/s, {low} drained {per:.0f}/s each (measured from the backlog's"
+        f" fall): {knee} reach that, more add no throughput"
+    )
+    return knee, how
 
 
 def _drains_first(
@@ -285,7 +334,12 @@ def decide(
 
     workers = len(rates)
     waiting = total - reading.busy
-    drain_rate = _drain_rate(state, total, waiting, workers, now)
+    measured = _drain_rate(state, total, waiting, workers, now)
+    throughput = _throughput(state, workers, measured, now)
+    last_rate = state.drain_rate if measured is None else measured
+    at_count = next((r / n for n, r, _ in throughput if n == workers), None)
+    # the rate measured at this count (before this reading), not at the last count measured
+    drain_rate = at_count if measured is None and at_count is not None else last_rate
     startup, awaiting = state.startup, state.awaiting
     if awaiting is not None and workers > awaiting[1]:
         startup, awaiting = now - awaiting[0], None
@@ -294,6 +348,14 @@ def decide(
         if why:
             raw, rule = current, "drains-first"
             detail += "; " + why
+
+    knee = _knee(throughput)
+    if knee is not None and raw > max(current, knee[0]):
+        if measured == 0.0 and workers >= knee[0]:
+            detail += f"; {knee[1]}, but {workers} workers did not drain it: not capped"
+        else:
+            raw, rule = max(current, knee[0]), "knee"
+            detail += f"; {knee[1]}: {raw}"
 
     if current == 0:
         if reading.busy == 0 and reading.retries_due == 0 and total <= scaling.activation_backlog:
@@ -356,9 +418,10 @@ def decide(
         capacity,
         saturated,
         (now, total, workers) if waiting > 0 else None,
-        drain_rate,
+        last_rate,
         startup,
         awaiting,
+        throughput,
     )
 
     idle_for = now - last_active if total == 0 and last_active is not None else 0.0

@@ -1109,3 +1109,175 @@ def test_drains_first_waves_in_miniature():
     assert state.startup == 2.0 and state.drain_rate == 700.0
     assert peaks[0] == 10 and peaks[1:4] == [1, 1, 1], peaks
     assert peaks[4] == 10, peaks  # 6000 at 700/s: 8.6 s, more than two start-ups
+
+
+# knee rows: one worker measured at 570/s, ten at 1400/s in all (a bottleneck every pod shares), pods
+# measured to start in 1.5 s; sc() would ask ceil(2000 / 50) = 40, clamped to 10. One worker drains 2000 in
+# 3.5 s, past two start-ups, so drains-first does not hold.
+KNEE_ST = PolicyState(
+    startup=1.5, last_reading=(T - 1, 0), throughput=((1, 570.0, T - 30), (10, 1400.0, T - 20))
+)
+KNEE_ROWS = [
+    # id, scaling, reading, rates, current, state, desired, rule
+    ("capped-at-the-knee", sc(), Backlog(ready=2000), [1.0], 1, KNEE_ST, 3, "knee"),  # ceil(1400 / 570)
+    ("from-zero", sc(), Backlog(ready=2000), [], 0, KNEE_ST, 3, "knee"),
+    ("never-below-current", sc(), Backlog(ready=2000), [1.0] * 5, 5, KNEE_ST, 5, "knee"),
+    (
+        "under-the-knee-as-before",
+        sc(),
+        Backlog(ready=100),
+        [1.0],
+        1,
+        replace(KNEE_ST, startup=None),
+        2,
+        "target",
+    ),
+    ("floor-wins", sc(min_replicas=5), Backlog(ready=2000), [1.0], 1, KNEE_ST, 5, "min"),
+    (
+        "linear-no-cap",  # two workers drained twice what one did: no evidence of a bottleneck
+        sc(),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(KNEE_ST, throughput=((1, 570.0, T - 30), (2, 1140.0, T - 20))),
+        10,
+        "max",
+    ),
+    (
+        "worse-above-the-knee",  # three drained 1300/s, ten less: the best decides
+        sc(),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(KNEE_ST, throughput=((1, 570.0, T - 30), (3, 1300.0, T - 25), (10, 1200.0, T - 20))),
+        3,
+        "knee",
+    ),
+    (
+        "forgotten",  # the ten-worker drain is older than KNEE_MEMORY: probe again
+        sc(),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(KNEE_ST, throughput=((1, 570.0, T - 30), (10, 1400.0, T - policy.KNEE_MEMORY))),
+        10,
+        "max",
+    ),
+    (
+        "not-draining-at-the-knee",  # three workers, messages waiting, the backlog up since: not capped
+        sc(),
+        Backlog(ready=2000),
+        [1.0] * 3,
+        3,
+        replace(KNEE_ST, last_waiting=(T - 1, 1900, 3)),
+        10,
+        "max",
+    ),
+    (
+        "draining-at-the-knee",  # the same, falling (slowly: drains-first does not hold): capped, at 3
+        sc(),
+        Backlog(ready=2000),
+        [1.0] * 3,
+        3,
+        replace(KNEE_ST, last_waiting=(T - 1, 2300, 3)),
+        3,
+        "knee",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "scaling,reading,rates,current,state,desired,rule",
+    [r[1:] for r in KNEE_ROWS],
+    ids=[r[0] for r in KNEE_ROWS],
+)
+def test_knee_table(scaling, reading, rates, current, state, desired, rule):
+    d = decide(scaling, reading, rates, current, state, T)
+    assert (d.desired, d.rule) == (desired, rule), d.reason
+
+
+def test_knee_reason_says_what_was_measured():
+    d = decide(sc(), Backlog(ready=2000), [1.0], 1, KNEE_ST, T)
+    assert "10 workers drained 1400/s, 1 drained 570/s each" in d.reason
+    assert "3 reach that, more add no throughput: 3" in d.reason and d.reason.endswith("1 -> 3")
+
+
+@pytest.mark.parametrize(
+    "before,last_waiting,throughput",
+    [
+        pytest.param((), (T - 1, 2700, 1), ((1, 700.0, T),), id="first-measurement"),
+        pytest.param(((1, 900.0, T - 10),), (T - 1, 2700, 1), ((1, 900.0, T - 10),), id="lower-kept-out"),
+        pytest.param(((1, 500.0, T - 10),), (T - 1, 2700, 1), ((1, 700.0, T),), id="higher-replaces"),
+        pytest.param(
+            ((1, 900.0, T - policy.KNEE_MEMORY),), (T - 1, 2700, 1), ((1, 700.0, T),), id="stale-replaced"
+        ),
+        pytest.param(((1, 900.0, T - 10),), (T - 1, 1900, 1), ((1, 900.0, T - 10),), id="no-fall-no-sample"),
+        pytest.param(((1, 900.0, T - 10),), None, ((1, 900.0, T - 10),), id="nothing-waited-before"),
+        pytest.param(
+            ((2, 900.0, T - 10),), (T - 1, 2700, 1), ((1, 700.0, T), (2, 900.0, T - 10)), id="by-count"
+        ),
+    ],
+)
+def test_knee_measures_the_drain_per_worker_count(before, last_waiting, throughput):
+    state = PolicyState(throughput=before, last_waiting=last_waiting)
+    d = decide(sc(), Backlog(ready=2000), [1.0], 1, state, T)
+    assert d.state.throughput == throughput, d.reason
+
+
+def _waves(rate_at: Any, bursts: int = 8) -> tuple[list[int], list[float], float]:
+    """A burst of 2000 every 60 s at the defaults, one reading a second, pods Ready 2 s after a scale-up;
+    ``rate_at(n)`` is what n workers drain per second in all. The peak count and the drain time of each
+    burst, and the pod-seconds."""
+    s = parse_scaling({"targetBacklogPerReplica": 10})
+    state, spec, workers, backlog = PolicyState(), 1, 1, 0.0
+    pending: list[tuple[float, int]] = []
+    peaks, drains, pod_seconds = [], [], 0.0
+    for i in range(60 * bursts):
+        now = T + i
+        for at, n in list(pending):
+            if at <= now:
+                workers, pending = n, [p for p in pending if p != (at, n)]
+        if i % 60 == 0:
+            backlog, peak, start = backlog + 2000, spec, i
+        d = decide(s, Backlog(ready=int(backlog)), [1.0] * workers, spec, state, now)
+        state = d.state
+        if d.desired > spec:
+            pending.append((now + 2, d.desired))
+        elif d.desired < spec:
+            workers = min(workers, d.desired)
+        spec = d.desired
+        peak = max(peak, spec)
+        pod_seconds += spec
+        was = backlog
+        backlog = max(0.0, backlog - rate_at(min(workers, spec)))
+        if was > 0 and backlog == 0:
+            drains.append(i - start + was / rate_at(min(workers, spec)))
+        if i % 60 == 59:
+            peaks.append(peak)
+    return peaks, drains, pod_seconds
+
+
+def test_knee_waves_on_a_shared_bottleneck():
+    """bench/vs_keda.py's waves on two cores: one worker drains 450/s (2000 in 4.4 s, past two start-ups),
+    and however many pods there are, all of them together drain at most 1400/s. The first bursts scale to
+    10 (the first is gone before ten workers' drain is measured); the next ones stop at the knee, 4, and
+    drain as fast as 10 did, for fewer pod-seconds than scaling to 10 each time. Once the ten-worker drain
+    is forgotten (KNEE_MEMORY), a burst probes 10 again."""
+    peaks, drains, pods = _waves(lambda n: min(450.0 * n, 1400.0), bursts=14)
+    assert peaks[:2] == [10, 10] and set(peaks[2:12]) == {4}, peaks
+    assert 10 in peaks[12:], peaks  # 600 s after ten workers were measured: measured again
+    assert max(drains[2:12]) <= drains[1] + 0.01, drains
+    with_cap = pods
+    policy_memory = policy.KNEE_MEMORY
+    try:
+        policy.KNEE_MEMORY = 0.0  # nothing remembered: the policy as it was without the knee
+        no_cap = _waves(lambda n: min(450.0 * n, 1400.0), bursts=14)[2]
+    finally:
+        policy.KNEE_MEMORY = policy_memory
+    assert with_cap < 0.8 * no_cap, (with_cap, no_cap)
+
+
+def test_knee_waves_where_pods_scale_linearly():
+    """The same waves where each pod adds its 450/s: no knee, every burst scales to 10."""
+    peaks, _, _ = _waves(lambda n: 450.0 * n)
+    assert set(peaks) == {10}, peaks
