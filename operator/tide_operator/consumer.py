@@ -448,6 +448,7 @@ class Consumer:
             self.state,
             time.time(),
             paused,
+            reading.idle if reading else (),
         )
         self.state = decision.state
         changed = decision.desired != current

@@ -61,6 +61,10 @@ table-driven test. The rules, in order:
    in-flight included, has been zero for ``IDLE_SECONDS`` (or the scale-down period, if longer), every pod
    is idle and the down window would only hold idle pods until the cooldown ends; then the count falls by
    the scale-down rate limit alone (``idle``), towards the one replica the cooldown holds (or the floor).
+   The same holds for each pod while others work (``idle-pods``): with nothing waiting, a worker whose
+   heartbeat says it has been idle that long (``Heartbeat.idle_for``) is not held by the down window, so
+   a pod that finished its job goes within seconds, not after the window; the deletion cost picks the
+   idle ones, and the busy ones keep working.
 8. Rate limits per period: at most ``maxStepPods`` or ``maxStepPercent`` (the more permissive when both
    are set) relative to the count at the start of the period (``rate-limit-up``/``rate-limit-down``).
 """
@@ -255,9 +259,11 @@ def decide(
     state: PolicyState,
     now: float,
     paused: bool = False,
+    worker_idle: Sequence[float] = (),
 ) -> Decision:
     """Desired replicas for one poll. ``reading`` is None when Redis could not be read; ``rates`` are the
-    recent messages/s of each live worker (from heartbeats); ``current`` is the target's replica count."""
+    recent messages/s of each live worker (from heartbeats), ``worker_idle`` the seconds each had been idle;
+    ``current`` is the target's replica count."""
     if paused:
         return Decision(current, "paused", f"paused by annotation: holding {current} replicas", state)
 
@@ -436,7 +442,17 @@ def decide(
             desired, rule = rec, "idle"
             detail += f"; idle for {idle_for:.0f}s: the scale-down window holds no idle pods"
         desired = min(desired, down_rec)
-        if desired != rec:
+        settle = max(IDLE_SECONDS, scaling.scale_down.period_seconds)
+        # workers past the count are leaving (a scale-down just made): the idle ones first, so not counted
+        spare = max(0, sum(1 for i in worker_idle if i >= settle) - max(0, workers - current))
+        floor = max(rec, current - spare)
+        if desired != rec and floor < desired and waiting <= 0 and reading.retries_due == 0:
+            desired, rule = floor, "idle-pods"
+            detail += (
+                f"; {spare} workers idle for {settle:g}s or more with nothing waiting: the scale-down"
+                " window holds no idle pods"
+            )
+        elif desired != rec:
             rule = "stabilized"
             window = "up" if desired < rec else "down"
             detail += f"; {window} stabilization window holds {desired}"

@@ -107,6 +107,7 @@ class Reading:
     workers: int  # registered workers
     # spec.source.lists: each list's key and backlog (``backlog`` is their sum)
     parts: tuple[tuple[str, Backlog], ...] = ()
+    idle: tuple[float, ...] = ()  # seconds each of those workers had been idle (Heartbeat.idle_for)
 
 
 def _text(value: Any) -> str:
@@ -478,18 +479,31 @@ class ReadBatcher:
         self._queue.clear()
 
 
-def _rate(raw: Any) -> float | None:
-    """The rate of a heartbeat, read by ``Heartbeat`` (lua/list_backlog.lua applies the same rule)."""
+Figures = tuple[float, float]  # a live worker's rate and idle seconds (Heartbeat.rate, Heartbeat.idle_for)
+
+
+def _figures(raw: Any) -> Figures | None:
+    """The figures of a heartbeat, read by ``Heartbeat`` (lua/list_backlog.lua applies the same rules)."""
     if raw is None:
         return None
     try:
-        return Heartbeat.decode(raw).rate
+        hb = Heartbeat.decode(raw)
     except ValueError:
         return None  # not a heartbeat: it says nothing about throughput
+    return hb.rate, hb.idle_for()
 
 
-def _rates(heartbeats: Sequence[Any]) -> tuple[float, ...]:
-    return tuple(r for r in map(_rate, heartbeats) if r is not None)
+def _script_figures(raw: Any) -> Figures | None:
+    """The figures list_backlog.lua returns for a heartbeat: ``"<rate> <idle>"``, or None."""
+    if raw is None:
+        return None
+    rate, idle = _text(raw).split()
+    return float(rate), float(idle)
+
+
+def _reading(backlog: Backlog, figures: Sequence[Figures | None], workers: int, parts: Any = ()) -> Reading:
+    live = [f for f in figures if f is not None]
+    return Reading(backlog, tuple(r for r, _ in live), workers, parts, tuple(i for _, i in live))
 
 
 class _Reader:
@@ -633,9 +647,8 @@ class ListReader(_Reader):
             reply = await self._execute(read)
         res = _raise_first(reply)[0]
         ready, registry_raw, due, delayed, nxt, head = res[:6]
-        per_worker: dict[str, tuple[Any, float | None]] = {
-            w: (res[6 + 2 * i], None if res[7 + 2 * i] is None else float(res[7 + 2 * i]))
-            for i, w in enumerate(cached)
+        per_worker: dict[str, tuple[Any, Figures | None]] = {
+            w: (res[6 + 2 * i], _script_figures(res[7 + 2 * i])) for i, w in enumerate(cached)
         }
         held: dict[str, int] = {w: int(n) for w, (n, _) in per_worker.items()}
         held.update(zip(orphans, map(int, res[6 + 2 * len(cached) :]), strict=True))
@@ -650,7 +663,7 @@ class ListReader(_Reader):
 
             extra = _raise_first(await self._execute(stage_new))
             for i, w in enumerate(new):
-                per_worker[w] = (extra[2 * i], _rate(extra[2 * i + 1]))
+                per_worker[w] = (extra[2 * i], _figures(extra[2 * i + 1]))
                 held[w] = int(extra[2 * i])
         if registry != cached:  # else keep the cached tuple: its identity says the orphans are current
             self.workers = registry
@@ -666,7 +679,7 @@ class ListReader(_Reader):
             next_retry_at=float(nxt[1]) if nxt else None,
             oldest_age=self._head_age(head, now),
         )
-        return Reading(backlog, tuple(r for _, r in live if r is not None), len(registry))
+        return _reading(backlog, [f for _, f in live], len(registry))
 
     def _head_age(self, head: Any, now: float) -> float | None:
         """The age of the message at the consuming end: from its envelope's time, or, for one that carries
@@ -760,10 +773,10 @@ class StreamReader(_Reader):
 
             heartbeats.update(zip(new, _raise_first(await self._execute(stage_new)), strict=True))
         self.workers = registry
-        rates = _rates([heartbeats[w] for w in registry])
+        figures = [_figures(heartbeats[w]) for w in registry]
         if isinstance(stream_raw, ResponseError):  # no stream yet: nothing to do
             self._position = "-"
-            return Reading(stream_backlog(0, None), rates, len(registry))
+            return _reading(stream_backlog(0, None), figures, len(registry))
         first = first_raw[0][0] if isinstance(first_raw, list) and first_raw else None
         stream = _pairs(stream_raw)
         length = int(_field(stream, "length") or 0)
@@ -776,7 +789,7 @@ class StreamReader(_Reader):
         if group is None:
             self._position = "-"
             oldest = None if first is None or position != "-" else age(entry_time(_text(first)), now)
-            return Reading(stream_backlog(length, None, oldest_age=oldest), rates, len(registry))
+            return _reading(stream_backlog(length, None, oldest_age=oldest), figures, len(registry))
         delivered = _text_or_none(_field(group, "last-delivered-id")) or "0-0"
         self._position = delivered
         backlog = stream_backlog(
@@ -791,7 +804,7 @@ class StreamReader(_Reader):
             last_generated_id=_text_or_none(_field(stream, "last-generated-id")),
             oldest_age=_oldest(first, position, delivered, now),
         )
-        return Reading(backlog, rates, len(registry))
+        return _reading(backlog, figures, len(registry))
 
 
 def _oldest(first: Any, position: str, delivered: str, now: float) -> float | None:
@@ -851,7 +864,7 @@ class MultiListReader:
         readings = await asyncio.gather(*(r.read(now) for r in self.readers))
         parts = tuple((r.keys.ready, x.backlog) for r, x in zip(self.readers, readings, strict=True))
         first = readings[0]
-        return Reading(sum_backlogs(b for _, b in parts), first.rates, first.workers, parts)
+        return Reading(sum_backlogs(b for _, b in parts), first.rates, first.workers, parts, first.idle)
 
     async def heartbeats(self) -> list[Heartbeat]:
         """Every worker heartbeats on each list with the same record: the first list's are all of them;

@@ -196,7 +196,7 @@ def test_list_backlog_counts_every_processing_list() -> None:
 
 HB = Heartbeat(
     id="w1", host="h", pid=7, started=1.5, ts=2.5, concurrency=4, inflight=1, processed=9, failed=1,
-    rate=0.1 + 0.2, rate_window=10.0, version="1.2",
+    rate=0.1 + 0.2, rate_window=10.0, version="1.2", idle_since=1.0,
 )  # fmt: skip
 
 
@@ -212,11 +212,12 @@ def _heartbeat_variants() -> list[bytes]:
     return [*out, b"garbage", b"[]", b"{}", b"null", b'"text"', b"3"]
 
 
-def _python_rate(raw: bytes) -> float | None:
+def _python_figures(raw: bytes) -> tuple[float, float] | None:
     try:
-        return Heartbeat.decode(raw).rate
+        hb = Heartbeat.decode(raw)
     except ValueError:
         return None
+    return hb.rate, hb.idle_for()
 
 
 def test_list_script_reads_heartbeats_as_heartbeat_does(r: redis.Redis) -> None:
@@ -227,15 +228,17 @@ def test_list_script_reads_heartbeats_as_heartbeat_does(r: redis.Redis) -> None:
         r.set(k.worker(wid), raw)
     keys = [k.ready, k.workers, k.delayed] + [x for w in wids for x in (k.processing(w), k.worker(w))]
     res = r.eval(LIST_BACKLOG_LUA, len(keys), *keys, repr(time.time()), str(len(wids)))
-    lua = [None if x is None else float(x) for x in res[7::2]]
-    want = [_python_rate(raw) for raw in variants]
+    lua = [None if x is None else tuple(map(float, x.split())) for x in res[7::2]]
+    want = [_python_figures(raw) for raw in variants]
     assert lua == want
-    assert want[0] == 0.1 + 0.2 and want[1] == 0.0  # every digit of the rate; none written reads as 0
+    # every digit of the rate, and idle since 1.0 at ts 2.5; none written reads as 0, and 0 as busy
+    assert want[0] == (0.1 + 0.2, 1.5) and want[1] == (0.0, 0.0)
     assert sum(x is None for x in want) > len(variants) // 2  # the broken ones are refused by both
 
 
 def test_reader_reads_heartbeats_alike_in_python_and_in_the_script(r: redis.Redis, redis_url: str) -> None:
-    """A worker new to the reader is read by Python (``_rate``), a known one by the script: same rates."""
+    """A worker new to the reader is read by Python (``_figures``), a known one by the script: the same
+    rates and idle seconds."""
     k = QueueKeys("hb")
     variants = _heartbeat_variants()
     for i, raw in enumerate(variants):
@@ -245,8 +248,10 @@ def test_reader_reads_heartbeats_alike_in_python_and_in_the_script(r: redis.Redi
         asyncio.run(_read(redis_url, [Source("list", "hb")])),
         asyncio.run(_read(redis_url, [Source("list", "hb")], rounds=2)),
     )
-    want = tuple(x for x in map(_python_rate, variants) if x is not None)
-    assert by_python[0].rates == by_lua[0].rates == want
+    want = [x for x in map(_python_figures, variants) if x is not None]
+    assert by_python[0].rates == by_lua[0].rates == tuple(r for r, _ in want)
+    assert by_python[0].idle == by_lua[0].idle == tuple(i for _, i in want)
+    assert 1.5 in by_lua[0].idle
 
 
 # --- the head's enqueue time: list_backlog.lua decodes it by envelope.enqueued_time's rules --------------

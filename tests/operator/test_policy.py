@@ -1281,3 +1281,36 @@ def test_knee_waves_where_pods_scale_linearly():
     """The same waves where each pod adds its 450/s: no knee, every burst scales to 10."""
     peaks, _, _ = _waves(lambda n: 450.0 * n)
     assert set(peaks) == {10}, peaks
+
+
+# idle-pods rows: long jobs at the defaults (down window 30 s, 50 % per 5 s), one job per pod; ten ran
+# until now, one finished, so the window still holds 10 (recommended 10 s ago)
+IP_S = parse_scaling({"targetBacklogPerReplica": 1})
+IP_ST = PolicyState(recommendations=((T - 10, 10),), last_active_time=T)
+IP_ROWS = [
+    # id, reading, worker_idle, current, desired, rule
+    ("idle-pod-goes", Backlog(inflight=9), [6.0] + [0.0] * 9, 10, 9, "idle-pods"),
+    ("idle-not-long-enough", Backlog(inflight=9), [4.0] + [0.0] * 9, 10, 10, "stabilized"),
+    ("something-waits", Backlog(ready=1, inflight=8), [6.0] + [0.0] * 9, 10, 10, "stabilized"),
+    ("retry-due", Backlog(inflight=8, retries_due=1), [6.0] + [0.0] * 9, 10, 10, "stabilized"),
+    ("never-below-the-work", Backlog(inflight=9), [6.0, 6.0, 6.0] + [0.0] * 7, 10, 9, "idle-pods"),
+    ("two-go", Backlog(inflight=8), [6.0, 6.0] + [0.0] * 8, 10, 8, "idle-pods"),
+    # 11 heartbeats for 10 pods: one is leaving (the idle one, by its deletion cost), so one more stays
+    ("leaving-not-counted", Backlog(inflight=8), [6.0, 6.0] + [0.0] * 9, 10, 9, "idle-pods"),
+    ("rate-limit-still", Backlog(inflight=2), [6.0] * 8 + [0.0] * 2, 10, 5, "rate-limit-down"),
+    ("no-heartbeat-figures", Backlog(inflight=9), [], 10, 10, "stabilized"),
+]
+
+
+@pytest.mark.parametrize(
+    "reading,worker_idle,current,desired,rule", [r[1:] for r in IP_ROWS], ids=[r[0] for r in IP_ROWS]
+)
+def test_idle_pods_table(reading, worker_idle, current, desired, rule):
+    rates = [0.0] * len(worker_idle) or [0.0] * current
+    d = decide(IP_S, reading, rates, current, IP_ST, T, worker_idle=worker_idle)
+    assert (d.desired, d.rule) == (desired, rule), d.reason
+
+
+def test_idle_pods_reason_says_why():
+    d = decide(IP_S, Backlog(inflight=9), [0.0] * 10, 10, IP_ST, T, worker_idle=[6.0] + [0.0] * 9)
+    assert "1 workers idle for 5s or more with nothing waiting" in d.reason and d.reason.endswith("10 -> 9")

@@ -29,12 +29,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def register(r, keys, worker: str, held: int, rate: float) -> None:
+def register(r, keys, worker: str, held: int, rate: float, idle_for: float = 0.0) -> None:
     now = time.time()
     r.zadd(keys.workers, {worker: now})
     if held:
         r.lpush(keys.processing(worker), *[f"m-{worker}-{i}" for i in range(held)])
-    hb = Heartbeat(id=worker, host="h", pid=1, started=now, ts=now, concurrency=1, rate=rate)
+    since = now - idle_for if idle_for else 0.0
+    hb = Heartbeat(
+        id=worker, host="h", pid=1, started=now, ts=now, concurrency=1, rate=rate, idle_since=since
+    )
     r.set(keys.worker(worker), hb.encode(), ex=30)
 
 
@@ -187,8 +190,19 @@ def test_stream_heartbeat_rates(r, redis_url):
     s = StreamKeys("events", "g")
     r.xadd(s.stream, {"n": 1})
     register(r, s, "c1", 0, 3.5)
+    register(r, s, "c2", 0, 0.0, idle_for=7.0)
     reading = run(read_stream(redis_url, "events", "g"))
-    assert reading.rates == (3.5,) and reading.workers == 1
+    assert reading.rates == (3.5, 0.0) and reading.workers == 2
+    assert reading.idle == (0.0, 7.0)
+
+
+def test_list_heartbeat_idle_seconds(r, redis_url):
+    """Idle seconds read by the script (a worker seen before) and by Python (a new one) alike."""
+    k = QueueKeys("jobs")
+    register(r, k, "w1", 1, 2.0)
+    register(r, k, "w2", 0, 0.0, idle_for=6.0)
+    (first, second), _ = run(read_list(redis_url, "jobs", times=2))
+    assert first.idle == second.idle == (0.0, 6.0)
 
 
 def test_cluster_list_and_stream(redis_cluster):

@@ -331,6 +331,32 @@ def test_heartbeat_registry_and_rate(r, start_worker):
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
+def test_heartbeat_says_how_long_the_worker_has_been_idle(r, start_worker, kind):
+    """``idle_since``: 0 while a message runs, then when the last one finished (what the operator's
+    idle-pods rule reads), on the direct path (sync) and the event loop's (async)."""
+    release = threading.Event()
+
+    def hold(m):
+        release.wait(10)
+
+    async def ahold(m):
+        await asyncio.to_thread(release.wait, 10)
+
+    w = start_worker(hold if kind == "sync" else ahold, heartbeat_ttl=0.6)
+    wid = w.worker.cfg.worker_id
+    wait_until(lambda: r.get(K.worker(wid)) is not None)
+    assert Heartbeat.decode(r.get(K.worker(wid))).idle_since >= w.worker.started  # nothing ran yet
+    push(r, "q", ["long"])
+    wait_until(lambda: Heartbeat.decode(r.get(K.worker(wid))).inflight == 1, what="running")
+    assert Heartbeat.decode(r.get(K.worker(wid))).idle_since == 0.0
+    finished = time.time()
+    release.set()
+    wait_until(lambda: Heartbeat.decode(r.get(K.worker(wid))).idle_since > 0, what="idle again")
+    hb = Heartbeat.decode(r.get(K.worker(wid)))
+    assert finished <= hb.idle_since <= hb.ts and hb.idle_for() == hb.ts - hb.idle_since
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_queue_wait_histogram_counts_first_attempts_from_their_enqueue_time(r, start_worker, kind):
     """Enqueue time (the envelope's) to handler start, for first attempts only: a retry's envelope keeps
     the first enqueue time, and a plain string carries none."""

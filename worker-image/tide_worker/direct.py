@@ -200,6 +200,7 @@ class DirectLane:
             w._chunk_body(run)
         finally:
             w.running = 0
+            w.last_busy = time.time()
             w.metrics.in_flight.dec(n)
         with self.state, run.lock:
             if run.abandoned:

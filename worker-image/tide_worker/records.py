@@ -161,7 +161,9 @@ class Heartbeat:
     for a drain-time objective from it. ``pod`` and ``namespace`` name the worker's pod (downward API;
     empty outside Kubernetes) and ``oldest_started`` is when the oldest running message started (unix
     seconds, 0 when none runs): from them and ``inflight`` the operator sets the pod's deletion cost
-    before a scale-down, so idle pods go first.
+    before a scale-down, so idle pods go first. ``idle_since`` is when the worker last finished its work
+    with nothing left running (unix seconds, its start if it never ran anything; 0 while it runs or holds
+    a message): a pod idle long enough goes before the scale-down window ends (``idle_for``).
     """
 
     id: str
@@ -179,6 +181,13 @@ class Heartbeat:
     pod: str = ""
     namespace: str = ""
     oldest_started: float = 0.0
+    idle_since: float = 0.0
+
+    def idle_for(self) -> float:
+        """Seconds the worker had been idle when it wrote this (0 while busy): the worker's own clock on
+        both sides, so no skew; a lower bound, as it may have been idle since. lua/list_backlog.lua in the
+        operator computes the same."""
+        return max(0.0, self.ts - self.idle_since) if self.idle_since > 0 else 0.0
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -135,6 +135,7 @@ class Worker:
         self.hard_deadline = float("inf")  # monotonic; past it, give up on Redis and exit
         self.grace_deadline = float("inf")
         self.started = time.time()
+        self.last_busy = self.started  # when running last fell to 0 (the heartbeat's idle_since)
         self.host = os.environ.get("POD_NAME") or socket.gethostname()
         self.processed = 0
         self.failed = 0
@@ -481,6 +482,7 @@ class Worker:
     async def _heartbeat_once(self) -> None:
         now = time.time()
         rate, window = self.rate.sample(now, self.processed + self.failed)
+        oldest = self._oldest_started()
         record = Heartbeat(
             id=self.cfg.worker_id,
             host=self.host,
@@ -496,7 +498,8 @@ class Worker:
             version=__version__,
             pod=os.environ.get(E.POD_NAME, ""),
             namespace=os.environ.get(E.POD_NAMESPACE, ""),
-            oldest_started=self._oldest_started(),
+            oldest_started=oldest,
+            idle_since=self.last_busy if self.running == 0 and oldest == 0 else 0.0,
         )
         await self.source.heartbeat(record.encode())
         if self.active:
@@ -798,6 +801,7 @@ class Worker:
             # On cancellation (the grace period is over) the unfinished stay in custody and are requeued.
             self.runs.discard(run)
             self.running -= n
+            self.last_busy = time.time()
             self.metrics.in_flight.dec(n)
             for d in chunk:
                 self.active.pop(id(d), None)
@@ -906,6 +910,7 @@ class Worker:
         finally:
             self.runs.discard(run)
             self.running -= n
+            self.last_busy = time.time()
             for d in chunk:
                 self.active.pop(id(d), None)
                 self.held_since.pop(id(d), None)

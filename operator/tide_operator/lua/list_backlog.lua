@@ -7,8 +7,9 @@
 -- most attempts and largest time (tide_worker.envelope's ENVELOPE_VERSION, MAX_ENVELOPE_ATTEMPTS, MAX_TIME).
 -- Returns ready, registry, retries due, retries total, next retry (with score), the head (the message at
 -- the consuming end: 't:<enqueue time>' from its envelope, 'h:<sha1 of it>' when it carries no time, or
--- false when the list is empty), then per worker: processing length and its heartbeat's rate (a string)
--- or false, then per orphan: processing length.
+-- false when the list is empty), then per worker: processing length and its heartbeat's figures (a
+-- string: the rate and the seconds it had been idle, Heartbeat.idle_for) or false, then per orphan:
+-- processing length.
 -- Many queues in one call (the operator's batched reads of one server; never on Cluster, where each
 -- queue's keys live in its own slot): ARGV[1] '*', ARGV[2..4] the envelope's limits, then per queue four
 -- arguments: how many KEYS are its own (in the order above, queue after queue), now, its registered
@@ -21,11 +22,11 @@ local HEARTBEAT = {
   {'id', 'str', true}, {'host', 'str', true}, {'pid', 'int', true}, {'started', 'float', true},
   {'ts', 'float', true}, {'concurrency', 'int', true}, {'inflight', 'int'}, {'processed', 'int'},
   {'failed', 'int'}, {'rate', 'float'}, {'rate_window', 'float'}, {'version', 'str'},
-  {'pod', 'str'}, {'namespace', 'str'}, {'oldest_started', 'float'},
+  {'pod', 'str'}, {'namespace', 'str'}, {'oldest_started', 'float'}, {'idle_since', 'float'},
 }
 
--- The heartbeat's rate (0 when it has none), or false when the value is not a heartbeat.
-local function heartbeat_rate(raw)
+-- The heartbeat's rate (0 when it has none) and idle seconds, or false when the value is not a heartbeat.
+local function heartbeat_figures(raw)
   local ok, doc = pcall(cjson.decode, raw)
   if not ok or type(doc) ~= 'table' then return false end
   for _, f in ipairs(HEARTBEAT) do
@@ -39,8 +40,10 @@ local function heartbeat_rate(raw)
       if f[2] == 'int' and math.floor(v) ~= v then return false end
     end
   end
+  local idle, since = 0, doc['idle_since'] or 0
+  if since > 0 then idle = math.max(0, doc['ts'] - since) end
   -- as a string with every digit (Lua numbers reply as integers)
-  return string.format('%.17g', doc['rate'] or 0)
+  return string.format('%.17g %.17g', doc['rate'] or 0, idle)
 end
 
 -- The enqueue time of a message by tide_worker.envelope.decode's rules (enqueued_time): the envelope's
@@ -132,7 +135,7 @@ local function backlog(first, last, now, nworkers, side)
     out[#out + 1] = redis.call('LLEN', KEYS[i])
     -- false when the heartbeat expired or is not one
     local hb = redis.call('GET', KEYS[i + 1])
-    out[#out + 1] = hb and heartbeat_rate(hb) or false
+    out[#out + 1] = hb and heartbeat_figures(hb) or false
   end
   for i = pairs_end + 1, last do
     out[#out + 1] = redis.call('LLEN', KEYS[i])
