@@ -8,6 +8,7 @@ handed back after a 2 s shutdown grace and started again) makes this fail."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -158,5 +159,53 @@ def test_a_refused_pod_patch_still_scales_down_and_says_why(
         warnings = wait_for("a warning", lambda: api.events("PodsNotPatchable", kind="Warning"), timeout=10)
         assert "scaling down without deletion costs" in warnings[0], warnings
         assert all(COST not in (p.metadata.annotations or {}) for p in _live_pods(api).values())
+        assert op.proc.poll() is None
+    r.close()
+
+
+def test_a_pod_whose_job_ended_goes_before_the_scale_down_window_and_the_busy_one_stays(
+    crds: Any, namespace: str, k8s: Any, sa_kubeconfig: Any, node_agent: Any, redis_url: str, tmp_path: Any
+) -> None:
+    """The idle-pods rule, end to end: two jobs on two pods (concurrency 1, one job per replica), one of
+    3 s and one of 40 s, at the default scale-down window (30 s). The pod whose job ended is idle past
+    5 s with nothing waiting, so it goes well within the window; the busy one stays and finishes its job.
+    Without the rule the window holds both until 30 s after the short job ended."""
+    r = redis.Redis.from_url(redis_url)
+    api = Api(k8s, namespace)
+    api.create_deployment(_worker_deployment(redis_url))
+    scaling = {"maxReplicas": 2, "targetBacklogPerReplica": 1, "cooldownSeconds": 120}
+    api.create_qc(qc("idle", redis_url, {"list": {"key": "iq"}}, scaling))
+    with run_operator(crds, namespace, sa_kubeconfig, tmp_path) as op:
+        node_agent("app=w")
+        producer = Producer(settings=RedisSettings(url=redis_url))
+        producer.enqueue("iq", {"hold": 40, "id": "long"})
+        wait_for("the long job started", lambda: r.llen("iq:held:started") == 1, timeout=90, interval=0.2)
+        producer.enqueue("iq", {"hold": 3, "id": "short"})  # the first pod is busy: it goes to a second
+        started = wait_for(
+            "2 jobs started",
+            lambda: (s := r.lrange("iq:held:started", 0, -1)) and len(s) == 2 and s,
+            timeout=90,
+            interval=0.2,
+        )
+        pods = {s.decode().split("|")[0]: s.decode().split("|")[1] for s in started}
+        assert len(set(pods.values())) == 2, started
+        done = wait_for(
+            "the short job done", lambda: r.lrange("iq:held:done", 0, -1), timeout=30, interval=0.1
+        )
+        ended = float(done[0].decode().split("|")[2])
+        wait_for("2 -> 1", lambda: api.replicas() == 1, timeout=25, interval=0.2)
+        took = time.time() - ended
+        assert took < 20, took  # idle 5 s (+ a heartbeat, a poll, the deletion costs); the window is 30 s
+        left = wait_for("1 pod left", lambda: (p := _live_pods(api)) and len(p) == 1 and p, timeout=30)
+        assert list(left) == [pods["long"]], (left, pods)
+        events = [e.message or "" for e in api.core.list_namespaced_event(namespace).items]
+        assert any("2 -> 1" in m and "idle for 5s or more with nothing waiting" in m for m in events), events
+        both = wait_for(
+            "the long job done",
+            lambda: (d := r.lrange("iq:held:done", 0, -1)) and len(d) == 2 and d,
+            timeout=60,
+        )
+        assert sorted(e.decode().split("|")[0] for e in both) == ["long", "short"]
+        assert len(r.lrange("iq:held:started", 0, -1)) == 2  # neither ran twice
         assert op.proc.poll() is None
     r.close()
