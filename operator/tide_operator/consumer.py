@@ -73,6 +73,13 @@ STATUS_BURST_WAIT = 10.0
 SCALE_REREAD_SECONDS = 30.0
 SCALE_REREAD_JITTER = 0.25
 SECRET_TTL = 60.0
+# While a scale-up's pods start and messages wait, read RAMP_READS times per polling interval, for at most
+# RAMP_SECONDS: pods start within about one interval, so at one read per interval two readings in a row
+# rarely see the same workers, and the backlog's fall per worker count is what the drains-first and knee
+# rules measure (tide_operator.policy). Only with live workers, so a resource scaling from zero or whose
+# pods cannot start reads no more than before.
+RAMP_READS = 4
+RAMP_SECONDS = 5.0
 MAX_BACKOFF = 10.0
 # A failure that lasts is posted again this often (Kubernetes keeps events for an hour by default).
 EVENT_REPEAT_SECONDS = 600.0
@@ -172,6 +179,7 @@ class Consumer:
         self.deploy_retry_at = 0.0
         self.deploy_error = ""
         self.settle_reads: collections.deque[float] = collections.deque()
+        self.ramp_until: float | None = None  # reading RAMP_READS times an interval until then
         self.pod_costs: dict[str, int] = {}  # the deletion costs last written, by pod name
         # what the per-resource gauges show when scraped (metrics.RESOURCES)
         self.last_gauges: tuple[int, int] | None = None
@@ -271,6 +279,18 @@ class Consumer:
         if self.resolve("deployment"):
             self.event("Normal", Reason.DEPLOYMENT_APPLIED, f"Deployment {name} applied")
         return True
+
+    def ramp(self, reading: Reading | None, scaling_up: bool) -> None:
+        """Start reading faster at a scale-up with live workers and messages waiting; stop once none
+        wait."""
+        waiting = reading is not None and reading.backlog.total > reading.backlog.busy
+        if not waiting:
+            self.ramp_until = None
+        elif scaling_up and reading is not None and reading.rates:
+            self.ramp_until = time.monotonic() + RAMP_SECONDS
+
+    def ramping(self) -> bool:
+        return self.ramp_until is not None and time.monotonic() < self.ramp_until
 
     def settle(self) -> None:
         """Read the owned Deployment a few more times soon: pods it cannot create show within seconds."""
@@ -451,6 +471,7 @@ class Consumer:
             reading.idle if reading else (),
         )
         self.state = decision.state
+        self.ramp(reading, decision.desired > current)
         changed = decision.desired != current
         # a scale-up goes out first (burst latency); a scale-down or a fallback is in no hurry, so the
         # status says why before the target moves, and again with the new count after
@@ -720,7 +741,10 @@ class Consumer:
                     raise
                 except Exception as exc:  # the last resort: no error ends the loop without a word
                     delay = await self.poll_failed(exc)
-                await self.shared.waker.sleep(self, self.shared.ticker.tick(delay, self.interval, self.phase))
+                interval = self.interval
+                if delay <= interval and self.ramping():
+                    delay = interval = interval / RAMP_READS
+                await self.shared.waker.sleep(self, self.shared.ticker.tick(delay, interval, self.phase))
         finally:
             self.shared.waker.forget(self)
             self.shared.daemons -= 1
