@@ -195,7 +195,19 @@ def _throughput(
     return tuple((n, r, t) for n, (r, t) in sorted(fresh.items()))
 
 
-def _knee(throughput: Sequence[tuple[int, float, float]]) -> tuple[int, str] | None:
+@dataclass(frozen=True)
+class Knee:
+    count: int  # the fewest workers that reach ``best``
+    per: float  # messages/s per worker at the fewest workers measured
+    best: float  # the highest total drain measured at any count
+    how: str
+
+    def total(self, workers: int) -> float:
+        """What ``workers`` drain in all, by these measurements: each ``per`` until ``best``."""
+        return min(workers * self.per, self.best)
+
+
+def _knee(throughput: Sequence[tuple[int, float, float]]) -> Knee | None:
     """The fewest workers that reach the best measured drain at the per-worker rate of the fewest measured,
     with how it was found, or None while no count above it was measured (no evidence of a bottleneck)."""
     if len(throughput) < 2:
@@ -210,7 +222,7 @@ def _knee(throughput: Sequence[tuple[int, float, float]]) -> tuple[int, str] | N
         f"{top} workers drained {best:.0f}/s, {low} drained {per:.0f}/s each (measured from the backlog's"
         f" fall): {knee} reach that, more add no throughput"
     )
-    return knee, how
+    return Knee(knee, per, best, how)
 
 
 def _drains_first(
@@ -222,10 +234,14 @@ def _drains_first(
     drain_rate: float,
     startup: float,
     current: int,
+    up_total: float | None = None,
 ) -> str | None:
     """Why no pod is added for this backlog, or None: the ``pods`` working drain it within one start-up (no
     pod started now could be Ready before), or within ``HOLD_STARTUPS`` of them while the objectives set (the
-    oldest message's wait, the drain time) are still met."""
+    oldest message's wait, the drain time) are still met. With ``up_total``, what the pods of the scale-up
+    would drain in all by the knee's measurements: also when the scale-up would finish the backlog at most
+    one start-up sooner (pods that add little throughput; with pods that each add theirs, that is the
+    ``HOLD_STARTUPS`` bound again)."""
     arriving = sum(rates)  # the workers' recent rates: what has been arriving, as long as they keep up
     if pods < 1 or pods * drain_rate <= arriving:
         return None
@@ -236,18 +252,29 @@ def _drains_first(
     )
     if drains_in <= startup:
         return f"{how}, before a pod started now could be Ready ({startup:.1f}s start-up): holding {current}"
+    within = f"within {HOLD_STARTUPS:g} x the {startup:.1f}s pod start-up"
+    why = "a pod added would work less than it took to start"
     if drains_in > HOLD_STARTUPS * startup:
-        return None
+        now_rate = pods * drain_rate - arriving
+        if up_total is None:
+            return None
+        sooner = 0.0
+        if up_total - arriving > now_rate:  # the current pods drain until the new ones are Ready
+            sooner = drains_in - (startup + (total - now_rate * startup) / (up_total - arriving))
+        if sooner > startup:
+            return None
+        within = f"and with pods added ({up_total:.0f}/s in all, the knee) {sooner:.1f}s sooner"
+        why = f"pods added would save at most the {startup:.1f}s they take to start"
     wait, drain = scaling.target_wait_seconds, scaling.target_drain_seconds
     if wait and (age or 0.0) + drains_in > wait:
         return None
     if drain and drains_in > drain:
         return None
     return (
-        f"{how}, within {HOLD_STARTUPS:g} x the {startup:.1f}s pod start-up"
+        f"{how}, {within}"
         + (f" and the {wait:g}s wait target" if wait else "")
         + (f" and the {drain:g}s drain target" if drain else "")
-        + f" (a pod added would work less than it took to start): holding {current}"
+        + f" ({why}): holding {current}"
     )
 
 
@@ -349,19 +376,22 @@ def decide(
     startup, awaiting = state.startup, state.awaiting
     if awaiting is not None and workers > awaiting[1]:
         startup, awaiting = now - awaiting[0], None
+    knee = _knee(throughput)
+    if knee is not None and measured == 0.0 and workers >= knee.count:
+        if raw > max(current, knee.count):
+            detail += f"; {knee.how}, but {workers} workers did not drain it: not capped"
+        knee = None
     if HOLD_STARTUPS > 0 and raw > current >= 1 and rule != "arrival-rate" and drain_rate and startup:
-        why = _drains_first(scaling, total, age, rates, min(workers, current), drain_rate, startup, current)
+        up = None if knee is None else knee.total(min(raw, scaling.max_replicas, max(current, knee.count)))
+        pods = min(workers, current)
+        why = _drains_first(scaling, total, age, rates, pods, drain_rate, startup, current, up)
         if why:
             raw, rule = current, "drains-first"
             detail += "; " + why
 
-    knee = _knee(throughput)
-    if knee is not None and raw > max(current, knee[0]):
-        if measured == 0.0 and workers >= knee[0]:
-            detail += f"; {knee[1]}, but {workers} workers did not drain it: not capped"
-        else:
-            raw, rule = max(current, knee[0]), "knee"
-            detail += f"; {knee[1]}: {raw}"
+    if knee is not None and raw > max(current, knee.count):
+        raw, rule = max(current, knee.count), "knee"
+        detail += f"; {knee.how}: {raw}"
 
     if current == 0:
         if reading.busy == 0 and reading.retries_due == 0 and total <= scaling.activation_backlog:

@@ -1112,15 +1112,37 @@ def test_drains_first_waves_in_miniature():
 
 
 # knee rows: one worker measured at 570/s, ten at 1400/s in all (a bottleneck every pod shares), pods
-# measured to start in 1.5 s; sc() would ask ceil(2000 / 50) = 40, clamped to 10. One worker drains 2000 in
-# 3.5 s, past two start-ups, so drains-first does not hold.
+# measured to start in 0.5 s; sc() would ask ceil(2000 / 50) = 40, clamped to 10. One worker drains 2000 in
+# 3.5 s, and three would finish 1.8 s sooner, past a start-up, so drains-first does not hold.
 KNEE_ST = PolicyState(
-    startup=1.5, last_reading=(T - 1, 0), throughput=((1, 570.0, T - 30), (10, 1400.0, T - 20))
+    startup=0.5, last_reading=(T - 1, 0), throughput=((1, 570.0, T - 30), (10, 1400.0, T - 20))
 )
 KNEE_ROWS = [
     # id, scaling, reading, rates, current, state, desired, rule
     ("capped-at-the-knee", sc(), Backlog(ready=2000), [1.0], 1, KNEE_ST, 3, "knee"),  # ceil(1400 / 570)
     ("from-zero", sc(), Backlog(ready=2000), [], 0, KNEE_ST, 3, "knee"),
+    # pods that start in 1.5 s: three would finish 1.2 s sooner (at 1400/s from 1.5 s on), within one
+    # start-up, so none is added (with pods each adding 570/s: 2.2 s sooner, past it; see the next row)
+    (
+        "not-worth-a-start-up",
+        sc(),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(KNEE_ST, startup=1.5),
+        1,
+        "drains-first",
+    ),
+    (
+        "worth-it-without-a-knee",
+        sc(),
+        Backlog(ready=2000),
+        [1.0],
+        1,
+        replace(KNEE_ST, startup=1.5, throughput=((1, 570.0, T - 30),)),
+        10,
+        "max",
+    ),
     ("never-below-current", sc(), Backlog(ready=2000), [1.0] * 5, 5, KNEE_ST, 5, "knee"),
     (
         "under-the-knee-as-before",
@@ -1200,6 +1222,9 @@ def test_knee_reason_says_what_was_measured():
     d = decide(sc(), Backlog(ready=2000), [1.0], 1, KNEE_ST, T)
     assert "10 workers drained 1400/s, 1 drained 570/s each" in d.reason
     assert "3 reach that, more add no throughput: 3" in d.reason and d.reason.endswith("1 -> 3")
+    d = decide(sc(), Backlog(ready=2000), [1.0], 1, replace(KNEE_ST, startup=1.5), T)
+    assert "and with pods added (1400/s in all, the knee) 1.2s sooner" in d.reason
+    assert "(pods added would save at most the 1.5s they take to start): holding 1" in d.reason
 
 
 @pytest.mark.parametrize(
@@ -1224,63 +1249,92 @@ def test_knee_measures_the_drain_per_worker_count(before, last_waiting, throughp
     assert d.state.throughput == throughput, d.reason
 
 
-def _waves(rate_at: Any, bursts: int = 8) -> tuple[list[int], list[float], float]:
-    """A burst of 2000 every 60 s at the defaults, one reading a second, pods Ready 2 s after a scale-up;
-    ``rate_at(n)`` is what n workers drain per second in all. The peak count and the drain time of each
-    burst, and the pod-seconds."""
-    s = parse_scaling({"targetBacklogPerReplica": 10})
+def _waves(rate_at: Any, bursts: int = 8, min_replicas: int = 0) -> tuple[list[int], list[float], float]:
+    """A burst of 2000 every 60 s at the defaults, pods Ready 2 s after a scale-up; one reading a second,
+    four while a scale-up's pods start and messages wait (the consumer's ramp reads); ``rate_at(n)`` is
+    what n workers drain per second in all. The peak count and the drain time of each burst, and the
+    pod-seconds."""
+    s = parse_scaling({"targetBacklogPerReplica": 10, "minReplicas": min_replicas})
     state, spec, workers, backlog = PolicyState(), 1, 1, 0.0
     pending: list[tuple[float, int]] = []
     peaks, drains, pod_seconds = [], [], 0.0
-    for i in range(60 * bursts):
-        now = T + i
+    t, ramp_until, start, peak = 0.0, -1.0, 0.0, 0
+    while t < 60 * bursts:
+        now = T + t
         for at, n in list(pending):
             if at <= now:
                 workers, pending = n, [p for p in pending if p != (at, n)]
-        if i % 60 == 0:
-            backlog, peak, start = backlog + 2000, spec, i
+        if int(t) % 60 == 0 and t - int(t) == 0 and int(t) // 60 == len(peaks):
+            backlog, peak, start = backlog + 2000, spec, t
         d = decide(s, Backlog(ready=int(backlog)), [1.0] * workers, spec, state, now)
         state = d.state
         if d.desired > spec:
             pending.append((now + 2, d.desired))
+            if workers:
+                ramp_until = t + 5
         elif d.desired < spec:
             workers = min(workers, d.desired)
         spec = d.desired
         peak = max(peak, spec)
-        pod_seconds += spec
+        if backlog <= 0:
+            ramp_until = -1.0
+        dt = 0.25 if t < ramp_until else 1.0
+        dt = min(dt, 60 * (len(peaks) + 1) - t)  # the next burst lands on a reading
+        pod_seconds += spec * dt
         was = backlog
-        backlog = max(0.0, backlog - rate_at(min(workers, spec)))
+        backlog = max(0.0, backlog - rate_at(min(workers, spec)) * dt)
         if was > 0 and backlog == 0:
-            drains.append(i - start + was / rate_at(min(workers, spec)))
-        if i % 60 == 59:
+            drains.append(t - start + was / rate_at(min(workers, spec)))
+        t += dt
+        if t >= 60 * (len(peaks) + 1):
             peaks.append(peak)
     return peaks, drains, pod_seconds
 
 
-def test_knee_waves_on_a_shared_bottleneck():
-    """bench/vs_keda.py's waves on two cores: one worker drains 450/s (2000 in 4.4 s, past two start-ups),
-    and however many pods there are, all of them together drain at most 1400/s. The first bursts scale to
-    10 (the first is gone before ten workers' drain is measured); the next ones stop at the knee, 4, and
-    drain as fast as 10 did, for fewer pod-seconds than scaling to 10 each time. Once the ten-worker drain
-    is forgotten (KNEE_MEMORY), a burst probes 10 again."""
-    peaks, drains, pods = _waves(lambda n: min(450.0 * n, 1400.0), bursts=14)
-    assert peaks[:2] == [10, 10] and set(peaks[2:12]) == {4}, peaks
-    assert 10 in peaks[12:], peaks  # 600 s after ten workers were measured: measured again
-    assert max(drains[2:12]) <= drains[1] + 0.01, drains
-    with_cap = pods
-    policy_memory = policy.KNEE_MEMORY
+def _without_knee(**kw: Any) -> tuple[list[int], list[float], float]:
+    """``_waves`` with nothing remembered: the policy as it was before the knee."""
+    memory = policy.KNEE_MEMORY
     try:
-        policy.KNEE_MEMORY = 0.0  # nothing remembered: the policy as it was without the knee
-        no_cap = _waves(lambda n: min(450.0 * n, 1400.0), bursts=14)[2]
+        policy.KNEE_MEMORY = 0.0
+        return _waves(**kw)
     finally:
-        policy.KNEE_MEMORY = policy_memory
-    assert with_cap < 0.8 * no_cap, (with_cap, no_cap)
+        policy.KNEE_MEMORY = memory
+
+
+def _bottleneck(n: int) -> float:
+    return min(450.0 * n, 1400.0)
+
+
+def test_knee_waves_on_a_shared_bottleneck():
+    """bench/vs_keda.py's waves on two cores: one worker drains 450/s, and however many pods there are, all
+    of them together drain at most 1400/s; at zero between bursts (no background). The first burst scales
+    to 10 and measures that; the next ones stop at the knee, 4, and drain as fast as 10 did, for fewer
+    pod-seconds. Once the ten-worker drain is forgotten (KNEE_MEMORY), a burst probes 10 again."""
+    peaks, drains, pods = _waves(_bottleneck, bursts=14)
+    base_peaks, base_drains, base_pods = _without_knee(rate_at=_bottleneck, bursts=14)
+    assert set(base_peaks) == {10}, base_peaks
+    assert peaks[0] == 10 and set(peaks[1:11]) == {4}, peaks
+    assert 10 in peaks[11:], peaks  # 600 s after ten workers were measured: measured again
+    assert all(d <= b + 0.01 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
+    assert pods < 0.85 * base_pods, (pods, base_pods)
+
+
+def test_knee_waves_on_a_shared_bottleneck_from_one_pod():
+    """The same with one pod always up (bench/vs_keda.py's background keeps one): once the knee is
+    measured, a scale-up to it would finish a burst 1.7 s sooner, within the 2 s pods take to start, so
+    drains-first holds the one pod; each burst drains at most one start-up later than with 10 pods."""
+    peaks, drains, pods = _waves(_bottleneck, bursts=8, min_replicas=1)
+    _, base_drains, base_pods = _without_knee(rate_at=_bottleneck, bursts=8, min_replicas=1)
+    assert peaks[0] == 10 and set(peaks[1:]) == {1}, peaks
+    assert all(d <= b + 2.0 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
+    assert pods < 0.6 * base_pods, (pods, base_pods)
 
 
 def test_knee_waves_where_pods_scale_linearly():
     """The same waves where each pod adds its 450/s: no knee, every burst scales to 10."""
-    peaks, _, _ = _waves(lambda n: 450.0 * n)
-    assert set(peaks) == {10}, peaks
+    for kw in ({}, {"min_replicas": 1}):
+        peaks, _, _ = _waves(lambda n: 450.0 * n, **kw)
+        assert set(peaks) == {10}, (kw, peaks)
 
 
 # idle-pods rows: long jobs at the defaults (down window 30 s, 50 % per 5 s), one job per pod; ten ran
