@@ -27,6 +27,10 @@ from tide_operator.kube import Kube, connection_info
 from tide_operator.sharding import Sharder
 from tide_operator.spec import GROUP, PLURAL, VERSION
 
+# before kopf opens any connection (its login, peering and watch streams are TLS to the API server too):
+# a buffer is sized when its connection opens
+shrink_tls_buffers()
+
 
 def _not_track_success(record: logging.LogRecord) -> bool:
     # kopf logs "Handler 'track' succeeded." for every watch event, a status write included: at 10,000
@@ -70,7 +74,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.shared.k8s()
     # before the listing: thousands of loops' state would otherwise stall every full collection
     tune_gc()
-    shrink_tls_buffers()
     memo.heap = asyncio.create_task(collect_and_freeze(), name="tide: collect and freeze")
     memo.sharder = None
     shards = sharding_settings(settings)

@@ -650,3 +650,17 @@ def test_tls_replies_larger_than_the_shrunk_read_buffer_arrive_whole(redis_tls, 
     got, buffer = asyncio.run(read())
     assert got == value
     assert buffer == TLS_READ_BUFFER < 256 * 1024
+
+
+def test_the_operator_shrinks_tls_buffers_before_kopf_connects():
+    """Set when the handlers module is imported (before kopf's login, peering and watches open their TLS
+    connections to the API server), not in the startup handler after them. A fresh interpreter: importing
+    the handlers registers them with kopf."""
+    import subprocess
+    import sys
+
+    from tide_operator.heap import TLS_READ_BUFFER
+
+    code = "import asyncio.sslproto, tide_operator.handlers; print(asyncio.sslproto.SSLProtocol.max_size)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert int(out.stdout.strip()) == TLS_READ_BUFFER
