@@ -255,9 +255,9 @@ def _drains_first(
     within = f"within {HOLD_STARTUPS:g} x the {startup:.1f}s pod start-up"
     why = "a pod added would work less than it took to start"
     if drains_in > HOLD_STARTUPS * startup:
-        now_rate = pods * drain_rate - arriving
         if up_total is None:
             return None
+        now_rate = pods * drain_rate - arriving
         sooner = 0.0
         if up_total - arriving > now_rate:  # the current pods drain until the new ones are Ready
             sooner = drains_in - (startup + (total - now_rate * startup) / (up_total - arriving))
@@ -461,7 +461,8 @@ def decide(
     )
 
     idle_for = now - last_active if total == 0 and last_active is not None else 0.0
-    idle = idle_for >= max(IDLE_SECONDS, scaling.scale_down.period_seconds)
+    settle = max(IDLE_SECONDS, scaling.scale_down.period_seconds)  # idle this long: not held by the window
+    idle = idle_for >= settle
     if to_zero:
         desired = 0
     else:
@@ -472,7 +473,6 @@ def decide(
             desired, rule = rec, "idle"
             detail += f"; idle for {idle_for:.0f}s: the scale-down window holds no idle pods"
         desired = min(desired, down_rec)
-        settle = max(IDLE_SECONDS, scaling.scale_down.period_seconds)
         # workers past the count are leaving (a scale-down just made): the idle ones first, so not counted
         spare = max(0, sum(1 for i in worker_idle if i >= settle) - max(0, workers - current))
         floor = max(rec, current - spare)
