@@ -501,9 +501,9 @@ def _script_figures(raw: Any) -> Figures | None:
     return float(rate), float(idle)
 
 
-def _reading(backlog: Backlog, figures: Sequence[Figures | None], workers: int, parts: Any = ()) -> Reading:
+def _reading(backlog: Backlog, figures: Sequence[Figures | None], workers: int) -> Reading:
     live = [f for f in figures if f is not None]
-    return Reading(backlog, tuple(r for r, _ in live), workers, parts, tuple(i for _, i in live))
+    return Reading(backlog, tuple(r for r, _ in live), workers, idle=tuple(i for _, i in live))
 
 
 class _Reader:
