@@ -11,7 +11,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -414,8 +416,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.watch is not None and not (math.isfinite(args.watch) and 0 < args.watch <= MAX_SECONDS):
         raise UsageError(f"--watch must be more than 0 and at most {MAX_SECONDS} seconds, not {args.watch!r}")
     client = _client(args)
+    stop = threading.Event()
+    previous = None
+    if args.watch and threading.current_thread() is threading.main_thread():
+        # Ctrl-C ends the watch after the current read: a KeyboardInterrupt raised inside redis-py's
+        # reply handling could be lost there and leave the loop running. A second one interrupts at once.
+        def interrupted(signum: int, frame: Any) -> None:
+            stop.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, interrupted)
     try:
-        while True:
+        while not stop.is_set():
             if args.queue:
                 s = ops.queue_stats(client, args.queue, side=args.side)
             else:
@@ -428,10 +440,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 print(render_stats(s), flush=True)
             if not args.watch:
                 return 0
-            time.sleep(args.watch)
+            stop.wait(args.watch)
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         client.close()
 
 
