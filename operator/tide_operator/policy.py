@@ -187,6 +187,8 @@ def _throughput(
 ) -> tuple[tuple[int, float, float], ...]:
     """The fresh per-count drains, with this reading's measurement (a positive one) kept if it is the
     highest of its count."""
+    if not measured and not state.throughput:
+        return ()  # the idle poll of a resource that never drained with messages waiting: most of them
     fresh = {n: (r, t) for n, r, t in state.throughput if now - t < KNEE_MEMORY}
     if measured:
         total = measured * workers
@@ -370,13 +372,13 @@ def decide(
     measured = _drain_rate(state, total, waiting, workers, now)
     throughput = _throughput(state, workers, measured, now)
     last_rate = state.drain_rate if measured is None else measured
-    at_count = next((r / n for n, r, _ in throughput if n == workers), None)
+    at_count = next((r / n for n, r, _ in throughput if n == workers), None) if throughput else None
     # the rate measured at this count (before this reading), not at the last count measured
     drain_rate = at_count if measured is None and at_count is not None else last_rate
     startup, awaiting = state.startup, state.awaiting
     if awaiting is not None and workers > awaiting[1]:
         startup, awaiting = now - awaiting[0], None
-    knee = _knee(throughput)
+    knee = _knee(throughput) if throughput else None
     if knee is not None and measured == 0.0 and workers >= knee.count:
         if raw > max(current, knee.count):
             detail += f"; {knee.how}, but {workers} workers did not drain it: not capped"
@@ -474,7 +476,11 @@ def decide(
             detail += f"; idle for {idle_for:.0f}s: the scale-down window holds no idle pods"
         desired = min(desired, down_rec)
         # workers past the count are leaving (a scale-down just made): the idle ones first, so not counted
-        spare = max(0, sum(1 for i in worker_idle if i >= settle) - max(0, workers - current))
+        spare = (
+            max(0, sum(1 for i in worker_idle if i >= settle) - max(0, workers - current))
+            if worker_idle
+            else 0
+        )
         floor = max(rec, current - spare)
         if desired != rec and floor < desired and waiting <= 0 and reading.retries_due == 0:
             desired, rule = floor, "idle-pods"
