@@ -63,6 +63,7 @@ WAKE_MIN_GAP = 0.25
 # The server's notify-keyspace-events is read again this often (turned on later, or lost by a restart).
 RECHECK_SECONDS = 60.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 10.0
+CLOSE_PATIENCE = 5.0  # a closing watch's task ends within a second or two; past this it is left behind
 # Channels per SUBSCRIBE command (10,000 idle queues subscribe in ten commands).
 SUBSCRIBE_CHUNK = 1000
 # What a push onto a list or a stream publishes (LMOVE/BLMOVE and Lua scripts publish lpush/rpush too).
@@ -197,6 +198,9 @@ class ServerWatch:
     _map: dict[str, set[Handle]] = field(default_factory=dict)  # channel -> armed handles
     _keys: dict[str, set[Handle]] = field(default_factory=dict)  # key -> armed handles
     _logged: tuple[str, str] | None = None
+    # closing: every loop of this watch ends at its next turn. A flag as well as the cancellation, because
+    # redis-py can swallow a cancellation that lands inside a pub/sub command (an UNSUBSCRIBE in flight)
+    _closing: bool = False
     wakes: int = 0  # early reads released by events, for tests and the bench
 
     def start(self) -> None:
@@ -289,7 +293,7 @@ class ServerWatch:
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
-        while True:
+        while not self._closing:
             try:
                 if not await self._check():
                     await self._pause(RECHECK_SECONDS)
@@ -353,7 +357,7 @@ class ServerWatch:
         kind = channel_kind(self.state.flags or "")
         deadline = loop.time() + RECHECK_SECONDS
         try:
-            while True:
+            while not self._closing:
                 if loop.time() >= deadline:
                     if not await self._check() or channel_kind(self.state.flags or "") != kind:
                         return
@@ -394,9 +398,7 @@ class ServerWatch:
                     return
         finally:
             if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *WAKE_ERRORS):
-                    await reader
+                await _end(reader)
             with contextlib.suppress(*WAKE_ERRORS, RuntimeError):
                 await pubsub.aclose()
 
@@ -412,7 +414,7 @@ class ServerWatch:
         keyspace = channel_kind(self.state.flags or "") == "keyspace"
         prefix = f"__keyspace@{self.db}__:"
         pushes = {*EVENTS["list"], *EVENTS["stream"]}
-        while True:
+        while not self._closing:
             msg = await pubsub.get_message(timeout=1.0)
             if msg is None:
                 continue
@@ -439,10 +441,24 @@ class ServerWatch:
                     h.poke()
 
     async def close(self) -> None:
+        self._closing = True
+        self._changed.set()  # a listen waiting for a change of membership turns at once
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await _end(self._task, CLOSE_PATIENCE, every=1.5)
+
+
+async def _end(task: asyncio.Task[Any], patience: float = 2.0, every: float = 0.2) -> None:
+    """Cancel ``task`` and wait until it ends, at most ``patience`` seconds. The cancellation is repeated
+    every ``every`` seconds: redis-py can swallow one that lands inside a command, and the task then runs
+    on (the watch's ``_closing`` ends it within a turn of its loop, ``get_message`` returning within a
+    second). ``every`` leaves a task that took its cancellation the time to clean up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: an error of a connection being closed says nothing more here
 
 
 def _config_value(reply: Any) -> Any:

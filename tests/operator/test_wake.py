@@ -465,3 +465,41 @@ def test_through_sentinel_the_master_wakes_it(redis_sentinel: Any) -> None:
     finally:
         with redis_sentinel.master().client() as c:
             c.config_set("notify-keyspace-events", "")
+
+
+def test_the_waker_closes_promptly_whenever_its_close_lands(notifying: RedisServer) -> None:
+    """The operator's shutdown: the loops end (their channels are being unsubscribed), then the waker
+    closes. A cancellation that lands inside a redis-py pub/sub command can be swallowed there; the close
+    then waited forever (found by ``bench/operator/poll_cost.py --wake``). Each round closes after a
+    different number of event-loop turns, so one lands in the middle of the UNSUBSCRIBE."""
+
+    async def once(turns: int) -> float:
+        pool = ClientPool()
+        waker = Waker("use")
+        loops = [FakeLoop(pool, notifying.url, {"list": {"key": f"q{i}"}}) for i in range(50)]
+        try:
+            await asyncio.gather(
+                *(
+                    settle(waker, lp, lambda lp=lp: wake_on(lp.conditions.get(Condition.WAKE_ON_PUSH)))
+                    for lp in loops
+                )
+            )
+            deadline = time.monotonic() + 10
+            while len(await loops[0].client.pubsub_channels()) < len(loops):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            for lp in loops:
+                waker.forget(lp)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            started = time.monotonic()
+            await asyncio.wait_for(waker.close(), 10)
+            return time.monotonic() - started
+        finally:
+            await pool.close()
+
+    async def main() -> None:
+        took = [await once(turns) for turns in range(8)]
+        assert max(took) < 3, took  # the reader's get_message returns within 1 s of the close
+
+    run(main())
