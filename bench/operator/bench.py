@@ -152,7 +152,8 @@ class Operator:
             return out
         for line in text.splitlines():
             m = re.match(
-                r"(tide_kube_requests_total|tide_redis_round_trips_total|tide_kube_request_seconds_(?:sum|count))"
+                r"(tide_kube_requests_total|tide_redis_round_trips_total|tide_kube_request_seconds_(?:sum|count)"
+                r"|tide_gc_pauses_total|tide_gc_pause_seconds_total|tide_gc_pause_longest_seconds)"
                 r"(\{[^}]*\})? (\S+)",
                 line,
             )

@@ -7,8 +7,10 @@ local control plane; this one takes a minute instead of fifteen, to try changes 
     python bench/operator/poll_cost.py [--resources 10000] [--seconds 20] [--interval 1] [--profile]
 
 Prints JSON: polls per second achieved (the goal: resources / interval), CPU cores, CPU microseconds per
-poll, Redis round trips per second, writes while idle (must be 0), and with ``--profile`` the functions
-py-spy sampled most (own time).
+poll, Redis round trips per second, writes while idle (must be 0), the collector's pauses in the window
+(``gc_pause_max_ms`` by generation), how fast the young collection's count grows and what one young
+collection at the end costs (``young_collection_ms``), the event loop's lag (a 5 ms timer: what a keyspace
+event or a burst's read waits behind), and with ``--profile`` the functions py-spy sampled most (own time).
 """
 
 from __future__ import annotations
@@ -43,17 +45,25 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
 class StandInKube:
-    """Replica reads answer 0; writes are counted (an idle fleet must make none after its first status)."""
+    """Replica reads answer what was last written (0 at first); writes are counted (an idle fleet must make
+    none after its first status), and the time of each /scale write is kept per target (``--wake``)."""
 
     def __init__(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
+        self.replicas: dict[str, int] = {}
+        self.scaled: dict[str, asyncio.Event] = {}
 
     async def get_replicas(self, namespace: str, target: Any) -> int:
         self.calls["get_replicas"] += 1
-        return 0
+        return self.replicas.get(_target(namespace, target), 0)
 
     async def set_replicas(self, namespace: str, target: Any, replicas: int) -> int:
         self.calls["set_replicas"] += 1
+        key = _target(namespace, target)
+        self.replicas[key] = replicas
+        event = self.scaled.get(key)
+        if event is not None:
+            event.set()
         return replicas
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -61,6 +71,10 @@ class StandInKube:
 
     async def close(self) -> None:
         pass
+
+
+def _target(namespace: str, target: Any) -> str:
+    return f"{namespace}/{getattr(target, 'name', target)}"
 
 
 def body(i: int, url: str, interval: float) -> dict[str, Any]:
@@ -78,7 +92,7 @@ async def measure(
     interval: float,
     profile: bool,
     tune: bool = True,
-    freeze: float = heap.FREEZE_SECONDS,
+    wake_rounds: int = 0,
 ) -> dict[str, Any]:
     if tune:
         heap.tune_gc()  # as the operator's startup handler does
@@ -87,7 +101,6 @@ async def measure(
     shared.kube = kube  # type: ignore[assignment]
     fleet = Fleet(shared)
     fleet.start()
-    freezer = asyncio.create_task(heap.collect_and_freeze(freeze)) if tune else None
     for i in range(n):
         fleet.event(None, body(i, url, interval))
     # warm: every loop has polled and written its first status
@@ -120,9 +133,20 @@ async def measure(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+    pauses = GcPauses()
+    stalls: list[float] = []
+    lag = asyncio.create_task(_loop_lag(stalls))
     c0, t0 = time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
+    young0 = gc.get_count()[0]
+    with pauses:
+        await asyncio.sleep(seconds)
     c1, t1 = time.process_time(), time.monotonic()
+    young1 = gc.get_count()[0]
+    lag.cancel()
+    # what the next young collection will cost the event loop: it walks what the loops hold right now
+    g0 = time.perf_counter()
+    gc.collect(0)
+    young_ms = (time.perf_counter() - g0) * 1e3
     reads1 = await _reads()
     trips1 = sum(b.round_trips for b in batchers)
     writes1 = kube.calls["patch_status"] + kube.calls["set_replicas"]
@@ -142,16 +166,95 @@ async def measure(
             int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1
         ),
         "full_collections": gc.get_stats()[2]["collections"],
+        "gc_pause_max_ms": {str(g): round(max(ms), 1) for g, ms in sorted(pauses.ms.items())},
+        "gc_pauses": {str(g): len(ms) for g, ms in sorted(pauses.ms.items())},
+        # what brings the next young collection nearer (its threshold is gc_thresholds[0]); None when
+        # a collection reset the count within the window
+        "young_count_per_s": None if pauses.ms else round((young1 - young0) / (t1 - t0), 1),
+        "young_collection_ms": round(young_ms, 1),
+        # how late a 5 ms timer fired: what a keyspace event or a burst's read waits behind
+        "loop_stall_p99_ms": round(sorted(stalls)[int(0.99 * len(stalls))], 1) if stalls else None,
+        "loop_stall_max_ms": round(max(stalls), 1) if stalls else None,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
-    if freezer is not None:
-        freezer.cancel()
-    await fleet.close()
-    await shared.close()
     if spy is not None:
         spy.wait()
         result["profile_top_own"] = _top(ROOT / ".cache" / f"poll-cost-{n}.txt")
+    if wake_rounds:
+        result.update(await _wake(url, n, kube, wake_rounds, interval))
+    await fleet.close()
+    await shared.close()
     return result
+
+
+async def _wake(url: str, n: int, kube: StandInKube, rounds: int, interval: float) -> dict[str, Any]:
+    """First push onto the queue of an idle resource at zero -> its /scale write, beside the other n - 1
+    (all subscribed: the server publishes keyspace events), at a random phase of the grid each time."""
+    import random
+
+    import redis.asyncio as aredis
+
+    rng = random.Random(7)
+    client = aredis.Redis.from_url(url)
+    samples: list[float] = []
+    try:
+        for _ in range(rounds):
+            i = rng.randrange(n)
+            meta = body(i, url, interval)["metadata"]
+            key, target = meta["name"], f"{meta['namespace']}/{meta['name']}"
+            event = kube.scaled[target] = asyncio.Event()
+            await asyncio.sleep(rng.uniform(0.3, 0.3 + interval))
+            t0 = time.perf_counter()
+            await client.lpush(key, "first")
+            try:
+                await asyncio.wait_for(event.wait(), 10)
+                samples.append(time.perf_counter() - t0)
+            except TimeoutError:
+                pass
+            del kube.scaled[target]
+            await client.delete(key)
+            kube.replicas[target] = 0  # back at zero: subscribed again after its next poll
+            await asyncio.sleep(2 * interval)
+    finally:
+        await client.aclose()
+    samples.sort()
+    return {
+        "wake_rounds": rounds,
+        "wake_scaled": len(samples),
+        "wake_p50_ms": round(1e3 * samples[len(samples) // 2], 1) if samples else None,
+        "wake_p99_ms": round(1e3 * samples[min(len(samples) - 1, int(0.99 * len(samples)))], 1)
+        if samples
+        else None,
+        "wake_samples_ms": [round(1e3 * x, 1) for x in samples],
+    }
+
+
+class GcPauses:
+    """The duration of every collection while inside the ``with``, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[int, list[float]] = collections.defaultdict(list)
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.ms[info["generation"]].append((time.perf_counter() - self._start) * 1e3)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+async def _loop_lag(out: list[float], every: float = 0.005) -> None:
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(every)
+        out.append((time.perf_counter() - t - every) * 1e3)
 
 
 async def _reads() -> float:
@@ -178,10 +281,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--profile", action="store_true", help="sample this process with py-spy")
-    ap.add_argument("--default-gc", action="store_true", help="CPython's collector thresholds (A/B)")
     ap.add_argument(
-        "--freeze-seconds", type=float, default=heap.FREEZE_SECONDS, help="collect-and-freeze period"
+        "--wake",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="then this many first pushes onto idle resources' queues, each timed to its /scale write"
+        " (the server publishes keyspace events: every resource at zero is subscribed)",
     )
+    ap.add_argument("--default-gc", action="store_true", help="CPython's collector thresholds (A/B)")
     ap.add_argument(
         "--gc-thresholds", help="collector thresholds to try instead of heap.GC_THRESHOLDS: a,b,c"
     )
@@ -191,7 +299,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     fleet_mod.log.setLevel(logging.WARNING)
     kopf.event = lambda *a, **k: None  # type: ignore[assignment]  # no API server to post Events to
-    with RedisServer() as server:
+    extra = ["--notify-keyspace-events", "Kl"] if args.wake else []
+    with RedisServer(extra_args=extra) as server:
         out = asyncio.run(
             measure(
                 server.url,
@@ -200,7 +309,7 @@ def main() -> int:
                 args.interval,
                 args.profile,
                 not args.default_gc,
-                args.freeze_seconds,
+                args.wake,
             )
         )
     print(json.dumps(out, indent=1))

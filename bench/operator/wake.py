@@ -70,6 +70,7 @@ def run(info: Any, api_client: Any, rounds: int, interval: float, beside: int = 
     clients = {mode: redis.Redis.from_url(s.url) for mode, s in servers.items()}
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     conditions: dict[str, Any] = {}
+    gc_rounds: dict[str, Any] = {}
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(conditions) < len(names):  # every loop has said its mode
@@ -91,6 +92,7 @@ def run(info: Any, api_client: Any, rounds: int, interval: float, beside: int = 
             )  # every idle resource subscribed: the rounds run beside all of them, not their start
         if beside:
             time.sleep(20)  # their first status writes are done
+        m0 = op.metrics()
         for i in range(2 * rounds):
             mode = ("notifications", "polling")[i % 2]
             name, r = names[mode], clients[mode]
@@ -101,6 +103,12 @@ def run(info: Any, api_client: Any, rounds: int, interval: float, beside: int = 
             if sw.wait(lambda n=name: sw.replicas.get(n) == 1, 30):
                 samples[mode].append(sw.changed[name] - t0)
             r.delete(name)
+        m1 = op.metrics()
+        gc_rounds = {  # the operator's collections during the rounds (tide_gc_* metrics)
+            "gc_pauses": m1["tide_gc_pauses_total"] - m0["tide_gc_pauses_total"],
+            "gc_pause_s": round(m1["tide_gc_pause_seconds_total"] - m0["tide_gc_pause_seconds_total"], 3),
+            "gc_longest_since_start_s": round(m1["tide_gc_pause_longest_seconds"], 3),
+        }
     finally:
         op.stop()
         sw.stop = True
@@ -121,6 +129,7 @@ def run(info: Any, api_client: Any, rounds: int, interval: float, beside: int = 
                 "pushes": len(xs),
                 "polling_interval_s": interval,
                 "condition": conditions.get(mode),
+                **gc_rounds,
                 "samples_s": [round(x, 3) for x in xs],
             }
         )
@@ -206,7 +215,14 @@ def main() -> int:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--beside", type=int, default=0, help="idle resources served during the rounds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where JSON and plot go")
+    ap.add_argument(
+        "--operator-src",
+        type=Path,
+        default=Operator.source,
+        help="the tide_operator to run (A/B, as bench.py)",
+    )
     args = ap.parse_args()
+    Operator.source = args.operator_src.resolve()
     info = local_cluster.up(verbose=False)
     kubectl(info, "apply", "-f", str(ROOT / "crds" / "queueconsumer.yaml"))
     kubectl(info, "wait", "--for=condition=established", "crd/queueconsumers.tide.dev")

@@ -9,7 +9,6 @@ operator-wide ``memo``: no module state.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
@@ -22,7 +21,7 @@ from prometheus_client import start_http_server
 
 from tide_operator.consumer import Shared
 from tide_operator.fleet import Fleet, kopf_pause_toggle
-from tide_operator.heap import collect_and_freeze, shrink_tls_buffers, tune_gc
+from tide_operator.heap import shrink_tls_buffers, tune_gc
 from tide_operator.kube import Kube, connection_info
 from tide_operator.sharding import Sharder
 from tide_operator.spec import GROUP, PLURAL, VERSION
@@ -74,7 +73,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.shared.k8s()
     # before the listing: thousands of loops' state would otherwise stall every full collection
     tune_gc()
-    memo.heap = asyncio.create_task(collect_and_freeze(), name="tide: collect and freeze")
     memo.sharder = None
     shards = sharding_settings(settings)
     if shards is not None:
@@ -140,7 +138,6 @@ def sharding_settings(settings: kopf.OperatorSettings) -> ShardSettings | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    memo.heap.cancel()
     if memo.sharder is not None:  # stops the loops of its shards first, then gives their leases back
         await memo.sharder.close()
         await memo.sharder.kube.close()

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from tide_worker.backlog import Backlog
+
+from tide_operator.heap import PAUSES
 
 LABELS = ("namespace", "name")
 PARTS = ("ready", "inflight", "retries_due", "stream_lag", "stream_pending", "total")
@@ -70,8 +72,24 @@ class ResourceGauges(Collector):
         yield from (backlog, oldest, desired, current)
 
 
+class CollectorPauses(Collector):
+    """The collector's pauses (``tide_operator.heap.PAUSES``): seconds the event loop stood still."""
+
+    def collect(self) -> Iterator[Metric]:
+        count = CounterMetricFamily("tide_gc_pauses", "Garbage collections since the operator started")
+        count.add_metric([], PAUSES.count)
+        seconds = CounterMetricFamily(
+            "tide_gc_pause_seconds", "Seconds the event loop stood still in garbage collections"
+        )
+        seconds.add_metric([], PAUSES.seconds)
+        longest = GaugeMetricFamily("tide_gc_pause_longest_seconds", "The longest garbage collection so far")
+        longest.add_metric([], PAUSES.longest)
+        yield from (count, seconds, longest)
+
+
 RESOURCES = ResourceGauges()
 REGISTRY.register(RESOURCES)
+REGISTRY.register(CollectorPauses())
 DECISION_SECONDS = Histogram(
     "tide_decision_seconds",
     "One poll: Redis read, decision and any /scale patch",

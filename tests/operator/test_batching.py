@@ -4,6 +4,7 @@ one pipeline (real Redis); a cancelled daemon leaves the others' tick alone."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from tide_operator.redis_reader import ClientPool, Credentials, Ticker, make_reader
@@ -77,7 +78,7 @@ def test_phases_split_one_interval_into_groups():
     async def go():
         loop = asyncio.get_running_loop()
         ticker = Ticker()
-        phases = [Ticker.phase(f"ns/q{i:04d}") for i in range(1000)]
+        phases = [Ticker.phase(f"ns/q{i:05d}") for i in range(10_000)]
         woke: dict[float, float] = {}
 
         async def waiter(phase: float) -> None:
@@ -89,8 +90,9 @@ def test_phases_split_one_interval_into_groups():
 
     phases, woke = run(go())
     assert sorted(set(phases)) == [i / Ticker.SLOTS for i in range(Ticker.SLOTS)]
-    assert all(60 <= phases.count(p) <= 140 for p in set(phases))  # about 100 per group
-    assert len(set(phases[::10])) >= 8  # every tenth name is not one group
+    counts = collections.Counter(phases)
+    assert all(60 <= counts[p] <= 140 for p in counts)  # about 100 per group
+    assert len(set(phases[::10])) >= 80  # every tenth name is not one group
     assert Ticker.phase("ns/q0001") == Ticker.phase("ns/q0001")  # stable
     # phase 0 and phase 0.5 of a 0.5 s interval wake 0.25 s apart (either may come first)
     assert 0.15 <= abs(woke[0.5] - woke[0.0]) <= 0.35
