@@ -180,14 +180,15 @@ class Ticker:
 
     A poll waits until the next point of its grid: multiples of its interval on the event loop's clock,
     shifted by the resource's phase. A resource's phase is one of ``SLOTS`` per interval, so 10,000
-    resources polling every second wake in 100 groups of about 100, 10 ms apart: each group's reads of one
+    resources polling every second wake in 50 groups of about 200, 20 ms apart: each group's reads of one
     server coalesce into one pipeline, and a burst's read or a keyspace event waits behind one group's CPU
-    work (about 7 ms here), not behind a tenth of all polls (10 groups of 1,000: 73 ms, the event loop's
-    p99 lag then 44 ms against 5.5 with 100, ``bench/operator/poll_cost.py``; the CPU per poll is the
-    same). A slow poll skips a grid point instead of drifting; a backoff ``delay`` is honoured to within
-    one interval."""
+    work (about 14 ms here), not behind a tenth of all polls (10 groups of 1,000: 73 ms). Measured with
+    ``bench/operator/poll_cost.py --wake 40`` at 10,000 resources, the operator's share of a wake-up p99:
+    110 ms with 10 groups, 16.5 with 50, 20-37 with 100; CPU per poll 58-64, 63 and 65-71 us (smaller
+    pipelines cost a little more each). A slow poll skips a grid point instead of drifting; a backoff
+    ``delay`` is honoured to within one interval."""
 
-    SLOTS = 100
+    SLOTS = 50
 
     def __init__(self) -> None:
         self._ticks: dict[tuple[float, float, int], asyncio.Future[None]] = {}
