@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# past the suite's 300 s per test: a cold build of KEDA alone takes ~7 min (the probe's own bound is 1,500 s)
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
