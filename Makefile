@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bench-sim bench-vs-keda bench-wait bench-scale-down images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
+.PHONY: bench-sim bench-stop bench-vs-keda bench-wait bench-scale-down images fuzz e2e e2e-kind demo chart-sync helm-lint install lint test test-fast bench bench-worker bench-latency bench-operator cluster-up cluster-down demo e2e e2e-kind clean
 
 install:
 	@hack/install.sh
@@ -43,6 +43,12 @@ bench-worker: install
 	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
 	@hack/extra-venv.sh .cache/bench-async bench-async
 	$(PY) bench/worker_bench.py
+
+# Seconds from SIGTERM to exit of an idle worker, every system of bench-worker.
+bench-stop: install
+	@TIDE_EXTRAS=operator,dev,bench hack/install.sh
+	@hack/extra-venv.sh .cache/bench-async bench-async
+	$(PY) bench/stop_bench.py
 
 # Enqueue-to-handler-start p50/p99 at 100 msgs/s into one worker, every system of bench-worker.
 bench-latency: install

@@ -7,8 +7,10 @@ import json
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
+from tide_local.redisproc import RedisServer
 from tide_worker import Reject, RetryAfter
 from tide_worker.envelope import decode, encode_envelope
 from tide_worker.keys import QueueKeys
@@ -283,18 +285,18 @@ def test_brpoplpush_fallback(r, start_worker):
     assert "blmove" not in my_commands()
 
 
+@pytest.fixture(scope="module")
+def no_blmove_server() -> Iterator[RedisServer]:
+    """A server that answers BLMOVE as one before 6.2 does: an unknown command (renamed away)."""
+    with RedisServer(extra_args=["--rename-command", "BLMOVE", ""]) as server:
+        yield server
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_fallback_on_unknown_command(r, start_worker, monkeypatch, kind):
-    """A server without BLMOVE (before 6.2, which we cannot start here: the reply is faked) is waited on
-    with BRPOPLPUSH, by the direct lane of a sync handler and by the pipeline alike."""
-    import redis.exceptions as rexc
+def test_fallback_on_unknown_command(no_blmove_server, start_worker, kind):
+    """A server without BLMOVE is waited on with BRPOPLPUSH, by the direct lane of a sync handler and by
+    the pipeline alike."""
     from tide_worker import listsource
-
-    def no_blmove(self, *a, **kw):
-        raise rexc.ResponseError("ERR unknown command 'BLMOVE', with args beginning with: ")
-
-    async def no_blmove_async(self, *a, **kw):
-        no_blmove(self)
 
     seen: list[str] = []
 
@@ -304,18 +306,20 @@ def test_fallback_on_unknown_command(r, start_worker, monkeypatch, kind):
     async def arecord(m):
         seen.append(m.body)
 
-    w = start_worker(record if kind == "sync" else arecord, block_timeout=1)
-    if kind == "sync":
-        assert w.worker.direct is not None
-        monkeypatch.setattr(type(w.worker.direct.client), "blmove", no_blmove)
-    else:
-        assert w.worker.direct is None
-        monkeypatch.setattr(type(w.worker.client), "blmove", no_blmove_async)
-    time.sleep(0.3)
-    push(r, "q", ["a", "b"])
-    wait_until(lambda: seen == ["a", "b"])
-    wait_until(lambda: w.worker.source.use_blmove is False)  # type: ignore[attr-defined]
-    assert listsource.ListSource is type(w.worker.source)
+    url = no_blmove_server.url
+    with no_blmove_server.client() as r:
+        r.flushall()
+        w = start_worker(record if kind == "sync" else arecord, block_timeout=1, redis_url=url)
+        assert (w.worker.direct is not None) == (kind == "sync")
+        time.sleep(0.3)
+        push(r, "q", ["a", "b"])
+        wait_until(lambda: seen == ["a", "b"])
+        wait_until(lambda: w.worker.source.use_blmove is False)  # type: ignore[attr-defined]
+        assert listsource.ListSource is type(w.worker.source)
+        name = f"tide-worker:{w.worker.cfg.worker_id}"
+        wait_until(
+            lambda: any(c.get("cmd") == "brpoplpush" and c.get("name") == name for c in r.client_list())
+        )
 
 
 def test_heartbeat_registry_and_rate(r, start_worker):

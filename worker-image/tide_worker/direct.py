@@ -23,12 +23,15 @@ before it starts. An empty queue is waited on with BLMOVE; what it moves counts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import redis
 import redis.exceptions as rexc
 
 from tide_worker import logs
@@ -104,6 +107,10 @@ class DirectLane:
         self.acks: list[Delivery] = list(acks or [])  # finished, not yet acknowledged
         self.halted = False
         self.abandoned = False
+        # The connection a blocking move waits on (under ``state``): a stop shuts its socket, so an idle
+        # lane ends now instead of at the block's timeout.
+        self.blocked: Any = None
+        self.cut = False  # halt() shut the blocked connection's socket
 
     # ---- the thread ------------------------------------------------------------------------------
 
@@ -260,17 +267,55 @@ class DirectLane:
         while (call := src.block_call(timeout)) is not None:
             name, args = call
             try:
-                move = getattr(self.client, name)
-                result: bytes | None = self._once("fetch", lambda: move(*args))  # noqa: B023
+                result: bytes | None = self._once("fetch", lambda: self._move(name, args))  # noqa: B023
                 return result
             except rexc.ResponseError as exc:
                 if name != "blmove" or not src.blmove_refused(exc):
                     raise
             except CONNECTION_ERRORS as exc:
-                self._lost("fetch", exc)
+                if self.halted:  # the stop cut the wait; the move may have landed: returned at once
+                    self._returned_after_cut()
+                else:
+                    self._lost("fetch", exc)
                 return None
         time.sleep(min(0.2, timeout))
         return None
+
+    def _move(self, name: str, args: tuple[Any, ...]) -> bytes | None:
+        """The blocking move, on a connection this lane holds for it (so a stop can cut it): a standalone
+        or Sentinel client; on Cluster the client's own call (it routes by slot; a stop then waits out the
+        block)."""
+        if not isinstance(self.client, redis.Redis):
+            result: bytes | None = getattr(self.client, name)(*args)
+            return result
+        if name == "blmove":
+            src, dst, timeout, side, to = args
+            command: tuple[Any, ...] = ("BLMOVE", src, dst, side, to, timeout)
+        else:
+            src, dst, timeout = args
+            command = ("BRPOPLPUSH", src, dst, timeout)
+        client: Any = self.client  # redis-py's connection API is untyped
+        pool = client.connection_pool
+        conn: Any = pool.get_connection()
+        try:
+            with self.state:
+                if self.halted:
+                    return None
+                self.blocked = conn
+            conn.send_command(*command)
+            result = client.parse_response(conn, command[0])
+            return result
+        except rexc.ResponseError:
+            raise  # the server's answer (say, no BLMOVE): the connection is fine
+        except BaseException:
+            conn.disconnect()  # a cut or lost connection: reconnected by the next call
+            raise
+        finally:
+            with self.state:
+                cut, self.blocked = self.cut, None
+            if cut:  # cut after its reply came: the socket is dead, so the next call reconnects
+                conn.disconnect()
+            pool.release(conn)
 
     def _lost(self, what: str, exc: BaseException) -> None:
         """A move's reply was lost: it may have moved messages we never saw. Once Redis answers again,
@@ -278,6 +323,20 @@ class DirectLane:
         thaw the unstarted count the return froze."""
         self.w._disconnected(what, exc)
         self._wait_out(1)
+        back = self._recover()
+        if back:
+            self.log.warning("returned messages a lost fetch reply left behind", extra=logs.kv(count=back))
+
+    def _returned_after_cut(self) -> None:
+        """A stop cut a blocking move: what it may have moved (its reply unread) goes back as after a lost
+        reply, without reporting a lost connection (the next call reconnects)."""
+        back = self._recover()
+        if back:
+            self.log.info("returned what a stopped wait had moved", extra=logs.kv(count=back))
+
+    def _recover(self) -> int:
+        """Send the acks waiting, return the processing list's messages to the queue's head, thaw the
+        unstarted count; how many went back."""
         acks = self._acks()
 
         def recover() -> int:
@@ -290,8 +349,7 @@ class DirectLane:
 
         back = self._call("recover", recover)
         self._acked(acks)
-        if back:
-            self.log.warning("returned messages a lost fetch reply left behind", extra=logs.kv(count=back))
+        return back
 
     def _once(self, what: str, call: Callable[[], T]) -> T:
         """One attempt under ``io``; a connection error is the caller's to handle."""
@@ -331,13 +389,21 @@ class DirectLane:
     # ---- the loop's side -------------------------------------------------------------------------
 
     def halt(self) -> None:
-        """A stop: start nothing new; the thread acks, returns the unstarted rest and ends."""
+        """A stop: start nothing new; the thread acks, returns the unstarted rest and ends. A thread
+        waiting in a blocking move is woken by shutting down that connection's socket (its read then fails
+        at once, in the thread, which recovers what the move may have moved)."""
         with self.state:
             self.halted = True
             run = self.current
             if run is not None:
                 with run.lock:
                     run.halted = True
+            # under ``state``: the thread cannot release the connection to its pool meanwhile
+            sock = getattr(self.blocked, "_sock", None)  # redis-py's; closing it is left to the thread
+            if sock is not None:
+                self.cut = True
+                with contextlib.suppress(OSError):  # already closed
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def running_since(self) -> float | None:
         """The monotonic start of the message running now, or None."""
