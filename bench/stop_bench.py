@@ -18,6 +18,7 @@ Results go to bench/results/stop.json and bench/results/stop.png. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,12 @@ def modes(baseline: tuple[str, Path] | None) -> list[wb.Config]:
             wb.tide_config(f"defaults (sync handler: the direct lane) at {ref}", n, None, None, src=src),
             wb.tide_config(f"async handler, --concurrency 16 at {ref}", n, 16, None, "anoop", src=src),
         ]
-    peers = [c for c in wb.configs(n, {"peer": n, "slow": n}) if c.system not in ("tide", "raw")]
+    # every peer mode but rq's burst mode, which exits once the queue is empty
+    peers = [
+        c
+        for c in wb.configs(n, {"peer": n, "slow": n})
+        if c.system not in ("tide", "raw") and "burst" not in c.mode
+    ]
     return tide + peers
 
 
@@ -76,17 +83,21 @@ def stop_once(cfg: wb.Config, server: RedisServer, log: Path, idle: float) -> tu
         time.sleep(idle)
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode} while idle")
+        ended: list[float] = []
+        # a blocking wait in a thread: Popen.wait(timeout) polls, at up to 50 ms a turn
+        waiter = threading.Thread(target=lambda: (proc.wait(), ended.append(time.perf_counter())))
         t0 = time.perf_counter()
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_LIMIT)
-            return time.perf_counter() - t0, False
-        except subprocess.TimeoutExpired:
+        waiter.start()
+        waiter.join(STOP_LIMIT)
+        if not ended:
             return STOP_LIMIT, True
+        return ended[0] - t0, False
     finally:
-        wb.stop(proc)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        wb.stop(proc)
         r.close()
 
 
@@ -138,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     log.write_bytes(b"")
     records: list[dict[str, Any]] = []
     with RedisServer() as server:
+        os.environ["BENCH_REDIS_URL"] = server.url  # the peers' app modules read it on import
         for cfg in todo:
             times: list[float] = []
             timed_out = 0
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     took, out = stop_once(cfg, server, log, args.idle)
                     times.append(took)
                     timed_out += out
-            except (RuntimeError, TimeoutError) as exc:
+            except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
                 print(f"{cfg.system}: {cfg.mode}: failed: {exc} (see {log})", flush=True)
                 continue
             rec = {
