@@ -312,7 +312,7 @@ class DirectLane:
             raise
         finally:
             with self.state:
-                cut, self.blocked = self.cut, None
+                cut, self.blocked, self.cut = self.cut, None, False
             if cut:  # cut after its reply came: the socket is dead, so the next call reconnects
                 conn.disconnect()
             pool.release(conn)
