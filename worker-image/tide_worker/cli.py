@@ -6,8 +6,10 @@ Each subcommand lives in its own module, which registers its parser here.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tide_worker import __version__
 
@@ -31,5 +33,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def exit_with(code: int) -> NoReturn:
+    """End the process with ``code``. The interpreter's last collection would walk every object the imports
+    made: 60-90 ms of an idle worker's 80-100 ms from SIGTERM to exit, which every scale-down waits for.
+    Frozen, they are skipped; their cycles go with the process. For processes only: a caller in a process
+    that goes on (the tests call ``main``) would freeze its heap."""
+    gc.freeze()
+    sys.exit(code)
+
+
+def run() -> NoReturn:
+    """The ``tide`` console script."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

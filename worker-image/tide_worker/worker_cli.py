@@ -211,4 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tide_worker.cli import exit_with
+
+    exit_with(main())
