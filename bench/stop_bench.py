@@ -108,9 +108,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = sorted(records, key=lambda rec: rec["stop_p50_s"], reverse=True)
-    labels = [
-        f"{rec['system']}: {rec['mode']}" + ("  [defaults]" if rec.get("defaults") else "") for rec in rows
-    ]
+    labels = [wb.label(rec) for rec in rows]
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
     bars = ax.barh(
         labels,

@@ -496,6 +496,11 @@ def run_once(cfg: Config, server: RedisServer, log: Path) -> float:
     return n / (t1 - t0)
 
 
+def label(rec: dict[str, Any]) -> str:
+    """A record's bar label in the plots of the worker benches: system, mode, and whether at its defaults."""
+    return f"{rec['system']}: {rec['mode']}" + ("  [defaults]" if rec.get("defaults") else "")
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -503,9 +508,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = sorted(records, key=lambda rec: rec["msgs_per_s"])
-    labels = [
-        f"{rec['system']}: {rec['mode']}" + ("  [defaults]" if rec.get("defaults") else "") for rec in rows
-    ]
+    labels = [label(rec) for rec in rows]
     colors = {"tide": "#1f77b4", "raw": "#7f7f7f"}
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
     bars = ax.barh(
