@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tide_operator.consumer import RAMP_READS, RAMP_SECONDS
 from tide_operator.policy import PolicyState, decide
 from tide_operator.spec import Scaling, parse_scaling
 from tide_worker.backlog import Backlog
@@ -109,15 +110,25 @@ class TideLoop:
         self.deletion_costs = deletion_costs  # TIDE_OPERATOR_DELETION_COST (default on)
         self.interval = scaling.polling_interval_seconds
         self.state = PolicyState()
+        self.ramp_until: float | None = None
 
-    def tick(self, now: float, world: World) -> None:
+    def tick(self, now: float, world: World) -> float:
+        """One poll; the seconds to the next: RAMP_READS times an interval while a scale-up's pods start
+        and messages wait, with live workers (tide_operator.consumer's ramp reads)."""
         reading = Backlog(
             ready=world.in_list(now), inflight=world.held(now), oldest_age=world.oldest_age(now)
         )
-        d = decide(self.scaling, reading, world.rates(now), world.spec, self.state, EPOCH + now)
+        rates = world.rates(now)
+        d = decide(self.scaling, reading, rates, world.spec, self.state, EPOCH + now)
         self.state = d.state
+        if reading.total <= reading.busy:
+            self.ramp_until = None
+        elif d.desired > world.spec and rates:
+            self.ramp_until = now + RAMP_SECONDS
         if d.desired != world.spec:
             world.scale(now, d.desired, idle_first=self.deletion_costs and d.desired < world.spec)
+        ramping = self.ramp_until is not None and now < self.ramp_until
+        return self.interval / RAMP_READS if ramping else self.interval
 
 
 class KedaLoop:
@@ -217,8 +228,8 @@ def simulate(
         t = end
         for tk in ticks:
             while tk[0] <= t:
-                tk[2](t, world)
-                tk[0] += tk[1]
+                nxt = tk[2](t, world)  # Tide's loop says when it reads next; KEDA's keep their period
+                tk[0] += nxt if nxt is not None else tk[1]
         if sample_every is not None and t >= next_sample:
             samples.append((round(t, 3), world.spec, world.ready_pods(t)))
             next_sample = t + sample_every

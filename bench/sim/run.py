@@ -42,11 +42,11 @@ from bench.sim.world import WorldConfig  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SYSTEMS = ("tide", "keda-tuned", "keda-defaults")
-# Tide with the drains-first rule switched off (policy.HOLD_STARTUPS 0), on the same loop phases as "tide":
+# Tide with the drains-first and fewest-pods rules off (policy.SPARE_STARTUPS 0), on the same loop phases as "tide":
 # what the rule changes
 TIDE_OFF = "tide (drains-first off)"
 ARMS = (*SYSTEMS, TIDE_OFF)
-HOLD_STARTUPS = policy.HOLD_STARTUPS
+SPARE_STARTUPS = policy.SPARE_STARTUPS
 LONG_COMMIT = "8057dcd"  # feat/keda: bench: long-jobs trace results
 TIDE_COOLDOWN = 30.0  # bench/vs_keda.py TIDE_COOLDOWN (Tide's default), given to keda-tuned
 MAX_REPLICAS = 10  # bench/vs_keda.py MAX_REPLICAS
@@ -70,12 +70,12 @@ def scalers(system: str, target: int, max_replicas: int) -> dict[str, Any]:
 
 def sim(trace: Trace, cfg: WorldConfig, system: str, target: int, max_replicas: int, **kw: Any) -> Result:
     """``simulate`` one arm: a system of SYSTEMS with its scaler, or TIDE_OFF (Tide, the rule off)."""
-    policy.HOLD_STARTUPS = 0.0 if system == TIDE_OFF else HOLD_STARTUPS
+    policy.SPARE_STARTUPS = 0.0 if system == TIDE_OFF else SPARE_STARTUPS
     base = "tide" if system == TIDE_OFF else system
     try:
         r = simulate(trace, cfg, base, **kw, **scalers(base, target, max_replicas))
     finally:
-        policy.HOLD_STARTUPS = HOLD_STARTUPS
+        policy.SPARE_STARTUPS = SPARE_STARTUPS
     r.system = system
     return r
 

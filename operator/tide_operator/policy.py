@@ -111,10 +111,10 @@ IDLE_SECONDS = 5.0
 # at exactly the arrival rate any burst would queue, and the rates it divides are 30 s averages.
 ARRIVAL_HEADROOM = 1.2
 
-# drains-first: no pods for a backlog the current workers drain within this many pod start-ups. Within
-# one, no new pod could be Ready before it is gone; within two, a new pod would work less than it took to
-# start, and holding delays the last message by at most one start-up. 0 switches the rule off.
-HOLD_STARTUPS = 2.0
+# drains-first and fewest-pods: a hold, or fewer pods than asked, may finish a backlog this many pod
+# start-ups after the scale-up asked would (a pod started for less work than that costs its start-up and
+# its idle tail for little). 0 switches both rules off.
+SPARE_STARTUPS = 1.0
 
 
 # knee: a count's measured drain is kept this long (the highest of the fresh ones), then forgotten, so a
@@ -227,7 +227,7 @@ def _knee(throughput: Sequence[tuple[int, float, float]]) -> Knee | None:
     return Knee(knee, per, best, how)
 
 
-def _drains_first(
+def _fewest(
     scaling: Scaling,
     total: int,
     age: float | None,
@@ -236,47 +236,84 @@ def _drains_first(
     drain_rate: float,
     startup: float,
     current: int,
-    up_total: float | None = None,
-) -> str | None:
-    """Why no pod is added for this backlog, or None: the ``pods`` working drain it within one start-up (no
-    pod started now could be Ready before), or within ``HOLD_STARTUPS`` of them while the objectives set (the
-    oldest message's wait, the drain time) are still met. With ``up_total``, what the pods of the scale-up
-    would drain in all by the knee's measurements: also when the scale-up would finish the backlog at most
-    one start-up sooner (pods that add little throughput; with pods that each add theirs, that is the
-    ``HOLD_STARTUPS`` bound again)."""
+    up: int,
+    knee: Knee | None = None,
+    starting_for: float | None = None,
+) -> tuple[int, str] | None:
+    """The fewest replicas, from ``current`` (a hold) up to ``up`` (the scale-up asked), that drain this
+    backlog within ``SPARE_STARTUPS`` start-ups of the time ``up`` would take, with every pod that would work
+    at least its own start-up kept and the objectives set (the oldest message's wait, the drain time) met,
+    and why; None when that is ``up`` or the working pods do not keep up (then the arrivals, hidden behind
+    their rates, are unknown). The ``pods`` working drain ``drain_rate`` each less what arrives (their recent
+    rates); pods asked for and not yet up join when their start-up ends (``starting_for``: how long ago they
+    were asked; unknown: as if now); pods added now are Ready after ``startup``; each adds ``drain_rate`` (up to
+    the knee's total, when one is measured)."""
     arriving = sum(rates)  # the workers' recent rates: what has been arriving, as long as they keep up
-    if pods < 1 or pods * drain_rate <= arriving:
+    now_rate = pods * drain_rate - arriving
+    if pods < 1 or now_rate <= 0:
         return None
-    drains_in = total / (pods * drain_rate - arriving)
+
+    def rate(n: int) -> float:
+        return (knee.total(n) if knee is not None else n * drain_rate) - arriving
+
+    # (seconds from now, messages/s from then on): the pods working, the ones asked for, the ones added
+    joins = startup if starting_for is None else max(0.0, startup - starting_for)
+    if current <= pods:
+        joins = 0.0
+
+    def finish(n: int) -> float:
+        """Seconds until the backlog is gone with ``n`` replicas asked for now."""
+        phases = [(0.0, now_rate)]
+        if current > pods:
+            phases.append((joins, max(now_rate, rate(current))))
+        if n > current:
+            phases.append((startup, max(phases[-1][1], rate(n))))
+        left = float(total)
+        for k, (start, r) in enumerate(phases):
+            end = phases[k + 1][0] if k + 1 < len(phases) else math.inf
+            if left <= r * (end - start):
+                return start + left / r
+            left -= r * (end - start)
+        return math.inf  # not reached: the last phase has no end
+
+    def added(n: int) -> float:
+        """Seconds the pods added for ``n`` replicas would work (0 when they would add nothing)."""
+        return max(0.0, finish(n) - startup) if n > current and rate(n) > rate(current) else 0.0
+
+    wait, drain = scaling.target_wait_seconds, scaling.target_drain_seconds
+    fastest = finish(up)
+
+    def meets(n: int) -> bool:
+        t = finish(n)
+        if t > fastest + SPARE_STARTUPS * startup:
+            return False
+        # an objective the scale-up asked cannot meet either does not ask for more than it would get
+        return t <= fastest or ((not wait or (age or 0.0) + t <= wait) and (not drain or t <= drain))
+
+    fewest = next((n for n in range(current, up) if meets(n)), up)
+    worth = max((n for n in range(current + 1, up + 1) if added(n) >= startup), default=current)
+    count = max(fewest, worth)
+    if count >= up:
+        return None
     how = (
         f"{pods} workers at {drain_rate:.1f}/s each (measured from the backlog's fall), less arrivals"
-        f" {arriving:.1f}/s, drain it in {drains_in:.1f}s"
+        f" {arriving:.1f}/s"
     )
-    if drains_in <= startup:
-        return f"{how}, before a pod started now could be Ready ({startup:.1f}s start-up): holding {current}"
-    within = f"within {HOLD_STARTUPS:g} x the {startup:.1f}s pod start-up"
-    why = "a pod added would work less than it took to start"
-    if drains_in > HOLD_STARTUPS * startup:
-        if up_total is None:
-            return None
-        now_rate = pods * drain_rate - arriving
-        sooner = 0.0
-        if up_total - arriving > now_rate:  # the current pods drain until the new ones are Ready
-            sooner = drains_in - (startup + (total - now_rate * startup) / (up_total - arriving))
-        if sooner > startup:
-            return None
-        within = f"and with pods added ({up_total:.0f}/s in all, the knee) {sooner:.1f}s sooner"
-        why = f"pods added would save at most the {startup:.1f}s they take to start"
-    wait, drain = scaling.target_wait_seconds, scaling.target_drain_seconds
-    if wait and (age or 0.0) + drains_in > wait:
-        return None
-    if drain and drains_in > drain:
-        return None
-    return (
-        f"{how}, {within}"
-        + (f" and the {wait:g}s wait target" if wait else "")
-        + (f" and the {drain:g}s drain target" if drain else "")
-        + f" ({why}): holding {current}"
+    held = f"{current} replicas" + (f" ({current - pods} starting)" if current > pods else "")
+    if count == current and finish(current) <= startup:
+        return count, (
+            f"{how}: {held} drain it in {finish(current):.1f}s, before a pod started now could be Ready"
+            f" ({startup:.1f}s start-up)"
+        )
+    objectives = (f" and the {wait:g}s wait target" if wait else "") + (
+        f" and the {drain:g}s drain target" if drain else ""
+    )
+    pace = f"{rate(up) + arriving:.0f}/s in all" + (", the knee" if knee is not None else "")
+    ends = held if count == current else f"{count} replicas"
+    return count, (
+        f"{how}: {ends} drain it in {finish(count):.1f}s, {up} ({pace}) in {fastest:.1f}s: within"
+        f" {SPARE_STARTUPS:g} x the {startup:.1f}s pod start-up{objectives}, and more pods would each work"
+        " less than they take to start"
     )
 
 
@@ -383,12 +420,14 @@ def decide(
         if raw > max(current, knee.count):
             detail += f"; {knee.how}, but {workers} workers did not drain it: not capped"
         knee = None
-    if HOLD_STARTUPS > 0 and raw > current >= 1 and rule != "arrival-rate" and drain_rate and startup:
-        up = None if knee is None else knee.total(min(raw, scaling.max_replicas, max(current, knee.count)))
+    if SPARE_STARTUPS > 0 and raw > current >= 1 and rule != "arrival-rate" and drain_rate and startup:
+        up = min(raw, scaling.max_replicas, max(current, knee.count) if knee is not None else raw)
         pods = min(workers, current)
-        why = _drains_first(scaling, total, age, rates, pods, drain_rate, startup, current, up)
-        if why:
-            raw, rule = current, "drains-first"
+        since = None if awaiting is None else now - awaiting[0]
+        fewer = _fewest(scaling, total, age, rates, pods, drain_rate, startup, current, up, knee, since)
+        if fewer:
+            raw, why = fewer
+            rule = "drains-first" if raw == current else "fewest-pods"
             detail += "; " + why
 
     if knee is not None and raw > max(current, knee.count):

@@ -618,11 +618,36 @@ ROWS = [
     # worker's recent rate 1/s as the arrivals; sc() would ask ceil(backlog / 50) replicas, clamped to 10
     ("drains-first-before-ready", *DF, Backlog(ready=1000), [1.0], 1, DF_ST, T, 1, "drains-first"),  # 1.4 s
     ("drains-first-within-two-startups", *DF, Backlog(ready=2000), [1.0], 1, DF_ST, T, 1, "drains-first"),
-    ("drains-first-too-much", *DF, Backlog(ready=2200), [1.0], 1, DF_ST, T, 10, "max"),  # 3.1 s > 2 x 1.5
-    ("drains-first-inflight-counts", *DF, Backlog(ready=1000, inflight=1200), [1.0], 1, DF_ST, T, 10, "max"),
+    # 3.1 s: ten pods would end it in 1.7 s, so holding ends it within one start-up of them
+    (
+        "drains-first-within-a-start-up-of-ten",
+        *DF,
+        Backlog(ready=2200),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        1,
+        "drains-first",
+    ),
+    # 4.3 s held; two end it in 2.9 s, ten in 1.8 s (each added pod working 0.3 s of its 1.5 s start-up)
+    ("drains-first-too-much", *DF, Backlog(ready=3000), [1.0], 1, DF_ST, T, 2, "fewest-pods"),
+    (
+        "drains-first-inflight-counts",
+        *DF,
+        Backlog(ready=1000, inflight=2200),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        2,
+        "fewest-pods",
+    ),
+    # ten end it in 4.2 s, each added pod working 2.7 s, more than its start-up: all ten
+    ("drains-first-far-too-much", *DF, Backlog(ready=20_000), [1.0], 1, DF_ST, T, 10, "max"),
     ("drains-first-two-workers", *DF, Backlog(ready=4000), [1.0, 1.0], 2, DF_ST, T, 2, "drains-first"),
     # a worker whose pod is going away still heartbeats: only the current replicas count as draining
-    ("drains-first-stopping-worker", *DF, Backlog(ready=4000), [1.0, 1.0], 1, DF_ST, T, 10, "max"),
+    ("drains-first-stopping-worker", *DF, Backlog(ready=4000), [1.0, 1.0], 1, DF_ST, T, 3, "fewest-pods"),
     ("drains-first-arrivals-outpace", *DF, Backlog(ready=1000), [700.0], 1, DF_ST, T, 10, "max"),
     ("drains-first-arrivals-slow-it", *DF, Backlog(ready=1000), [300.0], 1, DF_ST, T, 1, "drains-first"),
     ("drains-first-from-zero", *DF, Backlog(ready=1000), [], 0, DF_ST, T, 10, "max"),  # no worker: start
@@ -716,7 +741,18 @@ ROWS = [
         1,
         "drains-first",
     ),
-    ("drains-first-wait-missed", *DF_W(3), Backlog(ready=2000, oldest_age=1), [1.0], 1, DF_ST, T, 10, "max"),
+    # held: 1 + 2.9 s; two: 1 + 2.2 s; three: 1 + 1.9 s, within the 3 s target
+    (
+        "drains-first-wait-missed",
+        *DF_W(3),
+        Backlog(ready=2000, oldest_age=1),
+        [1.0],
+        1,
+        DF_ST,
+        T,
+        3,
+        "fewest-pods",
+    ),
     # ... unless no pod could be Ready before the backlog is gone (past the target: the wait rule asked 2)
     (
         "drains-first-past-wait",
@@ -730,15 +766,15 @@ ROWS = [
         "drains-first",
     ),
     (
-        "drains-first-drain-target-missed",  # targetDrainSeconds 2 < the 2.9 s drain: the drain rule's count
+        "drains-first-drain-target-missed",  # targetDrainSeconds 2 < the 2.9 s drain: three end it in 1.9 s
         sc(target_drain_seconds=2, target_backlog_per_replica=100_000, max_replicas=10),
         Backlog(ready=2000),
         [1.0],
         1,
         DF_ST,
         T,
-        10,
-        "max",
+        3,
+        "fewest-pods",
     ),
     (
         "drains-first-drain-target-met",  # within targetDrainSeconds 4: the drain rule's 500 is not needed
@@ -749,6 +785,19 @@ ROWS = [
         DF_ST,
         T,
         1,
+        "drains-first",
+    ),
+    # two of three replicas still starting (asked 1 s ago, Ready in 0.5 s): with them, 5300 is gone in 2.9 s,
+    # within a start-up of ten's 1.9 s, so no more are asked while they start
+    (
+        "drains-first-counts-pods-starting",
+        *DF,
+        Backlog(ready=5300),
+        [1.0],
+        3,
+        replace(DF_ST, awaiting=(T - 1, 1)),
+        T,
+        3,
         "drains-first",
     ),
     ("drains-first-min-still-applies", sc(min_replicas=3), Backlog(ready=1000), [1.0], 1, DF_ST, T, 3, "min"),
@@ -974,20 +1023,21 @@ def test_short_gaps_between_bursts_keep_the_window():
     assert seq == [10] * len(seq), seq
 
 
-DRAINS_FIRST_ROWS = [row for row in ROWS if row[0].startswith("drains-first")]
+HOLDS = ("drains-first", "fewest-pods")
+DRAINS_FIRST_ROWS = [row for row in ROWS if row[0].startswith("drains-first") and row[-1] in HOLDS]
 
 
 @pytest.mark.parametrize(
     ("scaling", "reading", "rates", "current", "state", "now", "desired", "rule"),
-    [pytest.param(*row[1:], id=row[0]) for row in DRAINS_FIRST_ROWS if row[-1] == "drains-first"],
+    [pytest.param(*row[1:], id=row[0]) for row in DRAINS_FIRST_ROWS],
 )
 def test_drains_first_rows_scale_up_with_the_rule_off(
     monkeypatch, scaling, reading, rates, current, state, now, desired, rule
 ):
-    """Every row the rule decides is a scale-up without it (HOLD_STARTUPS 0 switches it off)."""
-    monkeypatch.setattr(policy, "HOLD_STARTUPS", 0.0)
+    """Every row the rules decide is a larger scale-up without them (SPARE_STARTUPS 0 switches them off)."""
+    monkeypatch.setattr(policy, "SPARE_STARTUPS", 0.0)
     d = decide(scaling, reading, rates, current, state, now)
-    assert d.desired > desired and d.rule != "drains-first", d.reason
+    assert d.desired > desired and d.rule not in ("drains-first", "fewest-pods"), d.reason
 
 
 @pytest.mark.parametrize(
@@ -1072,8 +1122,16 @@ def test_drains_first_no_wait_recorded_without_waiting_messages():
 
 def test_drains_first_reason_says_why():
     d = decide(*DF, Backlog(ready=2000), [1.0], 1, DF_ST, T)
-    assert "1 workers at 700.0/s each (measured from the backlog's fall)" in d.reason
-    assert "drain it in 2.9s, within 2 x the 1.5s pod start-up" in d.reason and d.reason.endswith("holding 1")
+    assert "1 workers at 700.0/s each (measured from the backlog's fall), less arrivals 1.0/s" in d.reason
+    assert (
+        "1 replicas drain it in 2.9s, 10 (7000/s in all) in 1.6s: within 1 x the 1.5s pod start-up"
+        in d.reason
+    )
+    assert d.reason.endswith("start; holding 1")
+    d = decide(*DF, Backlog(ready=3000), [1.0], 1, DF_ST, T)
+    assert "2 replicas drain it in 2.9s, 10 (7000/s in all) in 1.8s" in d.reason and d.reason.endswith(
+        "1 -> 2"
+    )
     d = decide(*DF, Backlog(ready=1000), [1.0], 1, DF_ST, T)
     assert "before a pod started now could be Ready (1.5s start-up)" in d.reason
 
@@ -1108,7 +1166,9 @@ def test_drains_first_waves_in_miniature():
         backlog = max(0.0, backlog - 700.0 * min(workers, spec))
     assert state.startup == 2.0 and state.drain_rate == 700.0
     assert peaks[0] == 10 and peaks[1:4] == [1, 1, 1], peaks
-    assert peaks[4] == 10, peaks  # 6000 at 700/s: 8.6 s, more than two start-ups
+    # 6000 at 700/s: 8.6 s held, 2.7 s with ten, 4.2 s with three (within a start-up of ten; a fourth
+    # pod would work 1.6 s, less than its 2 s start-up)
+    assert peaks[4] == 3, peaks
 
 
 # knee rows: one worker measured at 570/s, ten at 1400/s in all (a bottleneck every pod shares), pods
@@ -1140,8 +1200,8 @@ KNEE_ROWS = [
         [1.0],
         1,
         replace(KNEE_ST, startup=1.5, throughput=((1, 570.0, T - 30),)),
-        10,
-        "max",
+        2,  # 2.5 s, within a start-up of ten's 1.7 s; a third pod would work 1.1 s of its 1.5 s start-up
+        "fewest-pods",
     ),
     ("never-below-current", sc(), Backlog(ready=2000), [1.0] * 5, 5, KNEE_ST, 5, "knee"),
     (
@@ -1162,8 +1222,8 @@ KNEE_ROWS = [
         [1.0],
         1,
         replace(KNEE_ST, throughput=((1, 570.0, T - 30), (2, 1140.0, T - 20))),
-        10,
-        "max",
+        6,  # not the knee's 3: six finish within a start-up of ten, a seventh would work under 0.5 s
+        "fewest-pods",
     ),
     (
         "worse-above-the-knee",  # three drained 1300/s, ten less: the best decides
@@ -1182,8 +1242,8 @@ KNEE_ROWS = [
         [1.0],
         1,
         replace(KNEE_ST, throughput=((1, 570.0, T - 30), (10, 1400.0, T - policy.KNEE_MEMORY))),
-        10,
-        "max",
+        6,  # as if linear again: not capped at 3
+        "fewest-pods",
     ),
     (
         "not-draining-at-the-knee",  # three workers, messages waiting, the backlog up since: not capped
@@ -1223,8 +1283,8 @@ def test_knee_reason_says_what_was_measured():
     assert "10 workers drained 1400/s, 1 drained 570/s each" in d.reason
     assert "3 reach that, more add no throughput: 3" in d.reason and d.reason.endswith("1 -> 3")
     d = decide(sc(), Backlog(ready=2000), [1.0], 1, replace(KNEE_ST, startup=1.5), T)
-    assert "and with pods added (1400/s in all, the knee) 1.2s sooner" in d.reason
-    assert "(pods added would save at most the 1.5s they take to start): holding 1" in d.reason
+    assert "1 replicas drain it in 3.5s, 3 (1400/s in all, the knee) in 2.3s: within 1 x the 1.5s" in d.reason
+    assert d.reason.endswith("less than they take to start; holding 1")
 
 
 @pytest.mark.parametrize(
@@ -1319,22 +1379,43 @@ def test_knee_waves_on_a_shared_bottleneck():
     assert pods < 0.85 * base_pods, (pods, base_pods)
 
 
+def _rules_off(**kw: Any) -> tuple[list[int], list[float], float]:
+    """``_waves`` with nothing remembered and the drains-first and fewest-pods rules off: the full
+    scale-up every time."""
+    spare = policy.SPARE_STARTUPS
+    try:
+        policy.SPARE_STARTUPS = 0.0
+        return _without_knee(**kw)
+    finally:
+        policy.SPARE_STARTUPS = spare
+
+
 def test_knee_waves_on_a_shared_bottleneck_from_one_pod():
     """The same with one pod always up (bench/vs_keda.py's background keeps one): once the knee is
     measured, a scale-up to it would finish a burst 1.7 s sooner, within the 2 s pods take to start, so
-    drains-first holds the one pod; each burst drains at most one start-up later than with 10 pods."""
+    drains-first holds the one pod; each burst drains at most one start-up later than with 10 pods. Without
+    the knee, fewest-pods alone steps down to the 2 that finish within a start-up of 10."""
     peaks, drains, pods = _waves(_bottleneck, bursts=8, min_replicas=1)
-    _, base_drains, base_pods = _without_knee(rate_at=_bottleneck, bursts=8, min_replicas=1)
+    no_knee_peaks, _, no_knee_pods = _without_knee(rate_at=_bottleneck, bursts=8, min_replicas=1)
+    _, base_drains, base_pods = _rules_off(rate_at=_bottleneck, bursts=8, min_replicas=1)
     assert peaks[0] == 10 and set(peaks[1:]) == {1}, peaks
+    assert no_knee_peaks[0] == 10 and set(no_knee_peaks[-4:]) == {2}, no_knee_peaks
     assert all(d <= b + 2.0 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
-    assert pods < 0.6 * base_pods, (pods, base_pods)
+    assert pods < no_knee_pods < 0.6 * base_pods, (pods, no_knee_pods, base_pods)
 
 
 def test_knee_waves_where_pods_scale_linearly():
-    """The same waves where each pod adds its 450/s: no knee, every burst scales to 10."""
-    for kw in ({}, {"min_replicas": 1}):
-        peaks, _, _ = _waves(lambda n: 450.0 * n, **kw)
-        assert set(peaks) == {10}, (kw, peaks)
+    """The same waves where each pod adds its 450/s: no knee. From zero (no worker to measure a drain by)
+    every burst scales to 10. With one pod up, later bursts scale to 2: 2000 at 900/s from 2 s on ends
+    1 s after ten would, within their 2 s start-up, and a third pod would work 0.8 s, less than it took to
+    start; for half the pod-seconds."""
+    peaks, _, _ = _waves(lambda n: 450.0 * n)
+    assert set(peaks) == {10}, peaks
+    peaks, drains, pods = _waves(lambda n: 450.0 * n, min_replicas=1)
+    _, base_drains, base_pods = _rules_off(rate_at=lambda n: 450.0 * n, min_replicas=1)
+    assert peaks[0] == 10 and set(peaks[1:]) == {2}, peaks
+    assert all(d <= b + 2.0 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
+    assert pods < 0.6 * base_pods, (pods, base_pods)
 
 
 # idle-pods rows: long jobs at the defaults (down window 30 s, 50 % per 5 s), one job per pod; ten ran
