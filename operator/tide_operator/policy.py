@@ -29,11 +29,17 @@ table-driven test. The rules, in order:
    busy, so the fall per second and worker is what one can do, less any arrivals) and a pod start-up
    measured from this resource's own scale-ups (the decision to the first reading with a new worker's
    heartbeat), the current workers drain the backlog in ``D = backlog / (workers x rate - arrivals)``
-   (arrivals: the workers' recent rates). When ``D`` is at most the start-up, no pod started now could be
-   Ready before the backlog is gone. Up to ``HOLD_STARTUPS`` start-ups, a new pod would work less than it
-   took to start, and holding delays the backlog's last message by at most one start-up; that holds unless
-   a wait objective is set and ``oldest age + D`` would exceed it. At 0 replicas, with no worker, or before
-   a rate and a start-up are measured, the rules above apply unchanged. The rate is the one measured at the
+   (arrivals: the workers' recent rates). A scale-up onto working pods asks the fewest replicas that
+   drain the backlog within ``SPARE_STARTUPS`` (one) start-up of the time the full scale-up would take
+   (``fewest-pods``), keeping every pod that would work at least its own start-up: a pod started for less
+   work costs its start-up and its idle tail for little. Holding is the fewest at the current count
+   (``drains-first``): when ``D`` is at most the start-up, no pod started now could be Ready before the
+   backlog is gone. Pods asked for and not yet up count from when their start-up ends. Objectives still
+   decide: a count is fewer only while ``oldest age`` plus its drain stays within ``targetWaitSeconds``
+   and its drain within ``targetDrainSeconds`` (or it is no slower than the full scale-up). At 0
+   replicas, with no worker, over the ``arrival-rate`` floor, when the working pods do not keep up (the
+   arrivals are then unknown), or before a rate and a start-up are measured, the rules above apply
+   unchanged. The rate is the one measured at the
    current worker count when there is one (a shared bottleneck makes it depend on the count).
    No more pods than add throughput (``knee``): the total drain measured per worker count (the highest
    fall of each count within ``KNEE_MEMORY``; arrivals only hide work, so each is a lower bound) shows
