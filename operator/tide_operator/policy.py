@@ -262,13 +262,12 @@ def _fewest(
     def rate(n: int) -> float:
         return (knee.total(n) if knee is not None else n * drain_rate) - arriving
 
-    # (seconds from now, messages/s from then on): the pods working, the ones asked for, the ones added
-    joins = startup if starting_for is None else max(0.0, startup - starting_for)
-    if current <= pods:
-        joins = 0.0
+    # when the pods asked for and not yet up join (none: now)
+    joins = 0.0 if current <= pods else startup if starting_for is None else max(0.0, startup - starting_for)
 
     def finish(n: int) -> float:
         """Seconds until the backlog is gone with ``n`` replicas asked for now."""
+        # (seconds from now, messages/s from then on): the pods working, the ones asked for, the ones added
         phases = [(0.0, now_rate)]
         if current > pods:
             phases.append((joins, max(now_rate, rate(current))))

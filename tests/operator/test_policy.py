@@ -1351,14 +1351,14 @@ def _waves(rate_at: Any, bursts: int = 8, min_replicas: int = 0) -> tuple[list[i
     return peaks, drains, pod_seconds
 
 
-def _without_knee(**kw: Any) -> tuple[list[int], list[float], float]:
-    """``_waves`` with nothing remembered: the policy as it was before the knee."""
-    memory = policy.KNEE_MEMORY
-    try:
-        policy.KNEE_MEMORY = 0.0
+def _without_knee(rules: bool = True, **kw: Any) -> tuple[list[int], list[float], float]:
+    """``_waves`` with nothing remembered: the policy as it was before the knee; without ``rules``, also
+    with the drains-first and fewest-pods rules off: the full scale-up every time."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(policy, "KNEE_MEMORY", 0.0)
+        if not rules:
+            mp.setattr(policy, "SPARE_STARTUPS", 0.0)
         return _waves(**kw)
-    finally:
-        policy.KNEE_MEMORY = memory
 
 
 def _bottleneck(n: int) -> float:
@@ -1379,17 +1379,6 @@ def test_knee_waves_on_a_shared_bottleneck():
     assert pods < 0.85 * base_pods, (pods, base_pods)
 
 
-def _rules_off(**kw: Any) -> tuple[list[int], list[float], float]:
-    """``_waves`` with nothing remembered and the drains-first and fewest-pods rules off: the full
-    scale-up every time."""
-    spare = policy.SPARE_STARTUPS
-    try:
-        policy.SPARE_STARTUPS = 0.0
-        return _without_knee(**kw)
-    finally:
-        policy.SPARE_STARTUPS = spare
-
-
 def test_knee_waves_on_a_shared_bottleneck_from_one_pod():
     """The same with one pod always up (bench/vs_keda.py's background keeps one): once the knee is
     measured, a scale-up to it would finish a burst 1.7 s sooner, within the 2 s pods take to start, so
@@ -1397,7 +1386,7 @@ def test_knee_waves_on_a_shared_bottleneck_from_one_pod():
     the knee, fewest-pods alone steps down to the 2 that finish within a start-up of 10."""
     peaks, drains, pods = _waves(_bottleneck, bursts=8, min_replicas=1)
     no_knee_peaks, _, no_knee_pods = _without_knee(rate_at=_bottleneck, bursts=8, min_replicas=1)
-    _, base_drains, base_pods = _rules_off(rate_at=_bottleneck, bursts=8, min_replicas=1)
+    _, base_drains, base_pods = _without_knee(rules=False, rate_at=_bottleneck, bursts=8, min_replicas=1)
     assert peaks[0] == 10 and set(peaks[1:]) == {1}, peaks
     assert no_knee_peaks[0] == 10 and set(no_knee_peaks[-4:]) == {2}, no_knee_peaks
     assert all(d <= b + 2.0 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
@@ -1412,7 +1401,7 @@ def test_knee_waves_where_pods_scale_linearly():
     peaks, _, _ = _waves(lambda n: 450.0 * n)
     assert set(peaks) == {10}, peaks
     peaks, drains, pods = _waves(lambda n: 450.0 * n, min_replicas=1)
-    _, base_drains, base_pods = _rules_off(rate_at=lambda n: 450.0 * n, min_replicas=1)
+    _, base_drains, base_pods = _without_knee(rules=False, rate_at=lambda n: 450.0 * n, min_replicas=1)
     assert peaks[0] == 10 and set(peaks[1:]) == {2}, peaks
     assert all(d <= b + 2.0 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
     assert pods < 0.6 * base_pods, (pods, base_pods)
