@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from tide_local import build, certs
 from tide_local.kube import Kube, KubeError
 from tide_local.kubeconfig import admin_api_client, write_cert_kubeconfig
 from tide_local.paths import CLUSTER_DIR, CLUSTER_LOCK
+from tide_local.ports import free_port
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 CONTROLLERS = (
@@ -97,12 +97,6 @@ class ClusterInfo:
 
 def _log(message: str) -> None:
     print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from tide_local.build import _build_one, _go, file_lock, pinned_version
 from tide_local.certs import Pki
-from tide_local.cluster import ClusterInfo, free_port, pid_runs, stop_pid
+from tide_local.cluster import ClusterInfo, pid_runs, stop_pid
 from tide_local.kube import Kube, KubeError
 from tide_local.kubeconfig import write_cert_kubeconfig
 from tide_local.paths import CACHE_DIR, REPO_ROOT
+from tide_local.ports import free_port
 
 KEDA_MODULE_DIR = REPO_ROOT / "hack" / "keda"
 MODULE = "github.com/kedacore/keda/v2"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,27 +17,7 @@ from pathlib import Path
 
 import redis
 
-
-def free_port(also_plus: int | None = None) -> int:
-    """A loopback port that is free now (and, for Cluster, whose bus port ``port + also_plus`` is too)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if also_plus is None:
-            return port
-        if port + also_plus < 65536 and _port_free(port + also_plus):
-            return port
-    raise RuntimeError("no free loopback port found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from tide_local.ports import free_port
 
 
 def redis_server_binary() -> str:
