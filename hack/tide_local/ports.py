@@ -14,6 +14,8 @@ from pathlib import Path
 
 _LOWEST = 10000
 _RANDOM = random.SystemRandom()  # independent across forked and parallel processes
+# Ports handed out by this process: several are often picked before any is bound (a cluster takes four).
+_GIVEN: set[int] = set()
 
 
 def _ephemeral_low() -> int:
@@ -42,8 +44,9 @@ def free_port(also_plus: int | None = None) -> int:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = int(s.getsockname()[1])
-        if not port_free(port):
+        if port in _GIVEN or not port_free(port):
             continue
         if also_plus is None or (port + also_plus < 65536 and port_free(port + also_plus)):
+            _GIVEN.add(port)
             return port
     raise RuntimeError("no free loopback port found")
