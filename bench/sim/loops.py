@@ -123,7 +123,7 @@ class TideLoop:
         self.state = d.state
         if reading.total <= reading.busy:
             self.ramp_until = None
-        elif d.desired > world.spec and rates:
+        elif (d.desired > world.spec or d.read_soon) and rates:
             self.ramp_until = now + RAMP_SECONDS
         if d.desired != world.spec:
             world.scale(now, d.desired, idle_first=self.deletion_costs and d.desired < world.spec)

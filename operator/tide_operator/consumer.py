@@ -471,7 +471,7 @@ class Consumer:
             reading.idle if reading else (),
         )
         self.state = decision.state
-        self.ramp(reading, decision.desired > current)
+        self.ramp(reading, decision.desired > current or decision.read_soon)
         changed = decision.desired != current
         # a scale-up goes out first (burst latency); a scale-down or a fallback is in no hurry, so the
         # status says why before the target moves, and again with the new count after

@@ -136,6 +136,7 @@ class Decision:
     state: PolicyState
     fallback: bool = False  # a fallback replica count is applied
     windows: tuple[schedule.Window, ...] = ()  # the scheduled windows open at this decision
+    read_soon: bool = False  # read again within a fraction of the interval (the ramp reads): "measuring"
 
 
 def _record(state: PolicyState, current: int, desired: int, now: float) -> PolicyState:
@@ -253,10 +254,11 @@ def _fewest(
     their rates, are unknown). The ``pods`` working drain ``drain_rate`` each less what arrives (their recent
     rates); pods asked for and not yet up join when their start-up ends (``starting_for``: how long ago they
     were asked; unknown: as if now); pods added now are Ready after ``startup``; each adds ``drain_rate`` (up to
-    the knee's total, when one is measured)."""
+    the knee's total, when one is measured). With no worker up (from 0 replicas, or all of them starting) the
+    rate is one measured on an earlier backlog (the caller passes it only while fresh)."""
     arriving = sum(rates)  # the workers' recent rates: what has been arriving, as long as they keep up
     now_rate = pods * drain_rate - arriving
-    if pods < 1 or now_rate <= 0:
+    if total <= 0 or (pods >= 1 and now_rate <= 0):
         return None
 
     def rate(n: int) -> float:
@@ -295,7 +297,7 @@ def _fewest(
         # an objective the scale-up asked cannot meet either does not ask for more than it would get
         return t <= fastest or ((not wait or (age or 0.0) + t <= wait) and (not drain or t <= drain))
 
-    fewest = next((n for n in range(current, up) if meets(n)), up)
+    fewest = next((n for n in range(max(current, 1), up) if meets(n)), up)
     worth = max((n for n in range(current + 1, up + 1) if added(n) >= startup), default=current)
     count = max(fewest, worth)
     if count >= up:
@@ -303,6 +305,9 @@ def _fewest(
     how = (
         f"{pods} workers at {drain_rate:.1f}/s each (measured from the backlog's fall), less arrivals"
         f" {arriving:.1f}/s"
+        if pods
+        else f"{'no worker up yet' if current else 'from 0 replicas'}, pods draining {drain_rate:.1f}/s each"
+        " (measured from an earlier backlog's fall)"
     )
     held = f"{current} replicas" + (f" ({current - pods} starting)" if current > pods else "")
     if count == current and finish(current) <= startup:
@@ -425,15 +430,36 @@ def decide(
         if raw > max(current, knee.count):
             detail += f"; {knee.how}, but {workers} workers did not drain it: not capped"
         knee = None
-    if SPARE_STARTUPS > 0 and raw > current >= 1 and rule != "arrival-rate" and drain_rate and startup:
+    pods = min(workers, current)
+    # with no worker up (from zero, or all starting) only on a rate measured within KNEE_MEMORY (fresh
+    # throughput): a rate from an old backlog may no longer hold
+    warm = pods >= 1 or bool(throughput)
+    if SPARE_STARTUPS > 0 and raw > current and warm and rule != "arrival-rate" and drain_rate and startup:
         up = min(raw, scaling.max_replicas, max(current, knee.count) if knee is not None else raw)
-        pods = min(workers, current)
         since = None if awaiting is None else now - awaiting[0]
         fewer = _fewest(scaling, total, age, rates, pods, drain_rate, startup, current, up, knee, since)
         if fewer:
             raw, why = fewer
             rule = "drains-first" if raw == current else "fewest-pods"
             detail += "; " + why
+    measuring = (
+        SPARE_STARTUPS > 0
+        and min(raw, scaling.max_replicas) > current >= 1
+        and rule not in ("arrival-rate", "wait-time")
+        and drain_rate is None
+        and not throughput
+        and startup is not None
+        and awaiting is None  # no pods asked for are still starting
+        and workers >= 1
+        and waiting > 0
+        and state.last_waiting is None
+    )
+    if measuring:  # the first backlog these workers meet: its fall over one ramp read says what they drain
+        raw, rule = current, "measuring"
+        detail += (
+            f"; no drain rate measured yet: holding {current} replicas for one quick read (a fraction of the"
+            " interval) that measures it from the backlog's fall, then the fewest pods that drain it"
+        )
 
     if knee is not None and raw > max(current, knee.count):
         raw, rule = max(current, knee.count), "knee"
@@ -553,7 +579,9 @@ def decide(
         st = replace(st, awaiting=(now, workers))  # the first reading with a new worker measures start-up
     change = f"holding {current}" if desired == current else f"{current} -> {desired}"
     reason = f"{detail}; {change}"
-    return Decision(desired, rule, reason, _record(st, current, desired, now), windows=windows)
+    return Decision(
+        desired, rule, reason, _record(st, current, desired, now), windows=windows, read_soon=measuring
+    )
 
 
 def _describe(windows: Sequence[schedule.Window]) -> str:

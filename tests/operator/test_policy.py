@@ -650,11 +650,91 @@ ROWS = [
     ("drains-first-stopping-worker", *DF, Backlog(ready=4000), [1.0, 1.0], 1, DF_ST, T, 3, "fewest-pods"),
     ("drains-first-arrivals-outpace", *DF, Backlog(ready=1000), [700.0], 1, DF_ST, T, 10, "max"),
     ("drains-first-arrivals-slow-it", *DF, Backlog(ready=1000), [300.0], 1, DF_ST, T, 1, "drains-first"),
-    ("drains-first-from-zero", *DF, Backlog(ready=1000), [], 0, DF_ST, T, 10, "max"),  # no worker: start
+    ("drains-first-from-zero", *DF, Backlog(ready=1000), [], 0, DF_ST, T, 10, "max"),  # nothing fresh: all
+    # from zero with a drain measured 60 s ago: ten end 2000 in 1.5 + 0.3 s, two in 1.5 + 1.4 s (within a
+    # start-up), and a second pod's 1.4 s of work is under its 1.5 s start-up: two
+    (
+        "fewest-pods-from-zero",
+        *DF,
+        Backlog(ready=2000),
+        [],
+        0,
+        replace(DF_ST, throughput=((1, 700.0, T - 60),)),
+        T,
+        2,
+        "fewest-pods",
+    ),
+    (
+        "fewest-pods-from-zero-rate-forgotten",  # measured past KNEE_MEMORY: a cold start scales fully
+        *DF,
+        Backlog(ready=2000),
+        [],
+        0,
+        replace(DF_ST, throughput=((1, 700.0, T - 700),)),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "fewest-pods-from-zero-far-too-much",  # 20,000: each of ten pods works 2.9 s, past its start-up
+        *DF,
+        Backlog(ready=20_000),
+        [],
+        0,
+        replace(DF_ST, throughput=((1, 700.0, T - 60),)),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "fewest-pods-from-zero-below-activation",  # activation still decides at zero
+        sc(activation_backlog=5000),
+        Backlog(ready=2000),
+        [],
+        0,
+        replace(DF_ST, throughput=((1, 700.0, T - 60),)),
+        T,
+        0,
+        "below-activation",
+    ),
+    # a first backlog on a warm pod, a start-up measured and no drain rate yet: one quick read measures it
     (
         "drains-first-no-rate",
         *DF,
         Backlog(ready=1000),
+        [1.0],
+        1,
+        replace(DF_ST, drain_rate=None),
+        T,
+        1,
+        "measuring",
+    ),
+    (
+        "measuring-done-nothing-measured",  # the read after measured nothing (a worker joined): scale up
+        *DF,
+        Backlog(ready=1000),
+        [1.0, 1.0],
+        1,
+        replace(DF_ST, drain_rate=None, last_waiting=(T - 0.25, 1200, 1)),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "measuring-no-startup",  # nothing could use the rate yet: no hold
+        *DF,
+        Backlog(ready=1000),
+        [1.0],
+        1,
+        replace(DF_ST, drain_rate=None, startup=None),
+        T,
+        10,
+        "max",
+    ),
+    (
+        "measuring-not-past-the-wait-target",  # the oldest waited 3 s of a 2 s target: no time to measure
+        *DF_W(2.0),
+        Backlog(ready=1000, oldest_age=3.0),
         [1.0],
         1,
         replace(DF_ST, drain_rate=None),
@@ -1089,9 +1169,9 @@ def test_drains_first_rows_scale_up_with_the_rule_off(
             T,
             None,
             2.5,
-            (T, 1),
+            None,
             (T, 2000, 1),
-            id="first-new-worker-measures-start-up",  # and the scale-up to 10 awaits the next
+            id="first-new-worker-measures-start-up",  # then measuring holds it for a quick read
         ),
         pytest.param(
             [1.0],
@@ -1134,6 +1214,23 @@ def test_drains_first_reason_says_why():
     )
     d = decide(*DF, Backlog(ready=1000), [1.0], 1, DF_ST, T)
     assert "before a pod started now could be Ready (1.5s start-up)" in d.reason
+
+
+def test_measuring_holds_one_quick_read_then_the_fewest_pods():
+    """A first burst of 2000 on a warm pod (a start-up measured, no drain rate yet): the hold asks for a
+    read soon (the consumer's ramp reads); 0.25 s later the backlog fell by 175, 700/s for the one worker,
+    and the 1825 left drain within a start-up of ten: no pod is started. Without the measurement the same
+    burst started all ten."""
+    state = replace(DF_ST, drain_rate=None)
+    first = decide(*DF, Backlog(ready=2000), [1.0], 1, state, T)
+    assert (first.desired, first.rule, first.read_soon) == (1, "measuring", True), first.reason
+    then = decide(*DF, Backlog(ready=1825), [1.0], 1, first.state, T + 0.25)
+    assert then.state.drain_rate == 700.0 and not then.read_soon, then.reason
+    assert (then.desired, then.rule) == (1, "drains-first"), then.reason
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(policy, "SPARE_STARTUPS", 0.0)
+        off = decide(*DF, Backlog(ready=2000), [1.0], 1, state, T)
+    assert (off.desired, off.read_soon) == (10, False), off.reason
 
 
 def test_drains_first_waves_in_miniature():
@@ -1368,15 +1465,23 @@ def _bottleneck(n: int) -> float:
 def test_knee_waves_on_a_shared_bottleneck():
     """bench/vs_keda.py's waves on two cores: one worker drains 450/s, and however many pods there are, all
     of them together drain at most 1400/s; at zero between bursts (no background). The first burst scales
-    to 10 and measures that; the next ones stop at the knee, 4, and drain as fast as 10 did, for fewer
-    pod-seconds. Once the ten-worker drain is forgotten (KNEE_MEMORY), a burst probes 10 again."""
-    peaks, drains, pods = _waves(_bottleneck, bursts=14)
+    to 10 and measures that. With the knee alone (fewest-pods off) the next ones stop at the knee, 4, and
+    drain as fast as 10 did; once the ten-worker drain is forgotten (KNEE_MEMORY), a burst probes 10 again.
+    With fewest-pods too, a burst from zero starts the 2 that end it within a start-up (2 s) of the knee's
+    4, on the rate measured on the burst before: about a third of ten's pod-seconds."""
     base_peaks, base_drains, base_pods = _without_knee(rate_at=_bottleneck, bursts=14)
     assert set(base_peaks) == {10}, base_peaks
-    assert peaks[0] == 10 and set(peaks[1:11]) == {4}, peaks
-    assert 10 in peaks[11:], peaks  # 600 s after ten workers were measured: measured again
-    assert all(d <= b + 0.01 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
-    assert pods < 0.85 * base_pods, (pods, base_pods)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(policy, "SPARE_STARTUPS", 0.0)
+        knee_peaks, knee_drains, knee_pods = _waves(_bottleneck, bursts=14)
+    assert knee_peaks[0] == 10 and set(knee_peaks[1:10]) == {4}, knee_peaks
+    assert 10 in knee_peaks[10:], knee_peaks  # 600 s after ten workers were measured: measured again
+    assert all(d <= b + 0.01 for d, b in zip(knee_drains, base_drains, strict=True)), knee_drains
+    assert knee_pods < 0.85 * base_pods, (knee_pods, base_pods)
+    peaks, drains, pods = _waves(_bottleneck, bursts=14)
+    assert peaks[0] == 10 and max(peaks[1:]) < 4 and peaks[-1] == 2, peaks
+    assert all(d <= b + 2.0 for d, b in zip(drains, knee_drains, strict=True)), (drains, knee_drains)
+    assert pods < 0.4 * base_pods, (pods, base_pods)
 
 
 def test_knee_waves_on_a_shared_bottleneck_from_one_pod():
@@ -1394,12 +1499,15 @@ def test_knee_waves_on_a_shared_bottleneck_from_one_pod():
 
 
 def test_knee_waves_where_pods_scale_linearly():
-    """The same waves where each pod adds its 450/s: no knee. From zero (no worker to measure a drain by)
-    every burst scales to 10. With one pod up, later bursts scale to 2: 2000 at 900/s from 2 s on ends
-    1 s after ten would, within their 2 s start-up, and a third pod would work 0.8 s, less than it took to
-    start; for half the pod-seconds."""
-    peaks, _, _ = _waves(lambda n: 450.0 * n)
-    assert set(peaks) == {10}, peaks
+    """The same waves where each pod adds its 450/s: no knee. With one pod up, later bursts scale to 2:
+    2000 at 900/s from 2 s on ends 1 s after ten would, within their 2 s start-up, and a third pod would
+    work 0.8 s, less than it took to start; for half the pod-seconds. From zero the same holds on the rate
+    measured on the burst before (the first burst, with nothing measured, starts all ten)."""
+    peaks, drains, pods = _waves(lambda n: 450.0 * n)
+    _, base_drains, base_pods = _without_knee(rules=False, rate_at=lambda n: 450.0 * n)
+    assert peaks[0] == 10 and set(peaks[1:]) == {2}, peaks
+    assert all(d <= b + 2.0 for d, b in zip(drains, base_drains, strict=True)), (drains, base_drains)
+    assert pods < 0.45 * base_pods, (pods, base_pods)
     peaks, drains, pods = _waves(lambda n: 450.0 * n, min_replicas=1)
     _, base_drains, base_pods = _without_knee(rules=False, rate_at=lambda n: 450.0 * n, min_replicas=1)
     assert peaks[0] == 10 and set(peaks[1:]) == {2}, peaks
