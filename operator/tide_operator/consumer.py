@@ -76,8 +76,8 @@ SECRET_TTL = 60.0
 # While a scale-up's pods start and messages wait, read RAMP_READS times per polling interval, for at most
 # RAMP_SECONDS: pods start within about one interval, so at one read per interval two readings in a row
 # rarely see the same workers, and the backlog's fall per worker count is what the drains-first and knee
-# rules measure (tide_operator.policy). Only with live workers, so a resource scaling from zero or whose
-# pods cannot start reads no more than before.
+# rules measure (tide_operator.policy); also after a "measuring" hold, whose next read measures the rate. Only
+# with live workers, so a resource scaling from zero or whose pods cannot start reads no more than before.
 RAMP_READS = 4
 RAMP_SECONDS = 5.0
 MAX_BACKOFF = 10.0
