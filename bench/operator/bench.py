@@ -659,6 +659,12 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="pollingIntervalSeconds of every resource")
     ap.add_argument("--replicas", type=int, default=1, help="operator processes (more than 1: sharded)")
     ap.add_argument("--shards", type=int, default=8, help="TIDE_SHARDS with --replicas above 1")
+    ap.add_argument(
+        "--notifications",
+        action="store_true",
+        help="the scale part's redis-server with keyspace notifications on (notify-keyspace-events Kl): the "
+        "operator re-reads a list on its first push instead of at its next poll",
+    )
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--profile", action="store_true", help="sample the operator with py-spy (scale part)")
@@ -686,7 +692,7 @@ def main() -> int:
             Operator.source.relative_to(ROOT) if Operator.source.is_relative_to(ROOT) else Operator.source
         ),
     }
-    with RedisServer() as server:
+    with RedisServer(extra_args=["--notify-keyspace-events", "Kl"] if args.notifications else []) as server:
         if not args.skip_latency:
             results["burst_to_patch"] = latency_bench(
                 info, api_client, server.url, args.bursts, args.interval
@@ -710,6 +716,7 @@ def main() -> int:
                     replicas=args.replicas,
                     shards=args.shards,
                 )
+                run["notifications"] = args.notifications
                 results["scale"].append(run)
                 print(json.dumps({k: v for k, v in run.items() if k != "per_run"}, indent=1), flush=True)
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
