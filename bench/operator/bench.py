@@ -268,6 +268,37 @@ class ScaleWatch:
             return self.cond.wait_for(pred, timeout)
 
 
+def cpu_seconds(info: Any) -> dict[str, float]:
+    """CPU seconds so far of each control-plane process (its pid in the cluster's state.json)."""
+    pids = json.loads((info.directory / "state.json").read_text())["pids"]
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def apiserver_requests(info: Any) -> dict[str, float]:
+    """The API server's own request counters, ``verb resource/subresource`` -> count so far."""
+    text = subprocess.run(
+        [str(info.kubectl), "--kubeconfig", str(info.kubeconfig), "get", "--raw", "/metrics"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out: dict[str, float] = collections.defaultdict(float)
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        key = f"{labels.get('verb')} {labels.get('resource')}" + (
+            f"/{labels['subresource']}" if labels.get("subresource") else ""
+        )
+        out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def setup_ns(core: client.CoreV1Api, name: str) -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
 
@@ -465,8 +496,15 @@ def scale_bench(
         time.sleep(1)
         prof = Profiler(op.ops[0].pid, CACHE / f"bench-operator-profile-idle-{n}.txt") if profile else None
         _rss0, cpu0 = op.stats()
+        plane0, requests0 = cpu_seconds(info), apiserver_requests(info)
         time.sleep(20)
         rss1, cpu1 = op.stats()
+        plane1, requests1 = cpu_seconds(info), apiserver_requests(info)
+        rates = {k: round((v - requests0.get(k, 0.0)) / 20, 1) for k, v in requests1.items()}
+        out["idle_apiserver_requests_per_s"] = dict(
+            sorted(((k, v) for k, v in rates.items() if v), key=lambda kv: -kv[1])
+        )
+        out["idle_plane_cores"] = {k: round((plane1[k] - plane0.get(k, 0.0)) / 20, 3) for k in plane1}
         if prof:
             out["profile_idle"] = prof.stop()
         m1 = op.metrics()
@@ -500,6 +538,7 @@ def scale_bench(
             )
             m_before = op.metrics()
             _, cpu0 = op.stats()
+            plane0 = cpu_seconds(info)
             pipe = r.pipeline(transaction=False)
             t0 = time.monotonic()
             for key in hot_keys:
@@ -508,6 +547,7 @@ def scale_bench(
             ok = sw.wait(lambda hk=hot_keys: all(sw.replicas.get(x) == 10 for x in hk), 180)
             elapsed = time.monotonic() - t0
             rss, cpu1 = op.stats()
+            plane1 = cpu_seconds(info)
             rss_max = [max(a, b) for a, b in zip(rss_max, rss, strict=True)]
             if prof:
                 out["profile_burst"] = prof.stop()
@@ -536,6 +576,8 @@ def scale_bench(
                     "p99_s": round(p99(lat), 3) if lat else None,
                     "scaled": len(lat),
                     "cpu_cores": round((cpu1 - cpu0) / elapsed, 2),
+                    # the control plane's processes over the same window (the API server's share)
+                    "plane_cores": {k: round((plane1[k] - plane0.get(k, 0.0)) / elapsed, 2) for k in plane1},
                     "load_avg": [round(x, 2) for x in os.getloadavg()],
                     "mean_api_call_s": api,
                     "latencies_s": [round(x, 3) for x in lat],

@@ -32,7 +32,7 @@ from tide_local import cluster as local_cluster
 from tide_local.cleanup import delete_namespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ROOT, ScaleWatch, create_all, kubectl, p99, setup_ns
+from bench import ROOT, ScaleWatch, cpu_seconds, create_all, kubectl, p99, setup_ns
 
 
 async def _patch_all(keys: list[str], replicas: int) -> None:
@@ -79,17 +79,6 @@ def go(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return result
 
 
-def cpu_seconds(info: Any) -> dict[str, float]:
-    """CPU seconds so far of each control-plane process (its pid in the cluster's state.json)."""
-    pids = json.loads((info.directory / "state.json").read_text())["pids"]
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name, pid in pids.items():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
 def floor(info: Any, api_client: Any, n: int, hot: int, runs: int) -> dict[str, Any]:
     prefix = f"bench-ceiling-{n}-{int(time.time())}-"
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
@@ -107,6 +96,12 @@ def floor(info: Any, api_client: Any, n: int, hot: int, runs: int) -> dict[str, 
     per_run = []
     try:
         time.sleep(10)
+        plane0 = cpu_seconds(info)
+        time.sleep(20)
+        plane1 = cpu_seconds(info)
+        # the control plane with these resources, the bench's own Deployment watch and no operator
+        out["idle_plane_cores"] = {k: round((plane1[k] - plane0[k]) / 20, 3) for k in plane1}
+        print(json.dumps({"idle_plane_cores": out["idle_plane_cores"]}), flush=True)
         step = max(1, n // hot)
         for run in range(runs):
             hot_keys = keys[run % step :: step][:hot]

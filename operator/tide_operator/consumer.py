@@ -69,9 +69,21 @@ STATUS_MIN_INTERVAL = 2.0
 # /scale patch is in flight, at most this long: the API server serves the scale-ups first.
 STATUS_BURST_WAIT = 10.0
 # Re-read the target's replicas to notice changes made by someone else; spread over a window so a
-# thousand resources do not re-read in the same second.
+# thousand resources do not re-read in the same second. At most SCALE_REREADS_PER_SECOND of them per
+# process: at 10,000 resources every 30 s were 330 GETs a second, which kept the API server at 1.4 cores
+# while nothing happened (bench/operator/bench.py, idle_plane_cores), so a burst found no CPU left on it.
+# Past 600 resources the period grows instead (10,000: every 500 s); each of the operator's own writes
+# returns the count anyway.
 SCALE_REREAD_SECONDS = 30.0
 SCALE_REREAD_JITTER = 0.25
+SCALE_REREADS_PER_SECOND = 20.0
+
+
+def reread_period(resources: int) -> float:
+    """Seconds between two re-reads of one target's replicas, with ``resources`` served by this process."""
+    return max(SCALE_REREAD_SECONDS, resources / SCALE_REREADS_PER_SECOND)
+
+
 SECRET_TTL = 60.0
 # While a scale-up's pods start and messages wait, read RAMP_READS times per polling interval, for at most
 # RAMP_SECONDS: pods start within about one interval, so at one read per interval two readings in a row
@@ -153,7 +165,7 @@ class Consumer:
         self.current: int | None = None
         self.current_read_at = 0.0
         self.phase = Ticker.phase(f"{self.ns}/{self.name}")
-        self.reread_after = SCALE_REREAD_SECONDS * (1 + SCALE_REREAD_JITTER * random.random())
+        self.reread_jitter = 1 + SCALE_REREAD_JITTER * random.random()
         self.creds: Credentials | None = None
         self.creds_at = 0.0
         self.conditions: dict[str, tuple[str, str, str]] = {}  # type -> (status, reason, message)
@@ -346,10 +358,9 @@ class Consumer:
         now = time.monotonic()
         settling = bool(self.settle_reads) and self.settle_reads[0] <= now
         age = now - self.current_read_at
+        every = reread_period(self.shared.daemons) * self.reread_jitter
         # the periodic re-read waits while scale-ups are in flight (a burst), as status writes do
-        due = age > self.reread_after and (
-            not self.shared.scaling or age > self.reread_after + STATUS_BURST_WAIT
-        )
+        due = age > every and (not self.shared.scaling or age > every + STATUS_BURST_WAIT)
         if self.current is None or due or settling:
             while self.settle_reads and self.settle_reads[0] <= now:
                 self.settle_reads.popleft()
