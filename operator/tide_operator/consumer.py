@@ -70,10 +70,9 @@ STATUS_MIN_INTERVAL = 2.0
 STATUS_BURST_WAIT = 10.0
 # Re-read the target's replicas to notice changes made by someone else; spread over a window so a
 # thousand resources do not re-read in the same second. At most SCALE_REREADS_PER_SECOND of them per
-# process: at 10,000 resources every 30 s were 330 GETs a second, which kept the API server at 1.4 cores
-# while nothing happened (bench/operator/bench.py, idle_plane_cores), so a burst found no CPU left on it.
-# Past 600 resources the period grows instead (10,000: every 500 s); each of the operator's own writes
-# returns the count anyway.
+# process: at 10,000 resources every 30 s were 330 GETs a second of API server work while nothing happened,
+# the work a burst's scale-ups compete with (bench/operator/bench.py, idle_plane_cores). Past 600 resources
+# the period grows instead (10,000: every 500 s); each of the operator's own writes returns the count anyway.
 SCALE_REREAD_SECONDS = 30.0
 SCALE_REREAD_JITTER = 0.25
 SCALE_REREADS_PER_SECOND = 20.0
