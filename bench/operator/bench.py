@@ -299,6 +299,17 @@ def apiserver_requests(info: Any) -> dict[str, float]:
     return out
 
 
+def local_stack() -> tuple[Any, Any]:
+    """The local control plane (started or reused) with the QueueConsumer CRD established, and an admin
+    client with room for 32 connections."""
+    info = local_cluster.up(verbose=False)
+    kubectl(info, "apply", "-f", str(ROOT / "crds" / "queueconsumer.yaml"))
+    kubectl(info, "wait", "--for=condition=established", "crd/queueconsumers.tide.dev")
+    api_client = info.api_client()
+    api_client.configuration.connection_pool_maxsize = 32
+    return info, api_client
+
+
 def setup_ns(core: client.CoreV1Api, name: str) -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
 
@@ -734,11 +745,7 @@ def main() -> int:
     Operator.source = args.operator_src.resolve()
     if args.profile and not (PY_SPY.exists() or shutil.which("py-spy")):
         ap.error("--profile needs py-spy: pip install py-spy")
-    info = local_cluster.up(verbose=False)
-    kubectl(info, "apply", "-f", str(ROOT / "crds" / "queueconsumer.yaml"))
-    kubectl(info, "wait", "--for=condition=established", "crd/queueconsumers.tide.dev")
-    api_client = info.api_client()
-    api_client.configuration.connection_pool_maxsize = 32
+    info, api_client = local_stack()
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

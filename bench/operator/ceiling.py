@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from tide_local import cluster as local_cluster
 from tide_local.cleanup import delete_namespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ROOT, ScaleWatch, cpu_seconds, create_all, kubectl, p99, setup_ns
+from bench import ROOT, ScaleWatch, cpu_seconds, create_all, local_stack, p99, setup_ns
 
 
 async def _patch_all(keys: list[str], replicas: int) -> None:
@@ -153,11 +152,7 @@ def main() -> int:
     if args.patch is not None:
         asyncio.run(_patch_all(json.loads(sys.stdin.readline()), args.patch))
         return 0
-    info = local_cluster.up(verbose=False)
-    kubectl(info, "apply", "-f", str(ROOT / "crds" / "queueconsumer.yaml"))
-    kubectl(info, "wait", "--for=condition=established", "crd/queueconsumers.tide.dev")
-    api_client = info.api_client()
-    api_client.configuration.connection_pool_maxsize = 32
+    info, api_client = local_stack()
     result: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
