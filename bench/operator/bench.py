@@ -279,6 +279,14 @@ def cpu_seconds(info: Any) -> dict[str, float]:
     return out
 
 
+def per_second(
+    before: dict[str, float], after: dict[str, float], seconds: float, digits: int
+) -> dict[str, float]:
+    """What each counter of ``after`` (``cpu_seconds``, ``apiserver_requests``) gained per second since
+    ``before``."""
+    return {k: round((v - before.get(k, 0.0)) / seconds, digits) for k, v in after.items()}
+
+
 def apiserver_requests(info: Any) -> dict[str, float]:
     """The API server's own request counters, ``verb resource/subresource`` -> count so far."""
     text = subprocess.run(
@@ -523,11 +531,11 @@ def scale_bench(
         time.sleep(20)
         rss1, cpu1 = op.stats()
         plane1, requests1 = cpu_seconds(info), apiserver_requests(info)
-        rates = {k: round((v - requests0.get(k, 0.0)) / 20, 1) for k, v in requests1.items()}
+        rates = per_second(requests0, requests1, 20, 1)
         out["idle_apiserver_requests_per_s"] = dict(
             sorted(((k, v) for k, v in rates.items() if v), key=lambda kv: -kv[1])
         )
-        out["idle_plane_cores"] = {k: round((plane1[k] - plane0.get(k, 0.0)) / 20, 3) for k in plane1}
+        out["idle_plane_cores"] = per_second(plane0, plane1, 20, 3)
         if prof:
             out["profile_idle"] = prof.stop()
         m1 = op.metrics()
@@ -600,7 +608,7 @@ def scale_bench(
                     "scaled": len(lat),
                     "cpu_cores": round((cpu1 - cpu0) / elapsed, 2),
                     # the control plane's processes over the same window (the API server's share)
-                    "plane_cores": {k: round((plane1[k] - plane0.get(k, 0.0)) / elapsed, 2) for k in plane1},
+                    "plane_cores": per_second(plane0, plane1, elapsed, 2),
                     "load_avg": [round(x, 2) for x in os.getloadavg()],
                     "mean_api_call_s": api,
                     "latencies_s": [round(x, 3) for x in lat],

@@ -31,7 +31,7 @@ from kubernetes import client
 from tide_local.cleanup import delete_namespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ROOT, ScaleWatch, cpu_seconds, create_all, local_stack, p99, setup_ns
+from bench import ROOT, ScaleWatch, cpu_seconds, create_all, local_stack, p99, per_second, setup_ns
 
 
 async def _patch_all(keys: list[str], replicas: int) -> None:
@@ -99,7 +99,7 @@ def floor(info: Any, api_client: Any, n: int, hot: int, runs: int) -> dict[str, 
         time.sleep(20)
         plane1 = cpu_seconds(info)
         # the control plane with these resources, the bench's own Deployment watch and no operator
-        out["idle_plane_cores"] = {k: round((plane1[k] - plane0[k]) / 20, 3) for k in plane1}
+        out["idle_plane_cores"] = per_second(plane0, plane1, 20, 3)
         print(json.dumps({"idle_plane_cores": out["idle_plane_cores"]}), flush=True)
         step = max(1, n // hot)
         for run in range(runs):
@@ -119,7 +119,7 @@ def floor(info: Any, api_client: Any, n: int, hot: int, runs: int) -> dict[str, 
                     "p99_s": round(p99(lat), 3),
                     **answer,
                     # cores each control-plane process used from the go to the last change seen
-                    "cores": {k: round((cpu1[k] - cpu0[k]) / window, 2) for k in cpu1},
+                    "cores": per_second(cpu0, cpu1, window, 2),
                     "load_avg": [round(x, 2) for x in os.getloadavg()],
                 }
             )
